@@ -1,0 +1,105 @@
+"""Thresholds, p-values and rates from null distributions, without labels. Arrays in, numbers out.
+
+The null distribution of a measure is the nearest-training score of held-out real images from
+other patients, found exactly as for synthetic images (so the gallery sizes match). A synthetic
+image is flagged when its nearest-training score exceeds the null's ``quantile``; its empirical
+p-value is the share of null scores at least as high. Every function here takes scores oriented
+so that higher is more similar (see :func:`oriented`).
+
+Dar et al. (Nat. Biomed. Eng. 2025) set one threshold at the 95th percentile of the
+train-to-nearest-holdout similarity; we report it beside ours, with the holdout floor and a
+size-matched synthetic gallery for N_mem (their flaws (a)-(c), ``METHODS.md`` section 3).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .records import Rate, Threshold
+
+_Z95 = 1.959963984540054
+
+
+def oriented(values: np.ndarray, higher_is_similar: bool) -> np.ndarray:
+    """Scores with higher = more similar (a distance such as MSE is negated)."""
+    values = np.asarray(values, dtype=np.float64)
+    return values if higher_is_similar else -values
+
+
+def threshold(null: np.ndarray, quantile: float, *, measure: str = "") -> Threshold:
+    """The ``quantile`` of the (oriented) null scores, linearly interpolated."""
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    null = np.asarray(null, dtype=np.float64)
+    null = null[~np.isnan(null)]
+    if null.size == 0:
+        raise ValueError("the null distribution is empty")
+    with np.errstate(invalid="ignore"):
+        value = float(np.quantile(null, quantile))
+    if math.isnan(value):  # +inf among the top values (identical images in the null)
+        value = math.inf
+    return Threshold(measure=measure, value=value, quantile=quantile, n_null=int(null.size))
+
+
+def p_values(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """Empirical p-values (1 + #null >= score) / (1 + n): small when a score beats the null."""
+    null = np.sort(np.asarray(null, dtype=np.float64))
+    scores = np.asarray(scores, dtype=np.float64)
+    at_least = null.size - np.searchsorted(null, scores, side="left")
+    return (1.0 + at_least) / (1.0 + null.size)
+
+
+def exceeds(scores: np.ndarray, limit: Threshold) -> np.ndarray:
+    """Flags: oriented score strictly above the threshold."""
+    return np.asarray(scores, dtype=np.float64) > limit.value
+
+
+def wilson(count: int, total: int, z: float = _Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default)."""
+    if total <= 0:
+        return (math.nan, math.nan)
+    p = count / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def rate(flags: np.ndarray) -> Rate:
+    """Share of True flags with its Wilson 95% interval."""
+    flags = np.asarray(flags, dtype=bool)
+    count, total = int(flags.sum()), int(flags.size)
+    low, high = wilson(count, total)
+    return Rate(count=count, total=total, rate=count / total if total else math.nan, low=low, high=high)
+
+
+def null_summary(null: np.ndarray, higher_is_similar: bool) -> dict:
+    """Descriptive statistics of a null distribution, in the measure's own units."""
+    values = np.asarray(null, dtype=np.float64)
+    values = values if higher_is_similar else -values
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return {"n": int(values.size)}
+    quantiles = np.quantile(finite, [0.05, 0.5, 0.95, 0.99])
+    return {
+        "n": int(values.size),
+        "n_infinite": int(values.size - finite.size),
+        "mean": float(finite.mean()),
+        "sd": float(finite.std(ddof=1)) if finite.size > 1 else 0.0,
+        "min": float(finite.min()),
+        "q05": float(quantiles[0]),
+        "median": float(quantiles[1]),
+        "q95": float(quantiles[2]),
+        "q99": float(quantiles[3]),
+        "max": float(finite.max()),
+    }
+
+
+def matched_subsample(n_items: int, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of a random subset of ``size`` items (all items when there are fewer)."""
+    if size >= n_items:
+        return np.arange(n_items)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_items, size=size, replace=False))

@@ -1,0 +1,54 @@
+"""Levels are plug-ins: each turns analysis-grid images into search vectors and rescores pairs.
+
+The scan pipeline is the same for every level (shortlist by inner product of the vectors,
+exact rescoring of the top-k, calibration against the null, flags); a level only supplies
+
+- ``vectors(images)``: unit-norm float32 vectors whose inner product shortlists candidates;
+- ``rescore(query, candidates)``: its measures for one query against k candidates;
+- ``measures``: measure name -> True when higher is more similar; ``primary``: the measure
+  whose calibrated threshold sets the level's flag.
+
+Register a new level in :data:`LEVELS` (name -> factory taking the scan configuration).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+
+
+class Level(Protocol):
+    name: str
+    measures: dict[str, bool]
+    primary: str
+
+    def vectors(self, images: np.ndarray) -> np.ndarray:
+        """(b, *grid) images -> (b, d) unit-norm float32 search vectors."""
+
+    def rescore(self, query: np.ndarray, candidates: np.ndarray) -> dict[str, np.ndarray]:
+        """Measures of ``query`` against (k, *grid) ``candidates``: name -> (k,) array.
+
+        Keys not in ``measures`` are per-pair details (e.g. ``shift``) written to pairs.csv.
+        """
+
+    def describe(self) -> dict:
+        """Settings of the level, for summary.json."""
+
+
+def _voxel(config) -> Level:
+    from .voxel import VoxelLevel
+
+    return VoxelLevel(max_shift=config.max_shift, search_size=config.search_size, primary=config.voxel_measure)
+
+
+LEVELS: dict[str, Callable[[object], Level]] = {"voxel": _voxel}
+
+
+def make_level(name: str, config) -> Level:
+    """The level called ``name``, built from the scan configuration."""
+    try:
+        factory = LEVELS[name]
+    except KeyError:
+        raise ValueError(f"unknown level {name!r}; known levels: {', '.join(LEVELS)}") from None
+    return factory(config)

@@ -1,0 +1,490 @@
+"""One reader per file format: a cheap header peek (shape) and a pixel load.
+
+Every array comes back as float32 in (z, y, x) order for volumes and (y, x) for images, with
+colour converted to grey. Library errors are turned into :class:`InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+from threading import Lock
+
+import numpy as np
+
+from .records import ImageRef, InputError, LoadedImage
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+TIFF_SUFFIXES = (".tif", ".tiff")
+ARRAY_SUFFIXES = (".npy", ".npz")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + DICOM_SUFFIXES + RASTER_SUFFIXES + TIFF_SUFFIXES + ARRAY_SUFFIXES
+
+# Luma weights (ITU-R BT.709), as skimage.color.rgb2gray uses.
+_LUMA = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
+_HU_LIKE_MINIMUM = -500.0
+
+
+def suffix_of(path: str | Path) -> str:
+    """Lower-case suffix, with ``.nii.gz`` kept whole."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def reader_for(path: str | Path) -> str | None:
+    """Reader name for a file path by its suffix, or None when no reader claims it."""
+    suffix = suffix_of(path)
+    for reader, suffixes in (
+        ("nifti", NIFTI_SUFFIXES),
+        ("itk", ITK_SUFFIXES),
+        ("dicom", DICOM_SUFFIXES),
+        ("raster", RASTER_SUFFIXES),
+        ("tiff", TIFF_SUFFIXES),
+        ("npy", (".npy",)),
+        ("npz", (".npz",)),
+    ):
+        if suffix in suffixes:
+            return reader
+    return None
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True when a file carries the DICOM preamble ('DICM' at byte 128)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one readable line: its type and first message line."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# ---------------------------------------------------------------- header peeks
+
+
+def peek_nifti(path: str) -> tuple[int, ...]:
+    import nibabel as nib
+
+    try:
+        shape = nib.load(path).shape
+    except Exception as error:  # nibabel raises many types for bad headers
+        raise InputError(path, f"cannot read as NIfTI: {one_line(error)}") from None
+    return _spatial_shape_xyz(path, shape)
+
+
+def peek_itk(path: str) -> tuple[int, ...]:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise InputError(path, f"cannot read image header: {_itk_message(error)}") from None
+    size = tuple(reversed(reader.GetSize()))  # SimpleITK sizes are (x, y, z)
+    return _squeeze_shape(path, size)
+
+
+def peek_raster(path: str) -> tuple[int, ...]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise InputError(path, f"cannot read as an image: {one_line(error)}") from None
+    return (height, width)
+
+
+def peek_tiff(path: str) -> tuple[int, ...]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.series[0].shape
+            samples = tif.pages[0].samplesperpixel
+    except Exception as error:  # tifffile raises TiffFileError, ValueError, struct errors
+        raise InputError(path, f"cannot read as TIFF: {one_line(error)}") from None
+    if samples > 1:
+        shape = shape[:-1]
+    return _squeeze_shape(path, tuple(shape))
+
+
+def peek_npy(path: str) -> tuple[tuple[int, ...], np.dtype]:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as error:
+        raise InputError(path, f"cannot read as a NumPy .npy file: {one_line(error)}") from None
+    return tuple(array.shape), array.dtype
+
+
+def npz_members(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array in an .npz file, read from headers only."""
+    members = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if not name.endswith(".npy"):
+                    continue
+                with archive.open(name) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    shape, _, dtype = np.lib.format._read_array_header(handle, version)
+                members[name[: -len(".npy")]] = (tuple(shape), np.dtype(dtype))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        raise InputError(path, f"cannot read as a NumPy .npz file: {one_line(error)}") from None
+    if not members:
+        raise InputError(path, "the .npz file holds no arrays")
+    return members
+
+
+def dicom_header(path: str):
+    """The DICOM header without pixel data; files without the preamble are read with force."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError:
+            dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            if "Rows" not in dataset or "Columns" not in dataset:
+                raise InputError(path, "not a DICOM image (no DICOM preamble and no image attributes)")
+            return dataset
+    except InputError:
+        raise
+    except Exception as error:
+        raise InputError(path, f"cannot read as DICOM: {one_line(error)}") from None
+
+
+def dicom_shape(path: str, header) -> tuple[int, ...]:
+    """Spatial shape of a DICOM file: (frames, rows, columns) or (rows, columns)."""
+    try:
+        rows, columns = int(header.Rows), int(header.Columns)
+    except (AttributeError, TypeError, ValueError):
+        raise InputError(path, "DICOM file has no image (Rows/Columns missing)") from None
+    frames = int(header.get("NumberOfFrames", 1) or 1)
+    return (frames, rows, columns) if frames > 1 else (rows, columns)
+
+
+# ---------------------------------------------------------------- pixel loads
+
+
+def load(ref: ImageRef) -> LoadedImage:
+    """Read the pixels of one image as float32, grey, (z, y, x) or (y, x)."""
+    reader = _LOADERS[ref.reader]
+    array, spacing, intensity, notes = reader(ref)
+    array, notes = _finite_or_fail(ref.source if ref.index is None else ref.id, array, notes)
+    if array.shape != ref.shape:
+        raise InputError(ref.source, f"pixel data has shape {array.shape} but the header said {ref.shape}")
+    return LoadedImage(ref=ref, array=array, spacing=tuple(float(s) for s in spacing), intensity=intensity, notes=notes)
+
+
+def _load_nifti(ref: ImageRef):
+    import nibabel as nib
+
+    try:
+        image = nib.load(ref.source)
+        raw_dtype = image.get_data_dtype()
+        array = np.asarray(image.dataobj, dtype=np.float32)
+        scaled = _nifti_is_scaled(image)
+        zooms = image.header.get_zooms()
+    except Exception as error:
+        raise InputError(ref.source, f"cannot read NIfTI pixel data: {one_line(error)}") from None
+    array = _squeeze_array(ref.source, array)
+    array = np.ascontiguousarray(array.T)  # nibabel is (x, y, z); ours is (z, y, x)
+    spacing = tuple(reversed(zooms[: array.ndim]))
+    return array, spacing, _intensity_hint(array, raw_dtype, scaled), ()
+
+
+def _nifti_is_scaled(image) -> bool:
+    slope, inter = image.dataobj.slope, image.dataobj.inter
+    return not (slope in (None, 1.0) and inter in (None, 0.0)) and not (np.isnan(slope) if slope is not None else False)
+
+
+def _load_itk(ref: ImageRef):
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(ref.source)
+    except RuntimeError as error:
+        raise InputError(ref.source, f"cannot read image: {_itk_message(error)}") from None
+    raw = sitk.GetArrayViewFromImage(image)
+    notes = ()
+    array = np.asarray(raw, dtype=np.float32)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        array, notes = _to_grey(ref.source, array)
+    array = _squeeze_array(ref.source, array)
+    spacing = tuple(reversed(image.GetSpacing()))[-array.ndim :]
+    return array, spacing, _intensity_hint(array, raw.dtype, False), notes
+
+
+def _load_raster(ref: ImageRef):
+    from PIL import Image, UnidentifiedImageError
+
+    notes: tuple[str, ...] = ()
+    try:
+        with Image.open(ref.source) as image:
+            mode = image.mode
+            if mode in ("P", "PA"):
+                image = image.convert("RGBA" if "A" in mode or "transparency" in image.info else "RGB")
+                notes += ("palette colour converted to grey",)
+            elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                image = image.convert("RGB")
+            array = np.asarray(image)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise InputError(ref.source, f"cannot read image pixels: {one_line(error)}") from None
+    raw_dtype = array.dtype
+    array = array.astype(np.float32)
+    if array.ndim == 3:
+        array, more = _to_grey(ref.source, array)
+        notes += more
+    hint = "8bit" if raw_dtype == np.uint8 or mode == "1" else "percentile"
+    return array, (1.0, 1.0), hint, notes
+
+
+def _load_tiff(ref: ImageRef):
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(ref.source) as tif:
+            array = tif.series[0].asarray()
+            samples = tif.pages[0].samplesperpixel
+    except Exception as error:
+        raise InputError(ref.source, f"cannot read TIFF pixels: {one_line(error)}") from None
+    raw_dtype = array.dtype
+    array = array.astype(np.float32)
+    notes: tuple[str, ...] = ()
+    if samples > 1:
+        array, notes = _to_grey(ref.source, array)
+    array = _squeeze_array(ref.source, array)
+    return array, (1.0,) * array.ndim, _intensity_hint(array, raw_dtype, False), notes
+
+
+def _load_npy(ref: ImageRef):
+    try:
+        stack = np.load(ref.source, mmap_mode="r", allow_pickle=False)
+    except Exception as error:
+        raise InputError(ref.source, f"cannot read as a NumPy .npy file: {one_line(error)}") from None
+    return _array_record(ref, stack)
+
+
+_NPZ_LOCK = Lock()
+
+
+@lru_cache(maxsize=2)
+def _npz_member(path: str, member: str) -> np.ndarray:
+    """A whole .npz member, kept for the next records of the same stack (members are read whole)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return archive[member]
+    except Exception as error:
+        raise InputError(f"{path}:{member}", f"cannot read the array: {one_line(error)}") from None
+
+
+def _load_npz(ref: ImageRef):
+    with _NPZ_LOCK:
+        stack = _npz_member(ref.source, ref.member)
+    return _array_record(ref, stack)
+
+
+def _array_record(ref: ImageRef, stack: np.ndarray):
+    array = stack if ref.index is None else stack[ref.index]
+    raw_dtype = array.dtype
+    if raw_dtype.kind not in "biuf":
+        raise InputError(ref.id, f"array of dtype {raw_dtype} is not an image")
+    array = np.array(array, dtype=np.float32)
+    array = _squeeze_array(ref.id, array)
+    return array, (1.0,) * array.ndim, _intensity_hint(array, raw_dtype, False), ()
+
+
+def _load_dicom(ref: ImageRef):
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(ref.source, force=True)
+    except Exception as error:
+        raise InputError(ref.source, f"cannot read as DICOM: {one_line(error)}") from None
+    array, notes = _dicom_pixels(ref.source, dataset)
+    spacing = _dicom_spacing(dataset, array.ndim)
+    return array, spacing, _dicom_intensity(dataset), notes
+
+
+def _load_dicom_series(ref: ImageRef):
+    import pydicom
+
+    slices, notes = [], ()
+    for path in ref.files:
+        try:
+            dataset = pydicom.dcmread(path, force=True)
+        except Exception as error:
+            raise InputError(path, f"cannot read as DICOM: {one_line(error)}") from None
+        pixels, notes = _dicom_pixels(path, dataset)
+        if pixels.ndim != 2:
+            raise InputError(path, "a slice of a DICOM series must hold one 2D frame")
+        slices.append(pixels)
+    shapes = {s.shape for s in slices}
+    if len(shapes) > 1:
+        raise InputError(ref.source, f"DICOM series slices differ in size: {sorted(shapes)}")
+    array = np.stack(slices)
+    spacing = _dicom_spacing(dataset, 2)
+    step = _series_step(ref.files)
+    return array, (step,) + tuple(spacing), _dicom_intensity(dataset), notes
+
+
+def _dicom_pixels(path: str, dataset) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Pixel data in stored units made physical (Modality LUT, e.g. HU for CT), grey."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
+
+    if not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise InputError(path, "DICOM file holds no pixel data (truncated, or not an image)")
+    notes: tuple[str, ...] = ()
+    _infer_transfer_syntax(dataset)
+    try:
+        pixels = dataset.pixel_array
+        photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+        if photometric == "PALETTE COLOR":
+            pixels = apply_color_lut(pixels, dataset)
+            notes += ("palette colour converted to grey",)
+        elif int(dataset.get("SamplesPerPixel", 1)) == 1:
+            pixels = apply_modality_lut(pixels, dataset)
+    except InputError:
+        raise
+    except Exception as error:
+        raise InputError(path, f"cannot decode DICOM pixel data: {one_line(error)}") from None
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if photometric == "PALETTE COLOR":
+        pixels, _ = _to_grey(path, pixels)
+    elif int(dataset.get("SamplesPerPixel", 1)) > 1:
+        pixels, more = _to_grey(path, pixels)
+        notes += more
+    if photometric == "MONOCHROME1":
+        pixels = pixels.max() - pixels
+        notes += ("MONOCHROME1 inverted so that bright means dense",)
+    return pixels, notes
+
+
+def _infer_transfer_syntax(dataset) -> None:
+    """Files without a meta header (no preamble) are raw datasets: use the encoding pydicom read."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    if meta is None:
+        dataset.file_meta = meta = FileMetaDataset()
+    implicit, little_endian = dataset.original_encoding
+    if implicit in (None, True):
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
+
+
+def _dicom_intensity(dataset) -> str:
+    rescaled = "RescaleSlope" in dataset or "RescaleIntercept" in dataset
+    return "ct" if str(dataset.get("Modality", "")).upper() == "CT" and rescaled else "percentile"
+
+
+def _dicom_spacing(dataset, ndim: int) -> tuple[float, ...]:
+    try:
+        row, column = (float(v) for v in dataset.PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        row, column = 1.0, 1.0
+    if ndim == 3:
+        thickness = float(dataset.get("SliceThickness", 1.0) or 1.0)
+        return (thickness, row, column)
+    return (row, column)
+
+
+def _series_step(files: tuple[str, ...]) -> float:
+    import pydicom
+
+    first, second = (pydicom.dcmread(f, stop_before_pixels=True, force=True) for f in files[:2])
+    position = np.subtract(
+        [float(v) for v in second.ImagePositionPatient], [float(v) for v in first.ImagePositionPatient]
+    )
+    return float(np.linalg.norm(position)) or 1.0
+
+
+_LOADERS = {
+    "nifti": _load_nifti,
+    "itk": _load_itk,
+    "raster": _load_raster,
+    "tiff": _load_tiff,
+    "npy": _load_npy,
+    "npz": _load_npz,
+    "dicom": _load_dicom,
+    "dicom-series": _load_dicom_series,
+}
+READERS = tuple(_LOADERS)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _to_grey(source: str, array: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Last axis of 3 or 4 samples (RGB, RGBA) to luma; 2 samples (grey + alpha) to grey."""
+    samples = array.shape[-1]
+    if samples in (3, 4):
+        return array[..., :3] @ _LUMA, ("RGB converted to grey (luma)",)
+    if samples == 2:
+        return array[..., 0], ("alpha channel dropped",)
+    raise InputError(source, f"cannot convert {samples} colour channels to grey")
+
+
+def _squeeze_shape(source: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    spatial = tuple(n for n in shape if n != 1)
+    if len(spatial) not in (2, 3):
+        raise InputError(source, f"image of shape {shape} is neither 2D nor 3D")
+    return spatial
+
+
+def _spatial_shape_xyz(source: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """NIfTI shapes are (x, y, z[, t]); ours are (z, y, x)."""
+    if len(shape) > 3 and any(n > 1 for n in shape[3:]):
+        raise InputError(source, f"4D image of shape {shape}: extract one 3D volume first")
+    return tuple(reversed(_squeeze_shape(source, tuple(shape[:3]))))
+
+
+def _squeeze_array(source: str, array: np.ndarray) -> np.ndarray:
+    squeezed = array.reshape(_squeeze_shape(source, array.shape))
+    return squeezed
+
+
+def _intensity_hint(array: np.ndarray, raw_dtype: np.dtype, scaled: bool) -> str:
+    """What ``auto`` normalisation should do: '8bit' for unscaled uint8, 'ct' for HU-like data."""
+    if np.dtype(raw_dtype) == np.uint8 and not scaled:
+        return "8bit"
+    finite_min = np.nanmin(array) if array.size else 0.0
+    return "ct" if finite_min < _HU_LIKE_MINIMUM else "percentile"
+
+
+def _finite_or_fail(source: str, array: np.ndarray, notes: tuple[str, ...]):
+    finite = np.isfinite(array)
+    if not finite.all():
+        if not finite.any():
+            raise InputError(source, "image has no finite values (all NaN or infinite)")
+        count = int(array.size - finite.sum())
+        array = np.where(finite, array, np.min(array[finite])).astype(np.float32)
+        notes += (f"{count} non-finite voxels replaced by the image minimum",)
+    low, high = float(array.min()), float(array.max())
+    if low == high:
+        raise InputError(source, f"image is constant (every voxel is {low:g}): there is nothing to compare")
+    return array, notes
+
+
+def _itk_message(error: RuntimeError) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not re.match(r"^(sitk::ERROR|/|in )", line)]
+    return (useful or lines or ["unknown error"])[-1]

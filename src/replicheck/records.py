@@ -1,0 +1,93 @@
+"""Small frozen records shared by every module. Imports nothing else of ours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class ReplicheckError(Exception):
+    """An error the user can act on; the CLI prints its message on one line, without a traceback."""
+
+
+class InputError(ReplicheckError):
+    """Bad input: a missing folder, an unreadable file, an image that cannot be compared.
+
+    The message always names the file (or folder) and the problem.
+    """
+
+    def __init__(self, source: str, problem: str):
+        self.source = source
+        self.problem = problem
+        super().__init__(f"{source}: {problem}")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where one image lives and what its header says; no pixels.
+
+    ``source`` is a file, a DICOM series folder, or an array address such as
+    ``stack.npz:train_images[17]``. ``shape`` is the stored shape in (z, y, x) / (y, x) order.
+    """
+
+    id: str
+    subject: str
+    source: str
+    reader: str
+    shape: tuple[int, ...]
+    member: str | None = None  # NPZ member name
+    index: int | None = None  # position in an array stack, or None for a whole file
+    files: tuple[str, ...] = ()  # the slice files of a DICOM series, sorted by position
+    mask: str | None = None
+    patient: str = ""  # DICOM PatientID, a fallback subject
+    slice: int | None = None  # z position when a volume is cut into 2D slices
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """Pixels of one image as read from disk, before normalisation."""
+
+    ref: ImageRef
+    array: object  # numpy float32 array, (z, y, x) or (y, x)
+    spacing: tuple[float, ...]
+    intensity: str  # normalisation the reader suggests for ``auto``: "ct", "percentile" or "8bit"
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Match:
+    """One scored pair: a query image against one reference image at one level."""
+
+    query: str
+    reference: str
+    level: str
+    rank: int
+    scores: dict[str, float] = field(default_factory=dict)
+    shift: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A calibrated decision threshold: ``value`` is the ``quantile`` of ``n_null`` null scores."""
+
+    measure: str
+    value: float
+    quantile: float
+    n_null: int
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A proportion with its Wilson 95% interval."""
+
+    count: int
+    total: int
+    rate: float
+    low: float
+    high: float
+
+    def as_dict(self) -> dict:
+        return {"count": self.count, "total": self.total, "rate": self.rate, "ci95": [self.low, self.high]}

@@ -1,0 +1,60 @@
+"""Analysis-grid images kept on disk, so that memory stays bounded for any number of images.
+
+Rows are appended in order and read back by row with ``os.pread`` (copies, not a memory map):
+pages stay in the operating system's file cache, which is shared and reclaimable, instead of
+in the process's resident memory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+class ArrayStore:
+    """Fixed-shape float32 arrays in one file: ``append`` in order, ``read`` rows in any order."""
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...]):
+        self.path = str(path)
+        self.shape = tuple(shape)
+        self._row_bytes = int(np.prod(self.shape)) * 4
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._rows = 0
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def append(self, array: np.ndarray) -> int:
+        """Write one array; returns its row number."""
+        if tuple(array.shape) != self.shape:
+            raise ValueError(f"array of shape {array.shape} does not fit a store of shape {self.shape}")
+        data = np.ascontiguousarray(array, dtype=np.float32).tobytes()
+        os.pwrite(self._fd, data, self._rows * self._row_bytes)
+        self._rows += 1
+        return self._rows - 1
+
+    def read(self, rows) -> np.ndarray:
+        """Arrays of ``rows`` stacked: shape (len(rows), *shape)."""
+        rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        out = np.empty((len(rows),) + self.shape, dtype=np.float32)
+        flat = out.reshape(len(rows), -1)
+        for i, row in enumerate(rows):
+            if not 0 <= row < self._rows:
+                raise IndexError(f"row {row} outside a store of {self._rows} rows")
+            flat[i] = np.frombuffer(os.pread(self._fd, self._row_bytes, int(row) * self._row_bytes), dtype=np.float32)
+        return out
+
+    def batches(self, size: int):
+        """Consecutive ``(start, arrays)`` batches of at most ``size`` rows."""
+        for start in range(0, self._rows, size):
+            yield start, self.read(np.arange(start, min(start + size, self._rows)))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self):
+        self.close()
