@@ -103,3 +103,19 @@ def matched_subsample(n_items: int, size: int, seed: int) -> np.ndarray:
         return np.arange(n_items)
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n_items, size=size, replace=False))
+
+
+def holdout_floor(null: np.ndarray, quantile: float) -> Rate:
+    """Share of held-out images over a threshold they did not help to set (leave-one-out).
+
+    The in-sample share is 1 - quantile by construction; leaving each image out of its own
+    threshold gives the rate at which a new real image from an unseen patient is flagged.
+    """
+    null = np.sort(np.asarray(null, dtype=np.float64))
+    n = null.size
+    if n < 2:
+        return rate(np.zeros(0, dtype=bool))
+    flags = np.empty(n, dtype=bool)
+    for i in range(n):
+        flags[i] = null[i] > np.quantile(np.delete(null, i), quantile)
+    return rate(flags)

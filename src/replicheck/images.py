@@ -84,7 +84,8 @@ def discover(
         if collector.skipped:
             problem += f" ({len(collector.skipped)} unreadable files skipped)"
         raise InputError(source, problem + f"; readable: {', '.join(readers.IMAGE_SUFFIXES)}")
-    refs = _assign_subjects(collector.refs, subject_regex)
+    # Synthetic images have no patients; their subject only labels rows, so it is not enforced.
+    refs = _assign_subjects(collector.refs, subject_regex, required=role != "synthetic")
     _check_unique_ids(source, refs)
     return ImageSet(role, source, tuple(refs), tuple(collector.ignored), tuple(collector.skipped))
 
@@ -364,17 +365,21 @@ def _array_id(ident: str, member: str | None) -> str:
     return base
 
 
-def _assign_subjects(refs: list[ImageRef], subject_regex: str | None) -> list[ImageRef]:
-    """Subject: manifest column, else ``subject_regex`` on the id, else DICOM PatientID, else the id."""
+def _assign_subjects(refs: list[ImageRef], subject_regex: str | None, *, required: bool = True) -> list[ImageRef]:
+    """Subject: manifest column, else ``subject_regex`` on the id, else DICOM PatientID, else the id.
+
+    With ``required``, an id that ``subject_regex`` does not match is an error.
+    """
     pattern = re.compile(subject_regex) if subject_regex else None
     assigned = []
     for ref in refs:
         subject = ref.subject
         if not subject and pattern:
             match = pattern.search(ref.id)
-            if not match:
+            if not match and required:
                 raise InputError(ref.id, f"--subject-regex {subject_regex!r} does not match this image's id")
-            subject = match.groupdict().get("subject") or (match.group(1) if match.groups() else match.group(0))
+            if match:
+                subject = match.groupdict().get("subject") or (match.group(1) if match.groups() else match.group(0))
         assigned.append(replace(ref, subject=subject or ref.patient or ref.id))
     return assigned
 

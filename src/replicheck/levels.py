@@ -6,7 +6,9 @@ exact rescoring of the top-k, calibration against the null, flags); a level only
 - ``vectors(images)``: unit-norm float32 vectors whose inner product shortlists candidates;
 - ``rescore(query, candidates)``: its measures for one query against k candidates;
 - ``measures``: measure name -> True when higher is more similar; ``primary``: the measure
-  whose calibrated threshold sets the level's flag.
+  whose calibrated threshold sets the level's flag;
+- optionally ``coarse(images)`` and ``coarse_scores(query, candidates)``: a cheaper second
+  look that re-ranks the index's shortlist before the exact rescoring (``None`` to skip).
 
 Register a new level in :data:`LEVELS` (name -> factory taking the scan configuration).
 """
@@ -34,6 +36,12 @@ class Level(Protocol):
 
     def describe(self) -> dict:
         """Settings of the level, for summary.json."""
+
+    def coarse(self, images: np.ndarray) -> np.ndarray | None:
+        """(b, *grid) images -> (b, ...) arrays for :meth:`coarse_scores`, or None."""
+
+    def coarse_scores(self, query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """(n,) similarity of one coarse query with n coarse candidates, higher = closer."""
 
 
 def _voxel(config) -> Level:

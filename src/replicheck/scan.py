@@ -1,0 +1,477 @@
+"""The scan pipeline: discover -> read -> preprocess -> per level: search -> calibrate -> decide.
+
+``scan(train, synthetic, holdout=...)`` returns a :class:`ScanResult` with three tables and a
+summary; :meth:`ScanResult.write` puts them on disk. Levels are plug-ins
+(:mod:`replicheck.levels`): this module never branches on a level's name.
+
+Per level, four searches give everything the summary needs:
+
+- synthetic -> training: each synthetic image's nearest training images (the answer);
+- holdout -> training: the null distribution (real images of unseen patients), or, without a
+  holdout, training -> training leaving out the query's own subject;
+- training -> holdout: Dar et al.'s threshold (95th percentile) and the null for N_mem;
+- training -> synthetic, with the synthetic gallery subsampled to the holdout's size: N_mem
+  (a gallery of matched size, so that the maximum over it is comparable to the null's).
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__, calibrate, images
+from .images import ImageSet
+from .levels import Level, make_level
+from .preprocess import INTENSITIES, Preprocessing, choose_grid, describe, prepare
+from .progress import Progress
+from .records import InputError, ReplicheckError
+from .search import Hits, Side, nearest
+from .store import ArrayStore
+
+VECTOR_BATCH = 256
+SMALL_NULL = 100
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Every setting of a scan; all of them are written to summary.json."""
+
+    levels: tuple[str, ...] = ("voxel",)
+    k: int = 5
+    quantile: float = 0.99
+    dar_quantile: float = 0.95
+    grid: tuple[int, ...] | None = None
+    intensity: str = "auto"
+    ct_window: tuple[float, float] = (40.0, 400.0)
+    slices: bool = False
+    subject_regex: str | None = None
+    image_ndim: int | None = None
+    max_shift: int = 3
+    search_size: int = 32
+    voxel_measure: str = "ncc"
+    shortlist: int = 256
+    depth: int = 10
+    skip_unreadable: bool = False
+    seed: int = 0
+    num_workers: int = 2
+    progress: bool = False
+
+    def __post_init__(self):
+        if not self.levels:
+            raise ReplicheckError("--levels: give at least one level")
+        if self.k < 1:
+            raise ReplicheckError(f"--k must be at least 1, got {self.k}")
+        for name, value in (("--quantile", self.quantile), ("dar_quantile", self.dar_quantile)):
+            if not 0 < value < 1:
+                raise ReplicheckError(f"{name} must be between 0 and 1 (exclusive), got {value}")
+        if self.intensity not in INTENSITIES:
+            raise ReplicheckError(f"--intensity must be one of {', '.join(INTENSITIES)}, got {self.intensity!r}")
+        if self.max_shift < 0:
+            raise ReplicheckError(f"--max-shift must be >= 0, got {self.max_shift}")
+        if self.grid is not None and (len(self.grid) not in (2, 3) or min(self.grid) < 8):
+            raise ReplicheckError(f"--grid needs 2 or 3 sizes of at least 8 voxels, got {self.grid}")
+
+
+@dataclass
+class ScanResult:
+    """Tables and summary of one scan. ``synthetic``: one row per synthetic image; ``pairs``:
+    one row per synthetic image x rescored neighbour x level; ``training``: one row per
+    training image."""
+
+    synthetic: pd.DataFrame
+    pairs: pd.DataFrame
+    training: pd.DataFrame
+    summary: dict
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def headline(self) -> str:
+        return self.summary["headline"]
+
+    def write(self, out: str | Path) -> Path:
+        """Write synthetic.csv, pairs.csv, training.csv and summary.json into ``out``."""
+        from .report import write_results
+
+        return write_results(self, out)
+
+
+@dataclass
+class _Collection:
+    """The analysis-grid images of one role, on disk, with one table row per image."""
+
+    image_set: ImageSet
+    items: pd.DataFrame
+    store: ArrayStore
+    skipped: list[tuple[str, str]]
+    methods: Counter
+    notes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def scan(train, synthetic, holdout=None, *, config: ScanConfig | None = None, **options) -> ScanResult:
+    """Find replicas of ``train`` images among ``synthetic`` images (folders, manifests, arrays).
+
+    Options are :class:`ScanConfig` fields, e.g. ``scan("train/", "synth/", holdout="real/",
+    levels=["voxel"], quantile=0.99)``.
+    """
+    if options:
+        if isinstance(options.get("levels"), str):
+            options["levels"] = tuple(part.strip() for part in options["levels"].split(","))
+        options = {key: tuple(value) if isinstance(value, list) else value for key, value in options.items()}
+        base = asdict(config) if config else {}
+        config = ScanConfig(**{**base, **options})
+    config = config or ScanConfig()
+    levels = [make_level(name, config) for name in config.levels]
+    timings: dict[str, float] = {}
+    progress = Progress(config.progress)
+    started = time.perf_counter()
+    sets = _discover(train, synthetic, holdout, config)
+    timings["discover"] = time.perf_counter() - started
+    grid = config.grid or choose_grid(sets["training"].refs, slices=config.slices)
+    _check_grid(sets, grid, config.slices)
+    settings = Preprocessing(grid=tuple(grid), intensity=config.intensity, ct_window=config.ct_window,
+                             slices=config.slices)
+    with tempfile.TemporaryDirectory(prefix="replicheck-") as workdir, progress.session():
+        tick = time.perf_counter()
+        collections = {role: _collect(image_set, settings, Path(workdir), config, progress)
+                       for role, image_set in sets.items()}
+        timings["read_and_preprocess"] = time.perf_counter() - tick
+        result = _Assembler(collections, config, settings, timings)
+        for level in levels:
+            result.add_level(level, Path(workdir), progress)
+    timings["total"] = time.perf_counter() - started
+    return result.finish()
+
+
+def _discover(train, synthetic, holdout, config: ScanConfig) -> dict[str, ImageSet]:
+    sources = {"training": train, "synthetic": synthetic}
+    if holdout is not None:
+        sources["holdout"] = holdout
+    sets = {role: images.discover(source, role=role, subject_regex=config.subject_regex,
+                                  image_ndim=config.image_ndim, skip_unreadable=config.skip_unreadable)
+            for role, source in sources.items()}
+    for role, image_set in sets.items():
+        if len(image_set.ndims) > 1 and not config.slices:
+            flat = next(ref for ref in image_set.refs if ref.ndim == 2)
+            deep = next(ref for ref in image_set.refs if ref.ndim == 3)
+            raise InputError(image_set.source, f"mixes 2D images and 3D volumes ({flat.source} is 2D, {deep.source} "
+                                               f"is 3D); scan them separately, or pass --slices to cut volumes into slices")
+    if not config.slices:
+        dims = {role: next(iter(image_set.ndims)) for role, image_set in sets.items()}
+        if len(set(dims.values())) > 1:
+            listing = ", ".join(f"{sets[role].source} is {d}D" for role, d in dims.items())
+            raise InputError(sets["synthetic"].source, f"2D images mixed with 3D volumes across inputs ({listing}); "
+                                                       f"pass --slices to compare 2D slices")
+    return sets
+
+
+def _check_grid(sets: dict[str, ImageSet], grid: tuple[int, ...], slices: bool) -> None:
+    ndim = 2 if slices else next(iter(sets["training"].ndims))
+    if len(grid) != ndim:
+        raise ReplicheckError(f"--grid has {len(grid)} sizes but the images are {ndim}D")
+
+
+def _collect(image_set: ImageSet, settings: Preprocessing, workdir: Path, config: ScanConfig,
+             progress: Progress) -> _Collection:
+    """Read, normalise and resample every image of one set into an on-disk store."""
+    store = ArrayStore(workdir / f"{image_set.role}.f32", settings.grid)
+    rows, skipped, notes = [], list(image_set.skipped), []
+    methods: Counter = Counter()
+    loaded = images.stream(image_set.refs, workers=config.num_workers, skip_unreadable=config.skip_unreadable)
+    for ref, image in progress.track(loaded, total=len(image_set.refs), description=f"reading {image_set.role}"):
+        if isinstance(image, InputError):
+            skipped.append((ref.source, image.problem))
+            continue
+        try:
+            prepared = prepare(image, settings)
+        except InputError as error:
+            if not config.skip_unreadable:
+                raise
+            skipped.append((ref.source, error.problem))
+            continue
+        methods[prepared.method] += 1
+        notes.extend(f"{ref.source}: {note}" for note in prepared.notes)
+        for array, position in zip(prepared.arrays, prepared.slice_positions):
+            store.append(array)
+            rows.append({"id": ref.id if position is None else f"{ref.id}#z{position:03d}", "subject": ref.subject,
+                         "source": ref.source, "slice": position})
+    if not rows:
+        raise InputError(image_set.source, f"none of the {image_set.role} images could be used "
+                                           f"({len(skipped)} skipped, e.g. {skipped[0][0]}: {skipped[0][1]})")
+    items = pd.DataFrame(rows)
+    if not config.slices:
+        items = items.drop(columns="slice")
+    return _Collection(image_set, items, store, skipped, methods, notes)
+
+
+def _side(level: Level, collection: _Collection, workdir: Path, name: str) -> Side:
+    """Search vectors (in memory) and coarse copies (on disk) of one collection for one level."""
+    vectors, coarse = [], None
+    for _, batch in collection.store.batches(VECTOR_BATCH):
+        vectors.append(level.vectors(batch))
+        small = level.coarse(batch) if hasattr(level, "coarse") else None
+        if small is not None:
+            if coarse is None:
+                coarse = ArrayStore(workdir / f"{name}.coarse.f32", small.shape[1:])
+            for array in small:
+                coarse.append(array)
+    return Side(collection.store, np.concatenate(vectors), coarse, collection.items["subject"].to_numpy())
+
+
+class _Assembler:
+    """Runs the searches of each level and gathers tables and summary."""
+
+    def __init__(self, collections: dict[str, _Collection], config: ScanConfig, settings: Preprocessing,
+                 timings: dict[str, float]):
+        self.collections = collections
+        self.config = config
+        self.settings = settings
+        self.timings = timings
+        self.synthetic = collections["synthetic"].items.copy()
+        self.training = collections["training"].items.copy()
+        self.pairs: list[pd.DataFrame] = []
+        self.level_summaries: dict[str, dict] = {}
+        self.flags: dict[str, np.ndarray] = {}
+        self.reasons: dict[str, list[str]] = {}
+        self.warnings: list[str] = []
+        self.has_holdout = "holdout" in collections
+        if not self.has_holdout:
+            subjects = collections["training"].items["subject"].nunique()
+            if subjects < 2:
+                raise ReplicheckError("cannot calibrate without a holdout: every training image belongs to one "
+                                      "subject, so leave-one-subject-out has nothing to compare; give --holdout "
+                                      "or subject ids (--subject-regex or a manifest's subject column)")
+            self.warnings.append("no holdout given: the null distribution comes from leave-one-subject-out search "
+                                 "within the training set, which is only valid if subjects are independent; "
+                                 "a held-out set of real images (--holdout) gives a sounder threshold")
+
+    def add_level(self, level: Level, workdir: Path, progress: Progress) -> None:
+        config, name = self.config, level.name
+        tick = time.perf_counter()
+        sides = {role: _side(level, collection, workdir, f"{name}.{role}")
+                 for role, collection in self.collections.items()}
+        self.timings[f"{name}.represent"] = time.perf_counter() - tick
+        search = dict(shortlist=config.shortlist, depth=config.depth, workers=config.num_workers, progress=progress)
+        train, synth = sides["training"], sides["synthetic"]
+
+        tick = time.perf_counter()
+        found = nearest(level, synth, train, k=config.k, description=f"{name}: synthetic -> training", **search)
+        self.timings[f"{name}.search_synthetic"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        if self.has_holdout:
+            holdout = sides["holdout"]
+            null = nearest(level, holdout, train, k=1, description=f"{name}: holdout -> training", **search)
+            train_null = nearest(level, train, holdout, k=1, description=f"{name}: training -> holdout", **search)
+            matched = len(holdout.vectors)
+        else:
+            null = nearest(level, train, train, k=1, exclude_own_subject=True,
+                           description=f"{name}: training -> other subjects", **search)
+            train_null = null
+            matched = len(train.vectors)
+        gallery_rows = calibrate.matched_subsample(len(synth.vectors), matched, config.seed)
+        memorized = nearest(level, train, synth, k=1, gallery_rows=gallery_rows,
+                            description=f"{name}: training -> synthetic", **search)
+        self.timings[f"{name}.search_calibration"] = time.perf_counter() - tick
+        self._record(level, found, null, train_null, memorized, len(gallery_rows))
+
+    def _record(self, level: Level, found: Hits, null: Hits, train_null: Hits, memorized: Hits, gallery: int):
+        config, name = self.config, level.name
+        train_items = self.collections["training"].items
+        synth_items = self.collections["synthetic"].items
+        measures_summary, thresholds = {}, {}
+        for measure, higher in level.measures.items():
+            rows, values = found.best(measure, higher)
+            null_values = calibrate.oriented(null.best(measure, higher)[1], higher)
+            limit = calibrate.threshold(null_values, config.quantile, measure=measure)
+            thresholds[measure] = limit
+            scores = calibrate.oriented(values, higher)
+            prefix = f"{name}_{measure}"
+            self.synthetic[prefix] = values
+            self.synthetic[f"{prefix}_nearest"] = _ids(train_items, rows)
+            self.synthetic[f"{prefix}_p"] = calibrate.p_values(scores, null_values)
+            self.synthetic[f"{prefix}_flag"] = calibrate.exceeds(scores, limit)
+            measures_summary[measure] = {
+                "higher_is_similar": higher,
+                "threshold": _unoriented(limit.value, higher),
+                "null": calibrate.null_summary(null_values, higher),
+                "n_copies": calibrate.rate(calibrate.exceeds(scores, limit)).as_dict(),
+                "holdout_floor": calibrate.holdout_floor(null_values, config.quantile).as_dict(),
+            }
+        primary, higher = level.primary, level.measures[level.primary]
+        limit = thresholds[primary]
+        nearest_rows = found.rows[:, 0]
+        score = found.values[primary][:, 0]
+        flags = self.synthetic[f"{name}_{primary}_flag"].to_numpy()
+        columns = {
+            f"{name}_nearest": _ids(train_items, nearest_rows),
+            f"{name}_nearest_subject": _subjects(train_items, nearest_rows),
+            f"{name}_score": score,
+            f"{name}_p": self.synthetic[f"{name}_{primary}_p"].to_numpy(),
+            f"{name}_flag": flags,
+        }
+        for detail in sorted(set(found.values) - set(level.measures)):
+            columns[f"{name}_{detail}"] = found.values[detail][:, 0]
+        self.synthetic = pd.concat([self.synthetic, pd.DataFrame(columns, index=self.synthetic.index)], axis=1)
+        self.flags[name] = flags
+        self.reasons[name] = [
+            f"{name} {primary} {value:.4g} {'>' if higher else '<'} {_unoriented(limit.value, higher):.4g} "
+            f"(p={p:.3g}) vs {reference}" if flag else ""
+            for value, p, reference, flag in zip(score, columns[f"{name}_p"], columns[f"{name}_nearest"], flags)
+        ]
+        self.pairs.append(_pairs(name, found, synth_items, train_items, level))
+
+        # Dar et al.: tau from training -> nearest holdout; N_mem against a size-matched gallery.
+        train_null_scores = calibrate.oriented(train_null.values[primary][:, 0], higher)
+        dar = calibrate.threshold(train_null_scores, config.dar_quantile, measure=primary)
+        mem_limit = calibrate.threshold(train_null_scores, config.quantile, measure=primary)
+        synth_scores = calibrate.oriented(score, higher)
+        mem_scores = calibrate.oriented(memorized.values[primary][:, 0], higher)
+        null_scores = calibrate.oriented(null.values[primary][:, 0], higher)
+        memorized_flags = calibrate.exceeds(mem_scores, mem_limit)
+        copies_per_training = np.bincount(nearest_rows[flags & (nearest_rows >= 0)], minlength=len(train_items))
+        self.training[f"{name}_nearest_synthetic"] = _ids(synth_items, memorized.rows[:, 0])
+        self.training[f"{name}_score"] = memorized.values[primary][:, 0]
+        self.training[f"{name}_memorized"] = memorized_flags
+        self.training[f"{name}_memorized_dar"] = calibrate.exceeds(mem_scores, dar)
+        self.training[f"{name}_copies"] = copies_per_training
+        null_source = "holdout -> training" if self.has_holdout else "training -> training, other subjects"
+        if null.rows.shape[0] < SMALL_NULL:
+            self.warnings.append(f"{name}: the null distribution has only {null.rows.shape[0]} images, so the "
+                                 f"{config.quantile:g} quantile threshold is imprecise; use a larger holdout")
+        self.level_summaries[name] = {
+            "settings": level.describe(),
+            "primary_measure": primary,
+            "threshold": _unoriented(limit.value, higher),
+            "quantile": config.quantile,
+            "null_source": null_source,
+            "n_null": int(null.rows.shape[0]),
+            "n_copies": calibrate.rate(flags).as_dict(),
+            "replica_training_images": int((copies_per_training > 0).sum()),
+            "holdout_floor": measures_summary[primary]["holdout_floor"],
+            "n_mem": {
+                **calibrate.rate(memorized_flags).as_dict(),
+                "threshold": _unoriented(mem_limit.value, higher),
+                "synthetic_gallery_size": gallery,
+                "null": "training -> holdout" if self.has_holdout else null_source,
+            },
+            "measures": measures_summary,
+            "dar": {
+                "threshold": _unoriented(dar.value, higher),
+                "quantile": config.dar_quantile,
+                "null": "training -> nearest holdout" if self.has_holdout else null_source,
+                "n_copies": calibrate.rate(calibrate.exceeds(synth_scores, dar)).as_dict(),
+                "n_mem": calibrate.rate(calibrate.exceeds(mem_scores, dar)).as_dict(),
+                "holdout_floor": calibrate.rate(calibrate.exceeds(null_scores, dar)).as_dict(),
+            },
+        }
+
+    def finish(self) -> ScanResult:
+        names = list(self.flags)
+        replica = np.logical_or.reduce([self.flags[name] for name in names])
+        self.synthetic["replica"] = replica
+        self.synthetic["reason"] = ["; ".join(filter(None, parts)) for parts in zip(*(self.reasons[n] for n in names))]
+        copied = np.zeros(len(self.training), dtype=bool)
+        for name in names:
+            copied |= self.training[f"{name}_copies"].to_numpy() > 0
+        combined = calibrate.rate(replica)
+        floors = [self.level_summaries[name]["holdout_floor"]["rate"] for name in names]
+        summary = {
+            "replicheck_version": __version__,
+            "headline": _headline(combined, int(copied.sum()), max(floors)),
+            "inputs": {role: _input_summary(c) for role, c in self.collections.items()},
+            "preprocessing": describe(self.settings, {role: c.methods for role, c in self.collections.items()}),
+            "calibration": {
+                "null": "holdout" if self.has_holdout else "leave-one-subject-out",
+                "quantile": self.config.quantile,
+                "p_value": "(1 + #null scores >= score) / (1 + #null)",
+                "flag": "nearest-training score of the primary measure above the null's quantile",
+            },
+            "levels": self.level_summaries,
+            "combined": {
+                "rule": "a synthetic image is a replica when any level flags it (RELICT reports levels separately; "
+                        "the rule is provisional until the labelled benchmark ranks alternatives)",
+                "n_copies": combined.as_dict(),
+                "replica_training_images": int(copied.sum()),
+                "holdout_floor": max(floors),
+            },
+            "settings": {**asdict(self.config), "levels": list(self.config.levels)},
+            "versions": _versions(),
+            "timings_s": {key: round(value, 3) for key, value in self.timings.items()},
+            "warnings": self.warnings,
+        }
+        pairs = pd.concat(self.pairs, ignore_index=True)
+        return ScanResult(self.synthetic, pairs, self.training, summary, list(self.warnings))
+
+
+def _pairs(name: str, found: Hits, synth_items: pd.DataFrame, train_items: pd.DataFrame, level: Level) -> pd.DataFrame:
+    n, k = found.rows.shape
+    keep = found.rows.reshape(-1) >= 0
+    rows = found.rows.reshape(-1)[keep]
+    table = {
+        "synthetic": np.repeat(synth_items["id"].to_numpy(), k)[keep],
+        "level": name,
+        "rank": np.tile(np.arange(1, k + 1), n)[keep],
+        "training": train_items["id"].to_numpy()[rows],
+        "training_subject": train_items["subject"].to_numpy()[rows],
+    }
+    for measure in list(level.measures) + sorted(set(found.values) - set(level.measures)):
+        table[measure] = found.values[measure].reshape(-1)[keep]
+    return pd.DataFrame(table)
+
+
+def _ids(items: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    ids = items["id"].to_numpy()
+    return np.where(rows >= 0, ids[np.clip(rows, 0, None)], "")
+
+
+def _subjects(items: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    subjects = items["subject"].to_numpy()
+    return np.where(rows >= 0, subjects[np.clip(rows, 0, None)], "")
+
+
+def _unoriented(value: float, higher_is_similar: bool) -> float:
+    return value if higher_is_similar else -value
+
+
+def _headline(combined, replica_training: int, floor: float) -> str:
+    low, high = combined.low * 100, combined.high * 100
+    return (f"{combined.count:,} of {combined.total:,} synthetic images ({combined.rate * 100:.1f}%, 95% CI "
+            f"{low:.1f}–{high:.1f}%) are replicas of {replica_training:,} training images.\n"
+            f"Expected by chance at this threshold: {floor * 100:.1f}% (holdout floor).")
+
+
+def _input_summary(collection: _Collection) -> dict:
+    image_set = collection.image_set
+    return {
+        "source": image_set.source,
+        "images": len(image_set.refs),
+        "analysed": len(collection),
+        "subjects": int(collection.items["subject"].nunique()),
+        "ignored_files": list(image_set.ignored),
+        "skipped": [{"file": source, "reason": reason} for source, reason in collection.skipped],
+        "notes": collection.notes[:100],
+        "n_notes": len(collection.notes),
+    }
+
+
+def _versions() -> dict:
+    import faiss
+    import scipy
+    import skimage
+    import torch
+
+    return {"replicheck": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "scipy": scipy.__version__, "scikit-image": skimage.__version__, "torch": torch.__version__,
+            "faiss": getattr(faiss, "__version__", "unknown"), "pandas": pd.__version__}
+
+
+__all__ = ["ScanConfig", "ScanResult", "scan"]

@@ -1,0 +1,135 @@
+"""Nearest training images for many query images at one level: shortlist, refine, rescore.
+
+For each query image:
+
+1. the index returns the ``shortlist`` gallery images with the highest inner product of the
+   level's search vectors (optionally leaving out the query's own subject);
+2. if the level has a coarse representation, the shortlist is re-ranked by it and cut to
+   ``depth`` (otherwise the index's order is kept);
+3. the ``depth`` survivors are rescored exactly at the analysis resolution with every measure
+   of the level, ordered by the primary measure, and the best ``k`` kept.
+
+Queries run in a thread pool (torch and faiss release the GIL) with one torch thread per
+worker, so that two cores give two queries at a time without oversubscription. Images are
+read from their :class:`~replicheck.store.ArrayStore`, a few at a time.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from threading import Lock
+
+import numpy as np
+import torch
+
+from .calibrate import oriented
+from .index import Index
+from .levels import Level
+from .progress import Progress
+from .store import ArrayStore
+
+QUERY_CHUNK = 64
+
+
+@dataclass
+class Side:
+    """One set of analysis-grid images as a level sees it: pixels, search vectors, coarse copies."""
+
+    store: ArrayStore
+    vectors: np.ndarray
+    coarse: ArrayStore | None
+    subjects: np.ndarray
+
+
+@dataclass
+class Hits:
+    """The best ``k`` rescored gallery images per query, ordered by the primary measure.
+
+    ``rows`` are gallery rows (-1 where the gallery ran out); ``values`` hold every measure in
+    its own units and per-pair details (such as ``shift``), each shaped like ``rows``.
+    """
+
+    rows: np.ndarray
+    values: dict[str, np.ndarray]
+
+    def best(self, measure: str, higher_is_similar: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Per query: the gallery row that is closest under ``measure``, and its value."""
+        scores = np.where(self.rows >= 0, oriented(self.values[measure], higher_is_similar), -np.inf)
+        scores = np.where(np.isnan(scores), -np.inf, scores)
+        column = np.argmax(scores, axis=1)
+        picked = np.arange(len(self.rows))
+        return self.rows[picked, column], self.values[measure][picked, column]
+
+
+def nearest(
+    level: Level,
+    queries: Side,
+    gallery: Side,
+    *,
+    k: int,
+    shortlist: int,
+    depth: int,
+    query_rows: np.ndarray | None = None,
+    gallery_rows: np.ndarray | None = None,
+    exclude_own_subject: bool = False,
+    workers: int = 2,
+    progress: Progress | None = None,
+    description: str = "searching",
+) -> Hits:
+    """The ``k`` nearest of ``gallery`` (or of its ``gallery_rows``) for each of ``query_rows``."""
+    query_rows = np.arange(len(queries.vectors)) if query_rows is None else np.asarray(query_rows)
+    gallery_rows = np.arange(len(gallery.vectors)) if gallery_rows is None else np.asarray(gallery_rows)
+    index = Index(gallery.vectors[gallery_rows], gallery.subjects[gallery_rows] if exclude_own_subject else None)
+    depth = max(k, min(depth, len(gallery_rows)))
+    shortlist = max(depth, shortlist) if gallery.coarse is not None else depth
+    rows = np.full((len(query_rows), k), -1, dtype=np.int64)
+    values: dict[str, np.ndarray] = {}
+    created = Lock()
+    advance = (progress or Progress()).step(description, len(query_rows))
+
+    def one(position: int, candidates: np.ndarray) -> None:
+        candidates = candidates[candidates >= 0]
+        if candidates.size == 0:
+            return
+        query_row = query_rows[position]
+        if gallery.coarse is not None and candidates.size > depth:
+            coarse = level.coarse_scores(queries.coarse.read(query_row)[0], gallery.coarse.read(gallery_rows[candidates]))
+            candidates = candidates[np.argsort(-coarse, kind="stable")[:depth]]
+        scores = level.rescore(queries.store.read(query_row)[0], gallery.store.read(gallery_rows[candidates]))
+        primary = oriented(scores[level.primary], level.measures[level.primary])
+        order = np.argsort(-np.nan_to_num(primary, nan=-np.inf), kind="stable")[:k]
+        rows[position, : order.size] = gallery_rows[candidates[order]]
+        for name, column in scores.items():
+            with created:
+                if name not in values:
+                    values[name] = _empty(column.dtype, rows.shape)
+            values[name][position, : order.size] = column[order]
+
+    with _one_torch_thread(), ThreadPoolExecutor(max(1, workers)) as pool:
+        for start in range(0, len(query_rows), QUERY_CHUNK):
+            chunk = np.arange(start, min(start + QUERY_CHUNK, len(query_rows)))
+            exclude = queries.subjects[query_rows[chunk]] if exclude_own_subject else None
+            _, shortlisted = index.search(queries.vectors[query_rows[chunk]], shortlist, exclude=exclude)
+            for _ in pool.map(one, chunk, shortlisted):
+                advance()
+    for name in level.measures:
+        values.setdefault(name, np.full(rows.shape, np.nan))
+    return Hits(rows, values)
+
+
+def _empty(dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    if np.issubdtype(dtype, np.floating):
+        return np.full(shape, np.nan, dtype=np.float64)
+    return np.full(shape, "", dtype=object)
+
+
+@contextmanager
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
