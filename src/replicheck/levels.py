@@ -19,6 +19,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from .records import ReplicheckError
+
 
 class Level(Protocol):
     name: str
@@ -58,5 +60,8 @@ def make_level(name: str, config) -> Level:
     try:
         factory = LEVELS[name]
     except KeyError:
-        raise ValueError(f"unknown level {name!r}; known levels: {', '.join(LEVELS)}") from None
-    return factory(config)
+        raise ReplicheckError(f"--levels: unknown level {name!r}; known levels: {', '.join(LEVELS)}") from None
+    try:
+        return factory(config)
+    except ValueError as error:
+        raise ReplicheckError(f"--levels {name}: {error}") from None

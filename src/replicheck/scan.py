@@ -221,7 +221,7 @@ def _side(level: Level, collection: _Collection, workdir: Path, name: str) -> Si
         small = level.coarse(batch) if hasattr(level, "coarse") else None
         if small is not None:
             if coarse is None:
-                coarse = ArrayStore(workdir / f"{name}.coarse.f32", small.shape[1:])
+                coarse = ArrayStore(workdir / f"{name}.coarse.f32", small.shape[1:], mapped=True)
             for array in small:
                 coarse.append(array)
     return Side(collection.store, np.concatenate(vectors), coarse, collection.items["subject"].to_numpy())

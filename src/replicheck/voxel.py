@@ -42,27 +42,35 @@ class VoxelLevel:
         return torch.where(norms > 0, small / norms.clamp_min(1e-12), 0.0).float().numpy()
 
     def coarse(self, images: np.ndarray) -> np.ndarray:
-        """Half-resolution copies of (b, *grid) images for :meth:`coarse_scores`."""
-        return _pooled(images, self.coarse_size).numpy()
+        """Half-resolution copies of (b, *grid) images for :meth:`coarse_scores`, one flat row each.
+
+        A row holds the coarse image (used when it is the query) followed by its central region,
+        centred and scaled to unit norm (used when it is a candidate), so that the candidates'
+        normalisation is paid once per image, not once per query.
+        """
+        small = _pooled(images, self.coarse_size)
+        self._coarse_shape = tuple(small.shape[1:])  # read back by coarse_scores
+        s = _coarse_shift(tuple(small.shape[1:]))
+        centre = small[(slice(None),) + tuple(slice(s, n - s) for n in small.shape[1:])].reshape(len(small), -1)
+        return torch.cat([small.reshape(len(small), -1), _unit_rows(centre)], dim=1).numpy()
 
     def coarse_scores(self, query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """Best Pearson correlation of each coarse candidate with the coarse query over shifts.
 
         The query's shifted windows (at most 2 voxels per axis in 2D, 1 in 3D) are matched
-        against each candidate's central region: one matrix product per query.
+        against each candidate's normalised central region: one matrix product per query.
         """
-        d = query.ndim
-        s = min(2 if d == 2 else 1, (min(query.shape) - 3) // 2)
-        q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
-        c = torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.float32))
-        centre = tuple(slice(s, n - s) for n in query.shape)
-        length = [n - 2 * s for n in query.shape]
+        shape = self._coarse_shape
+        size = int(np.prod(shape))
+        s = _coarse_shift(shape)
+        q = torch.from_numpy(np.ascontiguousarray(query[:size], dtype=np.float32)).reshape(shape)
+        length = [n - 2 * s for n in shape]
         windows = torch.stack([
             q[tuple(slice(o, o + m) for o, m in zip(offset, length))].reshape(-1)
-            for offset in itertools.product(range(2 * s + 1), repeat=d)
+            for offset in itertools.product(range(2 * s + 1), repeat=len(shape))
         ])
-        gallery = c[(slice(None),) + centre].reshape(len(c), -1)
-        return (_unit_rows(windows) @ _unit_rows(gallery).T).max(dim=0).values.numpy()
+        gallery = torch.from_numpy(np.ascontiguousarray(candidates[:, size:], dtype=np.float32))
+        return (_unit_rows(windows) @ gallery.T).max(dim=0).values.numpy()
 
     def rescore(self, query: np.ndarray, candidates: np.ndarray) -> dict[str, np.ndarray]:
         scores = measures.compare(query, candidates, data_range=DATA_RANGE, max_shift=self.max_shift)
@@ -83,11 +91,20 @@ class VoxelLevel:
         }
 
 
+def _coarse_grid(grid: tuple[int, ...], max_side: int) -> tuple[int, ...]:
+    scale = min(1.0, max_side / max(grid))
+    return tuple(max(1, int(round(n * scale))) for n in grid)
+
+
+def _coarse_shift(shape: tuple[int, ...]) -> int:
+    """Shift range of the coarse search: 2 voxels in 2D, 1 in 3D, less for tiny images."""
+    return max(0, min(2 if len(shape) == 2 else 1, (min(shape) - 3) // 2))
+
+
 def _pooled(images: np.ndarray, max_side: int) -> torch.Tensor:
     """(b, *grid) images area-averaged so that the longest side is at most ``max_side``."""
     grid = tuple(images.shape[1:])
-    scale = min(1.0, max_side / max(grid))
-    shape = tuple(max(1, int(round(n * scale))) for n in grid)
+    shape = _coarse_grid(grid, max_side)
     batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
     if shape == grid:
         return batch[:, 0]

@@ -1,0 +1,134 @@
+"""The ``replicheck`` command: a thin Typer layer over the library; nothing imports it.
+
+Errors the user can act on (:class:`~replicheck.records.ReplicheckError`) print one line on
+stderr and exit with status 2; warnings of third-party readers are kept out of the terminal
+(the reader turns what matters into notes in summary.json).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .records import ReplicheckError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find synthetic medical images that copy a patient's training image.")
+
+EXIT_INPUT = 2
+
+
+@app.callback()
+def _root() -> None:
+    """replicheck: replica detection for synthetic medical images."""
+
+
+@app.command()
+def scan(
+    train: str = typer.Argument(..., help="Training images: a folder, a CSV manifest (path, subject, id, mask) or an array file."),
+    synthetic: str = typer.Argument(..., help="Synthetic images, same forms as TRAIN."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for synthetic.csv, pairs.csv, training.csv, summary.json."),
+    holdout: Optional[str] = typer.Option(None, "--holdout", help="Held-out real images of patients not in TRAIN: the null distribution."),
+    levels: str = typer.Option("voxel", "--levels", help="Comma-separated levels to run."),
+    k: int = typer.Option(5, "--k", help="Training neighbours kept per synthetic image."),
+    quantile: float = typer.Option(0.99, "--quantile", help="Quantile of the null distribution used as threshold."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="Analysis grid, e.g. 128x128 or 64x128x128 (z,y,x). Default: training's common shape, at most 128 a side."),
+    intensity: str = typer.Option("auto", "--intensity", help="auto, ct, percentile, 8bit or minmax."),
+    ct_window: str = typer.Option("40,400", "--ct-window", help="CT window level,width in HU (for --intensity ct or auto-detected CT)."),
+    slices: bool = typer.Option(False, "--slices", help="Cut volumes into 2D axial slices and compare slices."),
+    subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject (patient) id."),
+    image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
+    max_shift: int = typer.Option(3, "--max-shift", help="Largest translation (voxels per axis) searched when aligning a pair."),
+    skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="Skip unreadable images (listed in summary.json) instead of stopping."),
+    num_workers: int = typer.Option(2, "--num-workers", help="Threads for reading and searching."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the size-matched synthetic subsample (N_mem)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or warnings; only the headline."),
+) -> None:
+    """Scan SYNTHETIC images for replicas of TRAIN images and write the results to --out."""
+    from .scan import ScanConfig
+    from .scan import scan as run_scan
+
+    def guarded():
+        config = ScanConfig(
+            levels=tuple(part.strip() for part in levels.split(",") if part.strip()),
+            k=k, quantile=quantile, grid=_parse_grid(grid), intensity=intensity, ct_window=_parse_window(ct_window),
+            slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, max_shift=max_shift,
+            skip_unreadable=skip_unreadable, num_workers=num_workers, seed=seed, progress=not quiet,
+        )
+        _check_output(out, [train, synthetic] + ([holdout] if holdout else []))
+        result = run_scan(train, synthetic, holdout, config=config)
+        result.summary["command"] = " ".join(["replicheck"] + sys.argv[1:])
+        result.write(out)
+        return result
+
+    result = _run(guarded)
+    if not quiet:
+        for warning in result.warnings:
+            typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    typer.echo(result.headline)
+    if not quiet:
+        typer.echo(f"Results: {out}/synthetic.csv, pairs.csv, training.csv, summary.json")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for the demo's manifests and results."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Scan the real DICOM images of the pydicom-data package, whose lossy copies are known replicas."""
+    from .demo import run_demo
+
+    _run(lambda: run_demo(out, progress=not quiet, echo=typer.echo))
+
+
+def _run(work):
+    """Run ``work`` and turn a user-facing error into one line on stderr and exit status 2."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return work()
+        except ReplicheckError as error:
+            typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(EXIT_INPUT) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted; no results were written", err=True)
+            raise typer.Exit(130) from None
+
+
+def _parse_grid(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(part) for part in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise ReplicheckError(f"--grid: expected sizes such as 128x128 or 64x128x128, got {text!r}") from None
+
+
+def _parse_window(text: str) -> tuple[float, float]:
+    try:
+        level, width = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ReplicheckError(f"--ct-window: expected LEVEL,WIDTH in HU such as 40,400, got {text!r}") from None
+    return level, width
+
+
+def _check_output(out: Path, inputs: list[str]) -> None:
+    """Refuse to write results inside an input folder (inputs are never modified or added to)."""
+    target = out.resolve()
+    for source in inputs:
+        folder = Path(source).resolve()
+        if folder.is_dir() and (target == folder or folder in target.parents):
+            raise ReplicheckError(f"{out}: the output folder lies inside the input folder {source}; "
+                                  f"choose a folder outside the inputs")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
