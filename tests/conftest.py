@@ -1,0 +1,68 @@
+"""Shared fixtures: where the real test images lie, and builders of small labelled scan sets.
+
+Real images are read from ``../shared/data`` (never copied into the repository); tests that need
+them skip with a reason when that folder is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(os.environ.get("REPLICHECK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def shared(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real test data missing: {path} (set REPLICHECK_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ctich():
+    """CT-ICH: 2,501 brain-window slices (128x128 uint8) with patient ids, and 82 volumes."""
+    with np.load(shared("ct_ich", "ctich_128.npz")) as data:
+        return {key: data[key] for key in ("flat_brain", "flat_patient", "images", "patient_ids")}
+
+
+@pytest.fixture(scope="session")
+def pydicom_data() -> Path:
+    data_store = pytest.importorskip("data_store", reason="pydicom-data is not installed")
+    return Path(data_store.__file__).parent / "data"
+
+
+def perturb(image: np.ndarray, rng: np.random.Generator, *, noise: float = 0.02, max_shift: int = 2) -> np.ndarray:
+    """A planted replica: Gaussian noise (in [0, 1] units), a gamma change and a small shift."""
+    scale = 255.0 if image.dtype == np.uint8 else float(image.max())
+    x = image.astype(np.float32) / scale
+    x = np.clip(x, 0, 1) ** rng.uniform(0.8, 1.25)
+    x = np.clip(x + rng.normal(0, noise, x.shape), 0, 1)
+    shift = tuple(int(v) for v in rng.integers(-max_shift, max_shift + 1, x.ndim))
+    x = np.roll(x, shift, axis=tuple(range(x.ndim)))
+    return (x * 255).round().astype(np.uint8) if image.dtype == np.uint8 else (x * scale).astype(np.float32)
+
+
+def split_patients(patients: np.ndarray, seed: int, sizes: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """Unique patients shuffled and cut into training, holdout and novel (the rest) groups."""
+    unique = np.unique(patients)
+    np.random.default_rng(seed).shuffle(unique)
+    return unique[: sizes[0]], unique[sizes[0]: sizes[0] + sizes[1]], unique[sizes[0] + sizes[1]:]
+
+
+def write_set(folder: Path, arrays: dict[str, np.ndarray]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        np.save(folder / f"{name}.npy", array)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _quiet_third_party_warnings():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="pydicom")
+        yield
