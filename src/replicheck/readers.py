@@ -139,7 +139,9 @@ def npz_members(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                     continue
                 with archive.open(name) as handle:
                     version = np.lib.format.read_magic(handle)
-                    shape, _, dtype = np.lib.format._read_array_header(handle, version)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(handle)
                 members[name[: -len(".npy")]] = (tuple(shape), np.dtype(dtype))
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
         raise InputError(path, f"cannot read as a NumPy .npz file: {one_line(error)}") from None
@@ -466,7 +468,8 @@ def _intensity_hint(array: np.ndarray, raw_dtype: np.dtype, scaled: bool) -> str
     """What ``auto`` normalisation should do: '8bit' for unscaled uint8, 'ct' for HU-like data."""
     if np.dtype(raw_dtype) == np.uint8 and not scaled:
         return "8bit"
-    finite_min = np.nanmin(array) if array.size else 0.0
+    finite = array[np.isfinite(array)]
+    finite_min = finite.min() if finite.size else 0.0
     return "ct" if finite_min < _HU_LIKE_MINIMUM else "percentile"
 
 
