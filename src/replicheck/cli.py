@@ -130,5 +130,5 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m replicheck.cli
     main()

@@ -269,6 +269,9 @@ class _Collector:
                 raise InputError(label, f"is one image of shape {shape}; it cannot be indexed")
             return [None]
         if not stack:
+            if self.image_ndim:
+                raise InputError(label, f"array of shape {shape} is {ndim}D, but --image-ndim {self.image_ndim} expects "
+                                        f"{self.image_ndim}D images or stacks of them (2D mixed with 3D?)")
             raise InputError(label, f"array of shape {shape} is neither an image nor a stack of images")
         count = shape[0]
         if not index:
