@@ -30,10 +30,12 @@ class Level(Protocol):
     def vectors(self, images: np.ndarray) -> np.ndarray:
         """(b, *grid) images -> (b, d) unit-norm float32 search vectors."""
 
-    def rescore(self, query: np.ndarray, candidates: np.ndarray) -> dict[str, np.ndarray]:
+    def rescore(self, query: np.ndarray, candidates: np.ndarray, *, primary_only: bool = False) -> dict[str, np.ndarray]:
         """Measures of ``query`` against (k, *grid) ``candidates``: name -> (k,) array.
 
         Keys not in ``measures`` are per-pair details (e.g. ``shift``) written to pairs.csv.
+        With ``primary_only`` the other measures may be left NaN (searches that only need the
+        primary measure, such as N_mem's, skip the cost).
         """
 
     def describe(self) -> dict:

@@ -54,11 +54,13 @@ def compare(
     data_range: float,
     max_shift: int = 0,
     win_size: int = 7,
+    with_ssim: bool = True,
 ) -> PairScores:
     """Score ``query`` (shape S) against each of ``candidates`` (shape (k, *S)).
 
     ``data_range`` is the intensity range of the normalised images (1.0 after replicheck's
-    preprocessing); it sets SSIM's stabilising constants and PSNR's peak.
+    preprocessing); it sets SSIM's stabilising constants and PSNR's peak. SSIM is the costliest
+    measure; ``with_ssim=False`` leaves it NaN for callers that need only the others.
     """
     query = np.asarray(query)
     candidates = np.asarray(candidates)
@@ -80,7 +82,8 @@ def compare(
         psnr_ = 10.0 * np.log10(data_range**2 / mse_.numpy())
     return PairScores(
         ncc=_pearson(flat_q, flat_c).numpy(),
-        ssim=_ssim(q, c, data_range=data_range, win_size=win_size).numpy(),
+        ssim=_ssim(q, c, data_range=data_range, win_size=win_size).numpy() if with_ssim
+        else np.full(len(c), np.nan),
         mse=mse_.numpy(),
         psnr=psnr_,
         shift=shifts.numpy(),

@@ -57,7 +57,7 @@ class ScanConfig:
     search_size: int = 32
     voxel_measure: str = "ncc"
     shortlist: int = 256
-    depth: int = 10
+    depth: int | None = None  # candidates rescored exactly; default max(k, 10) in 2D, k in 3D
     skip_unreadable: bool = False
     seed: int = 0
     num_workers: int = 2
@@ -260,7 +260,8 @@ class _Assembler:
         sides = {role: _side(level, collection, workdir, f"{name}.{role}")
                  for role, collection in self.collections.items()}
         self.timings[f"{name}.represent"] = time.perf_counter() - tick
-        search = dict(shortlist=config.shortlist, depth=config.depth, workers=config.num_workers, progress=progress)
+        depth = config.depth or (max(config.k, 10) if len(self.settings.grid) == 2 else config.k)
+        search = dict(shortlist=config.shortlist, depth=depth, workers=config.num_workers, progress=progress)
         train, synth = sides["training"], sides["synthetic"]
 
         tick = time.perf_counter()
@@ -270,7 +271,8 @@ class _Assembler:
         if self.has_holdout:
             holdout = sides["holdout"]
             null = nearest(level, holdout, train, k=1, description=f"{name}: holdout -> training", **search)
-            train_null = nearest(level, train, holdout, k=1, description=f"{name}: training -> holdout", **search)
+            train_null = nearest(level, train, holdout, k=1, primary_only=True,
+                                 description=f"{name}: training -> holdout", **search)
             matched = len(holdout.vectors)
         else:
             null = nearest(level, train, train, k=1, exclude_own_subject=True,
@@ -278,7 +280,7 @@ class _Assembler:
             train_null = null
             matched = len(train.vectors)
         gallery_rows = calibrate.matched_subsample(len(synth.vectors), matched, config.seed)
-        memorized = nearest(level, train, synth, k=1, gallery_rows=gallery_rows,
+        memorized = nearest(level, train, synth, k=1, gallery_rows=gallery_rows, primary_only=True,
                             description=f"{name}: training -> synthetic", **search)
         self.timings[f"{name}.search_calibration"] = time.perf_counter() - tick
         self._record(level, found, null, train_null, memorized, len(gallery_rows))

@@ -74,6 +74,7 @@ def nearest(
     query_rows: np.ndarray | None = None,
     gallery_rows: np.ndarray | None = None,
     exclude_own_subject: bool = False,
+    primary_only: bool = False,
     workers: int = 2,
     progress: Progress | None = None,
     description: str = "searching",
@@ -97,7 +98,8 @@ def nearest(
         if gallery.coarse is not None and candidates.size > depth:
             coarse = level.coarse_scores(queries.coarse.read(query_row)[0], gallery.coarse.read(gallery_rows[candidates]))
             candidates = candidates[np.argsort(-coarse, kind="stable")[:depth]]
-        scores = level.rescore(queries.store.read(query_row)[0], gallery.store.read(gallery_rows[candidates]))
+        scores = level.rescore(queries.store.read(query_row)[0], gallery.store.read(gallery_rows[candidates]),
+                               primary_only=primary_only)
         primary = oriented(scores[level.primary], level.measures[level.primary])
         order = np.argsort(-np.nan_to_num(primary, nan=-np.inf), kind="stable")[:k]
         rows[position, : order.size] = gallery_rows[candidates[order]]

@@ -4,7 +4,7 @@ Shortlist: Pearson correlation of area-downsampled images (at most ``search_size
 side), which is an inner product of z-scored, unit-norm vectors and so goes through the index.
 Downsampling also makes the shortlist tolerant of small shifts. Refinement: the shortlist
 is re-ranked by the best Pearson correlation over small translations at half resolution (at
-most ``coarse_size`` voxels a side), which brings the exact nearest image into the rescored
+most 64 voxels a side in 2D, 32 in 3D), which brings the exact nearest image into the rescored
 candidates for >= 99% of queries (``docs/design.md``). Rescoring: NCC, SSIM, MSE and
 PSNR at full analysis resolution after aligning each candidate by up to ``max_shift`` voxels
 (:func:`replicheck.measures.compare`).
@@ -24,7 +24,7 @@ from .preprocess import DATA_RANGE
 class VoxelLevel:
     name = "voxel"
 
-    def __init__(self, *, max_shift: int = 3, search_size: int = 32, coarse_size: int = 64, primary: str = "ncc"):
+    def __init__(self, *, max_shift: int = 3, search_size: int = 32, coarse_size: int | None = None, primary: str = "ncc"):
         if primary not in measures.MEASURES:
             raise ValueError(f"unknown voxel measure {primary!r}; choose one of {', '.join(measures.MEASURES)}")
         if search_size < 2:
@@ -48,7 +48,7 @@ class VoxelLevel:
         centred and scaled to unit norm (used when it is a candidate), so that the candidates'
         normalisation is paid once per image, not once per query.
         """
-        small = _pooled(images, self.coarse_size)
+        small = _pooled(images, self.coarse_size or (64 if images.ndim == 3 else 32))
         self._coarse_shape = tuple(small.shape[1:])  # read back by coarse_scores
         s = _coarse_shift(tuple(small.shape[1:]))
         centre = small[(slice(None),) + tuple(slice(s, n - s) for n in small.shape[1:])].reshape(len(small), -1)
@@ -72,8 +72,9 @@ class VoxelLevel:
         gallery = torch.from_numpy(np.ascontiguousarray(candidates[:, size:], dtype=np.float32))
         return (_unit_rows(windows) @ gallery.T).max(dim=0).values.numpy()
 
-    def rescore(self, query: np.ndarray, candidates: np.ndarray) -> dict[str, np.ndarray]:
-        scores = measures.compare(query, candidates, data_range=DATA_RANGE, max_shift=self.max_shift)
+    def rescore(self, query: np.ndarray, candidates: np.ndarray, *, primary_only: bool = False) -> dict[str, np.ndarray]:
+        with_ssim = not primary_only or self.primary == "ssim"
+        scores = measures.compare(query, candidates, data_range=DATA_RANGE, max_shift=self.max_shift, with_ssim=with_ssim)
         out = {name: scores.measure(name) for name in self.measures}
         out["shift"] = np.array([" ".join(str(int(v)) for v in row) for row in scores.shift])
         return out
@@ -84,7 +85,7 @@ class VoxelLevel:
             "measures": list(self.measures),
             "max_shift_voxels": self.max_shift,
             "search_size": self.search_size,
-            "refine_size": self.coarse_size,
+            "refine_size": self.coarse_size or "64 (2D), 32 (3D)",
             "ssim": {"win_size": 7, "K1": 0.01, "K2": 0.03, "data_range": DATA_RANGE, "covariance": "sample"},
             "shortlist": "Pearson correlation of area-downsampled images (faiss IndexFlatIP)",
             "refine": "best Pearson correlation over +-2 (2D) or +-1 (3D) voxel shifts at refine_size",
