@@ -122,18 +122,6 @@ def stream(refs: Iterable[ImageRef], *, workers: int = 2, skip_unreadable: bool 
             yield done_ref, future.result()
 
 
-def slice_volumes(refs: Iterable[ImageRef]) -> list[ImageRef]:
-    """Each 3D record becomes one 2D record per slice along the first (z) axis, same subject."""
-    sliced = []
-    for ref in refs:
-        if ref.ndim == 2:
-            sliced.append(ref)
-            continue
-        for z in range(ref.shape[0]):
-            sliced.append(replace(ref, id=f"{ref.id}#z{z:03d}", shape=ref.shape[1:], slice=z))
-    return sliced
-
-
 class _Collector:
     """Accumulates refs, ignored and skipped files while walking a source."""
 

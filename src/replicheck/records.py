@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class ReplicheckError(Exception):
@@ -55,18 +55,6 @@ class LoadedImage:
     spacing: tuple[float, ...]
     intensity: str  # normalisation the reader suggests for ``auto``: "ct", "percentile" or "8bit"
     notes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Match:
-    """One scored pair: a query image against one reference image at one level."""
-
-    query: str
-    reference: str
-    level: str
-    rank: int
-    scores: dict[str, float] = field(default_factory=dict)
-    shift: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
