@@ -30,22 +30,23 @@ class Level(Protocol):
     def vectors(self, images: np.ndarray) -> np.ndarray:
         """(b, *grid) images -> (b, d) unit-norm float32 search vectors."""
 
-    def rescore(self, query: np.ndarray, candidates: np.ndarray, *, primary_only: bool = False) -> dict[str, np.ndarray]:
-        """Measures of ``query`` against (k, *grid) ``candidates``: name -> (k,) array.
+    def rescore(self, query: np.ndarray, candidates: np.ndarray, *, keep: int | None = None) -> dict[str, np.ndarray]:
+        """Measures of ``query`` against (n, *grid) ``candidates``: name -> (n,) array.
 
         Keys not in ``measures`` are per-pair details (e.g. ``shift``) written to pairs.csv.
-        With ``primary_only`` the other measures may be left NaN (searches that only need the
-        primary measure, such as N_mem's, skip the cost).
+        With ``keep`` = k only the k best candidates by the primary measure will be kept, so the
+        other measures may be left NaN for the rest (0: only the primary measure is needed).
         """
 
     def describe(self) -> dict:
         """Settings of the level, for summary.json."""
 
-    def coarse(self, images: np.ndarray) -> np.ndarray | None:
-        """(b, *grid) images -> (b, ...) arrays for :meth:`coarse_scores`, or None."""
+    def coarse(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(b, *grid) images -> (as query, as candidate): two (b, d) arrays for
+        :meth:`coarse_scores`, or None for a level without a coarse stage."""
 
     def coarse_scores(self, query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """(n,) similarity of one coarse query with n coarse candidates, higher = closer."""
+        """(n,) similarity of one coarse query row with n coarse candidate rows, higher = closer."""
 
 
 def _voxel(config) -> Level:

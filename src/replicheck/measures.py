@@ -54,13 +54,14 @@ def compare(
     data_range: float,
     max_shift: int = 0,
     win_size: int = 7,
-    with_ssim: bool = True,
+    ssim_best: int | None = None,
 ) -> PairScores:
     """Score ``query`` (shape S) against each of ``candidates`` (shape (k, *S)).
 
     ``data_range`` is the intensity range of the normalised images (1.0 after replicheck's
     preprocessing); it sets SSIM's stabilising constants and PSNR's peak. SSIM is the costliest
-    measure; ``with_ssim=False`` leaves it NaN for callers that need only the others.
+    measure: with ``ssim_best`` = n it is computed only for the n candidates of highest NCC
+    (0: for none) and left NaN for the others.
     """
     query = np.asarray(query)
     candidates = np.asarray(candidates)
@@ -80,10 +81,14 @@ def compare(
     mse_ = ((flat_c - flat_q) ** 2).mean(dim=1, dtype=torch.float64)
     with np.errstate(divide="ignore"):
         psnr_ = 10.0 * np.log10(data_range**2 / mse_.numpy())
+    ncc_ = _pearson(flat_q, flat_c).numpy()
+    ssim_ = np.full(len(c), np.nan)
+    rows = np.arange(len(c)) if ssim_best is None else np.argsort(-ncc_, kind="stable")[:ssim_best]
+    if rows.size:
+        ssim_[rows] = _ssim(q, c[torch.from_numpy(rows)], data_range=data_range, win_size=win_size).numpy()
     return PairScores(
-        ncc=_pearson(flat_q, flat_c).numpy(),
-        ssim=_ssim(q, c, data_range=data_range, win_size=win_size).numpy() if with_ssim
-        else np.full(len(c), np.nan),
+        ncc=ncc_,
+        ssim=ssim_,
         mse=mse_.numpy(),
         psnr=psnr_,
         shift=shifts.numpy(),

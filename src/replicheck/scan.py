@@ -57,7 +57,7 @@ class ScanConfig:
     search_size: int = 32
     voxel_measure: str = "ncc"
     shortlist: int = 256
-    depth: int | None = None  # candidates rescored exactly; default max(k, 10) in 2D, k in 3D
+    depth: int | None = None  # candidates rescored exactly; default max(k, 20) in 2D, k in 3D
     skip_unreadable: bool = False
     seed: int = 0
     num_workers: int = 2
@@ -214,17 +214,22 @@ def _collect(image_set: ImageSet, settings: Preprocessing, workdir: Path, config
 
 
 def _side(level: Level, collection: _Collection, workdir: Path, name: str) -> Side:
-    """Search vectors (in memory) and coarse copies (on disk) of one collection for one level."""
-    vectors, coarse = [], None
+    """Search vectors (in memory) and coarse rows (on disk) of one collection for one level."""
+    vectors, as_query, as_candidate = [], None, None
     for _, batch in collection.store.batches(VECTOR_BATCH):
         vectors.append(level.vectors(batch))
-        small = level.coarse(batch) if hasattr(level, "coarse") else None
-        if small is not None:
-            if coarse is None:
-                coarse = ArrayStore(workdir / f"{name}.coarse.f32", small.shape[1:], mapped=True)
-            for array in small:
-                coarse.append(array)
-    return Side(collection.store, np.concatenate(vectors), coarse, collection.items["subject"].to_numpy())
+        coarse = level.coarse(batch) if hasattr(level, "coarse") else None
+        if coarse is None:
+            continue
+        if as_query is None:
+            as_query = ArrayStore(workdir / f"{name}.coarse-query.f32", coarse[0].shape[1:])
+            # A query reads hundreds of candidate rows: gather them through a memory map.
+            as_candidate = ArrayStore(workdir / f"{name}.coarse.f32", coarse[1].shape[1:], mapped=True)
+        for query_row, candidate_row in zip(*coarse):
+            as_query.append(query_row)
+            as_candidate.append(candidate_row)
+    return Side(collection.store, np.concatenate(vectors), collection.items["subject"].to_numpy(),
+                coarse_queries=as_query, coarse=as_candidate)
 
 
 class _Assembler:
@@ -260,7 +265,7 @@ class _Assembler:
         sides = {role: _side(level, collection, workdir, f"{name}.{role}")
                  for role, collection in self.collections.items()}
         self.timings[f"{name}.represent"] = time.perf_counter() - tick
-        depth = config.depth or (max(config.k, 10) if len(self.settings.grid) == 2 else config.k)
+        depth = config.depth or (max(config.k, 20) if len(self.settings.grid) == 2 else config.k)
         search = dict(shortlist=config.shortlist, depth=depth, workers=config.num_workers, progress=progress)
         train, synth = sides["training"], sides["synthetic"]
 
@@ -270,12 +275,13 @@ class _Assembler:
         tick = time.perf_counter()
         if self.has_holdout:
             holdout = sides["holdout"]
-            null = nearest(level, holdout, train, k=1, description=f"{name}: holdout -> training", **search)
+            # Same k as the synthetic search, so that each measure's best is taken over as many candidates.
+            null = nearest(level, holdout, train, k=config.k, description=f"{name}: holdout -> training", **search)
             train_null = nearest(level, train, holdout, k=1, primary_only=True,
                                  description=f"{name}: training -> holdout", **search)
             matched = len(holdout.vectors)
         else:
-            null = nearest(level, train, train, k=1, exclude_own_subject=True,
+            null = nearest(level, train, train, k=config.k, exclude_own_subject=True,
                            description=f"{name}: training -> other subjects", **search)
             train_null = null
             matched = len(train.vectors)

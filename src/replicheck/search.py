@@ -39,8 +39,9 @@ class Side:
 
     store: ArrayStore
     vectors: np.ndarray
-    coarse: ArrayStore | None
     subjects: np.ndarray
+    coarse_queries: ArrayStore | None = None  # the level's coarse rows used as a query
+    coarse: ArrayStore | None = None  # ... and used as a candidate
 
 
 @dataclass
@@ -96,10 +97,11 @@ def nearest(
             return
         query_row = query_rows[position]
         if gallery.coarse is not None and candidates.size > depth:
-            coarse = level.coarse_scores(queries.coarse.read(query_row)[0], gallery.coarse.read(gallery_rows[candidates]))
+            coarse = level.coarse_scores(queries.coarse_queries.read(query_row)[0],
+                                         gallery.coarse.read(gallery_rows[candidates]))
             candidates = candidates[np.argsort(-coarse, kind="stable")[:depth]]
         scores = level.rescore(queries.store.read(query_row)[0], gallery.store.read(gallery_rows[candidates]),
-                               primary_only=primary_only)
+                               keep=0 if primary_only else k)
         primary = oriented(scores[level.primary], level.measures[level.primary])
         order = np.argsort(-np.nan_to_num(primary, nan=-np.inf), kind="stable")[:k]
         rows[position, : order.size] = gallery_rows[candidates[order]]

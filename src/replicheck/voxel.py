@@ -41,18 +41,18 @@ class VoxelLevel:
         norms = torch.linalg.vector_norm(small, dim=1, keepdim=True)
         return torch.where(norms > 0, small / norms.clamp_min(1e-12), 0.0).float().numpy()
 
-    def coarse(self, images: np.ndarray) -> np.ndarray:
-        """Half-resolution copies of (b, *grid) images for :meth:`coarse_scores`, one flat row each.
+    def coarse(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Half-resolution copies of (b, *grid) images for :meth:`coarse_scores`, as flat rows.
 
-        A row holds the coarse image (used when it is the query) followed by its central region,
-        centred and scaled to unit norm (used when it is a candidate), so that the candidates'
-        normalisation is paid once per image, not once per query.
+        Returns the coarse images (used as queries) and their central regions centred and scaled
+        to unit norm (used as candidates), so that a candidate's normalisation is paid once per
+        image, not once per query.
         """
         small = _pooled(images, self.coarse_size or (64 if images.ndim == 3 else 32))
         self._coarse_shape = tuple(small.shape[1:])  # read back by coarse_scores
         s = _coarse_shift(tuple(small.shape[1:]))
         centre = small[(slice(None),) + tuple(slice(s, n - s) for n in small.shape[1:])].reshape(len(small), -1)
-        return torch.cat([small.reshape(len(small), -1), _unit_rows(centre)], dim=1).numpy()
+        return small.reshape(len(small), -1).numpy(), _unit_rows(centre).numpy()
 
     def coarse_scores(self, query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """Best Pearson correlation of each coarse candidate with the coarse query over shifts.
@@ -61,20 +61,21 @@ class VoxelLevel:
         against each candidate's normalised central region: one matrix product per query.
         """
         shape = self._coarse_shape
-        size = int(np.prod(shape))
         s = _coarse_shift(shape)
-        q = torch.from_numpy(np.ascontiguousarray(query[:size], dtype=np.float32)).reshape(shape)
+        q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).reshape(shape)
         length = [n - 2 * s for n in shape]
         windows = torch.stack([
             q[tuple(slice(o, o + m) for o, m in zip(offset, length))].reshape(-1)
             for offset in itertools.product(range(2 * s + 1), repeat=len(shape))
         ])
-        gallery = torch.from_numpy(np.ascontiguousarray(candidates[:, size:], dtype=np.float32))
+        gallery = torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.float32))
         return (_unit_rows(windows) @ gallery.T).max(dim=0).values.numpy()
 
-    def rescore(self, query: np.ndarray, candidates: np.ndarray, *, primary_only: bool = False) -> dict[str, np.ndarray]:
-        with_ssim = not primary_only or self.primary == "ssim"
-        scores = measures.compare(query, candidates, data_range=DATA_RANGE, max_shift=self.max_shift, with_ssim=with_ssim)
+    def rescore(self, query: np.ndarray, candidates: np.ndarray, *, keep: int | None = None) -> dict[str, np.ndarray]:
+        # SSIM, the costliest measure, only for the candidates that can be kept (unless primary).
+        ssim_best = None if keep is None or self.primary == "ssim" else keep
+        scores = measures.compare(query, candidates, data_range=DATA_RANGE, max_shift=self.max_shift,
+                                  ssim_best=ssim_best)
         out = {name: scores.measure(name) for name in self.measures}
         out["shift"] = np.array([" ".join(str(int(v)) for v in row) for row in scores.shift])
         return out
