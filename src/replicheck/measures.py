@@ -211,8 +211,7 @@ def _best_shifts(q: torch.Tensor, c: torch.Tensor, s: int) -> torch.Tensor:
     padded[tuple(slice(0, m) for m in length)] = centre / norm
     c = c - c.mean(dim=dims, keepdim=True)
     spectrum = torch.fft.rfftn(c, dim=dims) * torch.conj(torch.fft.rfftn(padded))
-    corr = torch.fft.irfftn(spectrum, s=q.shape, dim=dims)
-    corr = corr[(slice(None),) + tuple(slice(0, 2 * s + 1) for _ in range(d))]
+    corr = _leading_inverse(spectrum, q.shape, 2 * s + 1)
     sums = _window_sums(c, length, 2 * s + 1)
     squares = _window_sums(c * c, length, 2 * s + 1)
     spread = torch.sqrt((squares - sums * sums / n).clamp_min(0.0))
@@ -224,6 +223,18 @@ def _best_shifts(q: torch.Tensor, c: torch.Tensor, s: int) -> torch.Tensor:
     best = flat.argmax(dim=1).numpy()
     offsets = np.stack(np.unravel_index(best, (2 * s + 1,) * d), axis=1) - s
     return torch.from_numpy(offsets.astype(np.int64))
+
+
+def _leading_inverse(spectrum: torch.Tensor, shape: tuple[int, ...], count: int) -> torch.Tensor:
+    """The first ``count`` values per axis of ``irfftn(spectrum, s=shape)`` over the last axes.
+
+    The inverse transform is separable, so each axis is inverted and cut to ``count`` before
+    the next: only the first axis costs a full-size transform (3x less work than ``irfftn``).
+    """
+    d = len(shape)
+    for axis in range(spectrum.ndim - d, spectrum.ndim - 1):
+        spectrum = torch.fft.ifft(spectrum, dim=axis).narrow(axis, 0, count)
+    return torch.fft.irfft(spectrum, n=shape[-1], dim=-1).narrow(-1, 0, count)
 
 
 def _aligned(q: torch.Tensor, c: torch.Tensor, shifts: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
