@@ -35,7 +35,7 @@ from .records import InputError, ReplicheckError
 from .search import Hits, Side, nearest
 from .store import ArrayStore
 
-VECTOR_BATCH = 256
+VECTOR_BATCH_BYTES = 64 * 2**20  # analysis-grid images per batch when computing search vectors
 SMALL_NULL = 100
 
 
@@ -216,7 +216,8 @@ def _collect(image_set: ImageSet, settings: Preprocessing, workdir: Path, config
 def _side(level: Level, collection: _Collection, workdir: Path, name: str) -> Side:
     """Search vectors (in memory) and coarse rows (on disk) of one collection for one level."""
     vectors, as_query, as_candidate = [], None, None
-    for _, batch in collection.store.batches(VECTOR_BATCH):
+    batch_size = max(1, VECTOR_BATCH_BYTES // (4 * int(np.prod(collection.store.shape))))
+    for _, batch in collection.store.batches(batch_size):
         vectors.append(level.vectors(batch))
         coarse = level.coarse(batch) if hasattr(level, "coarse") else None
         if coarse is None:
