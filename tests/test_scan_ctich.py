@@ -67,6 +67,7 @@ def test_summary_reports_rates_thresholds_and_dar(slices_scan):
     assert n_copies["total"] == 260 and n_copies["ci95"][0] <= n_copies["rate"] <= n_copies["ci95"][1]
     # Dar's tau and the N_mem threshold are the 0.95 and 0.99 quantiles of one null.
     assert voxel["dar"]["threshold"] <= voxel["n_mem"]["threshold"]
+    assert voxel["dar_threshold"] == voxel["dar"]["threshold"]
     matched = min(result.summary["inputs"]["holdout"]["analysed"], result.summary["inputs"]["synthetic"]["analysed"])
     assert voxel["n_mem"]["synthetic_gallery_size"] == matched
     assert set(voxel["measures"]) == {"ncc", "ssim", "mse", "psnr"}

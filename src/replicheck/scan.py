@@ -373,6 +373,7 @@ class _Assembler:
                 "null": "training -> holdout" if self.has_holdout else null_source,
             },
             "measures": measures_summary,
+            "dar_threshold": _unoriented(dar.value, higher),
             "dar": {
                 "threshold": _unoriented(dar.value, higher),
                 "quantile": config.dar_quantile,
