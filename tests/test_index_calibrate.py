@@ -46,6 +46,7 @@ def test_threshold_and_p_values():
     assert limit.value == pytest.approx(np.quantile(null, 0.99)) and limit.n_null == 100
     p = calibrate.p_values(np.array([100.5, 100.0, 50.0, 0.0]), null)
     np.testing.assert_allclose(p, [1 / 101, 2 / 101, 52 / 101, 1.0])
+    assert np.isnan(calibrate.p_values(np.array([np.nan]), null)[0])
     assert calibrate.exceeds(np.array([99.02, 99.0]), limit).tolist() == [True, False]
 
 

@@ -44,11 +44,14 @@ def threshold(null: np.ndarray, quantile: float, *, measure: str = "") -> Thresh
 
 
 def p_values(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
-    """Empirical p-values (1 + #null >= score) / (1 + n): small when a score beats the null."""
+    """Empirical p-values (1 + #null >= score) / (1 + n): small when a score beats the null.
+
+    A missing (NaN) score has no p-value (NaN), rather than the smallest one.
+    """
     null = np.sort(np.asarray(null, dtype=np.float64))
     scores = np.asarray(scores, dtype=np.float64)
     at_least = null.size - np.searchsorted(null, scores, side="left")
-    return (1.0 + at_least) / (1.0 + null.size)
+    return np.where(np.isnan(scores), np.nan, (1.0 + at_least) / (1.0 + null.size))
 
 
 def exceeds(scores: np.ndarray, limit: Threshold) -> np.ndarray:
