@@ -798,6 +798,21 @@ def _scan_rows(r: dict, goal_s: float) -> list[str]:
     ]
 
 
+def _section_head(title: str, r: dict) -> list[str]:
+    """A section's title, the command that reproduces it and the machine it ran on."""
+    return [title, "", "```", r["command"], "```", "", _machine_line(r), ""]
+
+
+def _top1_rows(bf: dict, measure: str, label: str) -> list[str]:
+    """Top-1 agreement of one measure with brute force, overall and for copies / novel images."""
+    overall, copy, novel = (bf[f"{measure}_top1{suffix}"] for suffix in ("", "_copy", "_novel"))
+    return [
+        f"| top-1 agreement with brute force, {label} | ≥ 99% | {overall['agree']}/{bf['queries']} = "
+        f"{_pct(overall['rate'], overall['ci95'])} | {_mark(overall['rate'] >= GOALS['top1'])} |",
+        f"| — copies / novel | | {_pct(copy['rate'])} of {copy['total']} / {_pct(novel['rate'])} of {novel['total']} | |",
+    ]
+
+
 def _timings_table(r: dict) -> list[str]:
     t = r["timings_s"]
     rows = ["| stage (`summary['timings_s']`) | seconds | share of total |", "|---|---:|---:|"]
@@ -837,14 +852,7 @@ def markdown(results: dict) -> str:
         r = results["2d"]
         c = r["data"]["counts"]
         lines += [
-            f"## 2D: {c['train']:,} training × {c['synthetic']:,} synthetic images, 128×128",
-            "",
-            "```",
-            r["command"],
-            "```",
-            "",
-            _machine_line(r),
-            "",
+            *_section_head(f"## 2D: {c['train']:,} training × {c['synthetic']:,} synthetic images, 128×128", r),
             f"Data: CT-ICH brain-window slices (`ctich_128.npz`, `flat_brain`) and IXI T1 axial slices (RAS, z = "
             f"{IXI_SLICES.start}–{IXI_SLICES.stop - 1} of 120, padded to square, resized to 128×128, scaled by the "
             f"volume's 99.5th percentile). {c['train']:,} training, {c['synthetic']:,} synthetic ({c['copies']} copies, "
@@ -859,17 +867,9 @@ def markdown(results: dict) -> str:
         bf = r.get("brute_force")
         if bf:
             lines += [
-                f"| top-1 agreement with brute force, NCC (`voxel_nearest` = argmax of best-shift NCC over all "
-                f"{bf['gallery']:,} training images), {bf['queries']} queries | ≥ 99% | "
-                f"{bf['ncc_top1']['agree']}/{bf['queries']} = {_pct(bf['ncc_top1']['rate'], bf['ncc_top1']['ci95'])} | "
-                f"{_mark(bf['ncc_top1']['rate'] >= GOALS['top1'])} |",
-                f"| — copies / novel | | {_pct(bf['ncc_top1_copy']['rate'])} of {bf['ncc_top1_copy']['total']} / "
-                f"{_pct(bf['ncc_top1_novel']['rate'])} of {bf['ncc_top1_novel']['total']} | |",
-                f"| top-1 agreement with brute force, SSIM (`voxel_ssim_nearest` = argmax of best-shift SSIM) | ≥ 99% | "
-                f"{bf['ssim_top1']['agree']}/{bf['queries']} = {_pct(bf['ssim_top1']['rate'], bf['ssim_top1']['ci95'])} | "
-                f"{_mark(bf['ssim_top1']['rate'] >= GOALS['top1'])} |",
-                f"| — copies / novel | | {_pct(bf['ssim_top1_copy']['rate'])} of {bf['ssim_top1_copy']['total']} / "
-                f"{_pct(bf['ssim_top1_novel']['rate'])} of {bf['ssim_top1_novel']['total']} | |",
+                *_top1_rows(bf, "ncc", f"NCC (`voxel_nearest` = argmax of best-shift NCC over all "
+                                       f"{bf['gallery']:,} training images), {bf['queries']} queries"),
+                *_top1_rows(bf, "ssim", "SSIM (`voxel_ssim_nearest` = argmax of best-shift SSIM)"),
                 f"| extra: `voxel_ssim_nearest` = argmax of plain SSIM without shift (scikit-image semantics) | — | "
                 f"{_pct(bf['plain_ssim_top1']['rate'])} (copies {_pct(bf['plain_ssim_top1_copy']['rate'])}, novel "
                 f"{_pct(bf['plain_ssim_top1_novel']['rate'])}) | — |",
@@ -900,14 +900,7 @@ def markdown(results: dict) -> str:
         c = r["data"]["counts"]
         rss = r["scan"]["peak_rss_bytes"] / 2**30
         lines += [
-            f"## 3D: {c['train']:,} training × {c['synthetic']:,} synthetic volumes, 64×128×128",
-            "",
-            "```",
-            r["command"],
-            "```",
-            "",
-            _machine_line(r),
-            "",
+            *_section_head(f"## 3D: {c['train']:,} training × {c['synthetic']:,} synthetic volumes, 64×128×128", r),
             f"Data: the {82} CT-ICH brain-window volumes (`images`, 30 slices linearly resampled to 64) and the 50 IXI "
             f"T1 volumes (RAS → (z, y, x), padded to square, resampled to 64×128×128); {r['sizes']['variants']} "
             f"variants of every real volume (the original and in-plane flip / rotation ±8° / zoom 0.9–1.12 / "
