@@ -42,6 +42,7 @@ def scan(
     slices: bool = typer.Option(False, "--slices", help="Cut volumes into 2D axial slices and compare slices."),
     subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject (patient) id."),
     image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
+    voxel_measure: str = typer.Option("ncc", "--voxel-measure", help="Measure that ranks training images and sets the voxel flag: ncc, or ssim (about 4x slower)."),
     max_shift: int = typer.Option(3, "--max-shift", help="Largest translation (voxels per axis) searched when aligning a pair."),
     skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="Skip unreadable images (listed in summary.json) instead of stopping."),
     num_workers: int = typer.Option(2, "--num-workers", help="Threads for reading and searching."),
@@ -57,6 +58,7 @@ def scan(
             levels=tuple(part.strip() for part in levels.split(",") if part.strip()),
             k=k, quantile=quantile, grid=_parse_grid(grid), intensity=intensity, ct_window=_parse_window(ct_window),
             slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, max_shift=max_shift,
+            voxel_measure=voxel_measure,
             skip_unreadable=skip_unreadable, num_workers=num_workers, seed=seed, progress=not quiet,
         )
         _check_output(out, [train, synthetic] + ([holdout] if holdout else []))

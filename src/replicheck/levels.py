@@ -8,7 +8,8 @@ exact rescoring of the top-k, calibration against the null, flags); a level only
 - ``measures``: measure name -> True when higher is more similar; ``primary``: the measure
   whose calibrated threshold sets the level's flag;
 - optionally ``coarse(images)`` and ``coarse_scores(query, candidates)``: a cheaper second
-  look that re-ranks the index's shortlist before the exact rescoring (``None`` to skip).
+  look that re-ranks the index's shortlist before the exact rescoring (``None`` to skip);
+- optionally ``depth(ndim, k)``: how many refined candidates to rescore exactly (default k).
 
 Register a new level in :data:`LEVELS` (name -> factory taking the scan configuration).
 """

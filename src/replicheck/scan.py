@@ -57,7 +57,7 @@ class ScanConfig:
     search_size: int = 32
     voxel_measure: str = "ncc"
     shortlist: int = 256
-    depth: int | None = None  # candidates rescored exactly; default max(k, 20) in 2D, k in 3D
+    depth: int | None = None  # candidates rescored exactly; default: the level's choice (voxel: 20 or 32 in 2D, k in 3D)
     skip_unreadable: bool = False
     seed: int = 0
     num_workers: int = 2
@@ -266,7 +266,8 @@ class _Assembler:
         sides = {role: _side(level, collection, workdir, f"{name}.{role}")
                  for role, collection in self.collections.items()}
         self.timings[f"{name}.represent"] = time.perf_counter() - tick
-        depth = config.depth or (max(config.k, 20) if len(self.settings.grid) == 2 else config.k)
+        ndim = len(self.settings.grid)
+        depth = config.depth or (level.depth(ndim, config.k) if hasattr(level, "depth") else config.k)
         search = dict(shortlist=config.shortlist, depth=depth, workers=config.num_workers, progress=progress)
         train, synth = sides["training"], sides["synthetic"]
 
