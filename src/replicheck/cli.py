@@ -42,7 +42,7 @@ def scan(
     slices: bool = typer.Option(False, "--slices", help="Cut volumes into 2D axial slices and compare slices."),
     subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject (patient) id."),
     image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
-    voxel_measure: str = typer.Option("ncc", "--voxel-measure", help="Measure that ranks training images and sets the voxel flag: ncc, or ssim (about 4x slower)."),
+    voxel_measure: str = typer.Option("ncc", "--voxel-measure", help="Measure that ranks training images and sets the voxel flag: ncc; ssim (its own search, about 4x slower); mse or psnr (rank the NCC shortlist)."),
     max_shift: int = typer.Option(3, "--max-shift", help="Largest translation (voxels per axis) searched when aligning a pair."),
     skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="Skip unreadable images (listed in summary.json) instead of stopping."),
     num_workers: int = typer.Option(2, "--num-workers", help="Threads for reading and searching."),
@@ -87,6 +87,73 @@ def demo(
     _run(lambda: run_demo(out, progress=not quiet, echo=typer.echo))
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Labelled replica benchmark: build one from real images, score detectors on it.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("make")
+def bench_make(
+    source: str = typer.Argument(..., help="Real images with subject ids: a folder, a CSV manifest (path, subject) or an array file."),
+    out: Path = typer.Option(..., "--out", "-o", help="New folder for the benchmark (images, manifests, labels.csv, bench.json)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random choice (split, sources, perturbations)."),
+    split: str = typer.Option("0.5,0.2,0.3", "--split", help="Shares of subjects for training, holdout, novel."),
+    mix: str = typer.Option("0.5,0.15,0.35", "--mix", help="Shares of the synthetic set: replicas, same patient / other image, novel."),
+    synthetic: Optional[int] = typer.Option(None, "--synthetic", help="Synthetic images to make (default: the training images, at most 1000)."),
+    perturb_novel: float = typer.Option(0.5, "--perturb-novel", help="Share of novel images given a mild perturbation."),
+    families: Optional[str] = typer.Option(None, "--families", help="Comma-separated perturbation families of the replicas (default: all)."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="Grid of the written images, e.g. 128x128 (default: the source's common shape, at most 128 a side)."),
+    intensity: str = typer.Option("auto", "--intensity", help="auto, ct, percentile, 8bit or minmax (as for scan)."),
+    subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),
+    image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Build a labelled benchmark (replicas, same-patient images, novel patients) from real images."""
+    from .bench.make import MakeConfig, make_benchmark
+
+    def work():
+        config = MakeConfig(
+            seed=seed, split=_parse_shares(split, "--split"), mix=_parse_shares(mix, "--mix"), synthetic=synthetic,
+            perturb_novel=perturb_novel, families=tuple(f.strip() for f in families.split(",")) if families else None,
+            grid=_parse_grid(grid), intensity=intensity, subject_regex=subject_regex, image_ndim=image_ndim,
+            progress=not quiet)
+        return make_benchmark(source, out, config)
+
+    summary = _run(work)
+    counts = summary["counts"]
+    typer.echo(f"Benchmark in {out}: {counts['training']} training, {counts['holdout']} holdout, {counts['synthetic']} "
+               f"synthetic ({counts.get('replica', 0)} replicas, {counts.get('similar', 0)} same patient / other image, "
+               f"{counts.get('novel', 0)} novel); labels in {out}/labels.csv")
+    for note in summary["notes"]:
+        typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
+
+
+@bench_app.command("run")
+def bench_run(
+    bench: Path = typer.Argument(..., help="A folder made by replicheck bench make."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.csv, metrics.json, metrics.md, roc.png and each scan's results."),
+    levels: str = typer.Option("voxel", "--levels", help="Comma-separated levels, each scanned once (one row per measure)."),
+    methods: str = typer.Option("ssim-search", "--methods", help="Comma-separated extra detectors (ssim-search); 'none' for none. Brute-force baselines always run."),
+    quantile: float = typer.Option(0.99, "--quantile", help="Quantile of the holdout null used as every detector's threshold."),
+    brute_force_budget: float = typer.Option(1.5e10, "--brute-force-budget", help="Voxel comparisons a brute-force baseline may spend before it runs on a stratified subset."),
+    natural: bool = typer.Option(True, "--natural/--no-natural", help="Also count the natural copies of pydicom-data each detector finds."),
+    num_workers: int = typer.Option(2, "--num-workers", help="Threads per scan."),
+) -> None:
+    """Scan a benchmark with every detector and score each against its labels."""
+    from .bench.run import RunConfig, run_benchmark
+
+    def work():
+        chosen = [] if methods.strip().lower() == "none" else [m.strip() for m in methods.split(",") if m.strip()]
+        config = RunConfig(levels=tuple(part.strip() for part in levels.split(",") if part.strip()),
+                           methods=tuple(chosen), quantile=quantile, brute_force_budget=brute_force_budget,
+                           natural=natural, num_workers=num_workers, echo=lambda line: typer.echo(line, err=True))
+        _check_output(out, [str(bench)])
+        return run_benchmark(bench, out, config)
+
+    _run(work)
+    typer.echo((out / "metrics.md").read_text())
+    typer.echo(f"Results: {out}/metrics.csv, metrics.json, metrics.md, roc.png")
+
+
 def _run(work):
     """Run ``work`` and turn a user-facing error into one line on stderr and exit status 2."""
     with warnings.catch_warnings():
@@ -108,6 +175,16 @@ def _parse_grid(text: str | None) -> tuple[int, ...] | None:
         return tuple(int(part) for part in text.lower().replace(",", "x").split("x"))
     except ValueError:
         raise ReplicheckError(f"--grid: expected sizes such as 128x128 or 64x128x128, got {text!r}") from None
+
+
+def _parse_shares(text: str, option: str) -> tuple[float, float, float]:
+    try:
+        shares = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        shares = ()
+    if len(shares) != 3:
+        raise ReplicheckError(f"{option}: expected three comma-separated shares such as 0.5,0.2,0.3, got {text!r}")
+    return shares
 
 
 def _parse_window(text: str) -> tuple[float, float]:

@@ -61,6 +61,13 @@ def write_manifests(folder: Path, out: Path) -> dict[str, Path]:
     return manifests
 
 
+def copy_found(table, copy: str, original: str, flag_column: str, nearest_column: str) -> bool:
+    """Whether a slice of the known ``copy`` is flagged with a slice of its ``original`` as nearest."""
+    rows = table[table.index.str.startswith(copy)]
+    flags = rows[flag_column].astype(str).str.lower().eq("true")
+    return bool((flags & rows[nearest_column].astype(str).str.startswith(original)).any())
+
+
 def run_demo(out: str | Path, *, progress: bool = True, echo=print):
     """Scan the demo sets, write the results into ``out`` and print what was found."""
     from .scan import scan
@@ -80,7 +87,7 @@ def run_demo(out: str | Path, *, progress: bool = True, echo=print):
     found = 0
     for copy, original in KNOWN_COPIES:
         rows = table[table.index.str.startswith(copy)]
-        hit = bool(rows["replica"].any()) and bool((rows["voxel_nearest"].str.startswith(original)).any())
+        hit = copy_found(table, copy, original, "voxel_flag", "voxel_nearest")
         found += hit
         best = rows.sort_values("voxel_score", ascending=False).iloc[0]
         echo(f"  {'found ' if hit else 'MISSED'} {copy:<16} -> {best['voxel_nearest']:<18} "

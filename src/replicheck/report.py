@@ -40,6 +40,10 @@ def write_json(data: dict, path: Path) -> None:
     _atomic(path, lambda handle: handle.write(json.dumps(_plain(data), indent=2, ensure_ascii=False) + "\n"))
 
 
+def write_text(text: str, path: Path) -> None:
+    _atomic(path, lambda handle: handle.write(text))
+
+
 def _atomic(path: Path, write) -> None:
     try:
         descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -26,7 +26,6 @@ from . import measures
 from .preprocess import DATA_RANGE
 
 
-PRIMARY_MEASURES = ("ncc", "ssim")  # measures the search can rank by (the shortlist is built for them)
 SSIM_PROXY_WEIGHT = 2.0  # weight of the SSIM proxy against Pearson r in an SSIM search (docs/design.md)
 
 
@@ -34,8 +33,8 @@ class VoxelLevel:
     name = "voxel"
 
     def __init__(self, *, max_shift: int = 3, search_size: int = 32, coarse_size: int | None = None, primary: str = "ncc"):
-        if primary not in PRIMARY_MEASURES:
-            raise ValueError(f"unknown voxel measure {primary!r}; choose one of {', '.join(PRIMARY_MEASURES)}")
+        if primary not in measures.MEASURES:
+            raise ValueError(f"unknown voxel measure {primary!r}; choose one of {', '.join(measures.MEASURES)}")
         if search_size < 2:
             raise ValueError(f"search_size must be at least 2, got {search_size}")
         self.max_shift = max_shift

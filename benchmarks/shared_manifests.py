@@ -1,0 +1,57 @@
+"""CSV manifests (path, id, subject) for the real data sets in ../shared/data, so that
+``replicheck bench make`` can read them with their patient ids. The images stay where they are.
+
+    .venv/bin/python benchmarks/shared_manifests.py OUT_FOLDER [--data ../shared/data]
+
+writes OUT_FOLDER/ctich_slices.csv (2,501 CT-ICH brain-window slices of 82 patients) and
+OUT_FOLDER/ixi_volumes.csv (50 IXI T1 volumes, one per subject).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def ctich_slices(data: Path, out: Path) -> Path:
+    archive = data / "ct_ich" / "ctich_128.npz"
+    with np.load(archive) as arrays:
+        patients, slices = arrays["flat_patient"], arrays["flat_slice"]
+    path = out / "ctich_slices.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "id", "subject"])
+        for row, (patient, z) in enumerate(zip(patients, slices)):
+            writer.writerow([f"{archive.resolve()}:flat_brain[{row}]", f"pct{int(patient):03d}_{int(z):03d}",
+                             f"pct{int(patient):03d}"])
+    return path
+
+
+def ixi_volumes(data: Path, out: Path) -> Path:
+    path = out / "ixi_volumes.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "id", "subject"])
+        for volume in sorted((data / "ixi_t1_2mm").glob("*.nii.gz")):
+            subject = volume.name.split("-")[0]
+            writer.writerow([str(volume.resolve()), volume.name.removesuffix(".nii.gz"), subject])
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path in (ctich_slices(args.data, args.out), ixi_volumes(args.data, args.out)):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Labelled replica benchmark: building (make), perturbations and evaluation (run)."""

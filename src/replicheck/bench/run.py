@@ -1,0 +1,230 @@
+"""``replicheck bench run``: every detector scans the benchmark and is scored against its labels.
+
+A *detector* is a ``replicheck.scan`` configuration plus the (level, measure) columns of its
+results that are read as scores. Each level given with ``--levels`` is one detector whose every
+measure is a row; ``--methods`` adds variants (``ssim-search``); the brute-force baselines (pixel
+SSIM, NCC and MSE of every synthetic image against every training image, no alignment, no
+index) are always included. A later level appears as new rows without any change here.
+
+Each detector runs in a child process, so that its wall time and peak memory (``VmHWM``) are
+its own. Exhaustive baselines run on a class-stratified subset of the synthetic and holdout
+images when all pairs would cost more than ``brute_force_budget`` voxel comparisons; the table
+says so. Each detector also scans the natural copies of ``pydicom-data`` (lossy JPEG 2000 files
+of a training image) when that package is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..records import ReplicheckError
+from ..report import write_csv, write_json, write_text
+from . import metrics
+
+BRUTE_FORCE_BUDGET = 1.5e10  # voxel comparisons (pairs x voxels per image) an exhaustive baseline may spend
+MIN_HOLDOUT = 100  # holdout images an exhaustive baseline keeps at least (its threshold's null)
+
+
+@dataclass(frozen=True)
+class Detector:
+    name: str
+    scan: dict  # replicheck.scan options
+    rows: tuple[tuple[str, str, str], ...]  # (row label, level, measure)
+    exhaustive: bool = False  # every pair is scored (the index only orders them)
+    description: str = ""
+
+
+def level_detector(level: str) -> Detector:
+    from ..levels import make_level
+    from ..scan import ScanConfig
+
+    measures = tuple(make_level(level, ScanConfig()).measures)
+    return Detector(level, {"levels": (level,)}, tuple((f"{level}: {m}", level, m) for m in measures),
+                    description=f"replicheck scan --levels {level} (default settings); one row per measure, each "
+                                f"taken over the k nearest by the level's primary measure")
+
+
+METHODS = {
+    "ssim-search": Detector("ssim-search", {"voxel_measure": "ssim"}, (("voxel, SSIM search: ssim", "voxel", "ssim"),),
+                            description="replicheck scan --voxel-measure ssim"),
+}
+BASELINES = tuple(
+    Detector(f"pixel-{measure}", {"voxel_measure": measure, "max_shift": 0, "k": 1},
+             ((f"brute force: pixel {measure}", "voxel", measure),), exhaustive=True,
+             description=f"pixel {measure.upper()} of every synthetic image with every training image, no alignment")
+    for measure in ("ssim", "ncc", "mse")
+)
+
+
+@dataclass
+class RunConfig:
+    levels: tuple[str, ...] = ("voxel",)
+    methods: tuple[str, ...] = ("ssim-search",)
+    quantile: float = 0.99
+    brute_force_budget: float = BRUTE_FORCE_BUDGET
+    natural: bool = True
+    seed: int = 0
+    num_workers: int = 2
+    echo: object = field(default=print, repr=False)
+
+
+def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunConfig()) -> dict:
+    """Scan ``bench`` with every detector; write metrics.csv, metrics.json, metrics.md and roc.png to ``out``."""
+    bench, out = Path(bench), Path(out)
+    info = _read_bench(bench)
+    labels = pd.read_csv(bench / "labels.csv", keep_default_na=False)
+    unknown = sorted(set(config.methods) - set(METHODS))
+    if unknown:
+        raise ReplicheckError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    detectors = [level_detector(level) for level in config.levels] + [METHODS[m] for m in config.methods] + list(BASELINES)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, families, curves = [], [], {}
+    for number, detector in enumerate(detectors, 1):
+        config.echo(f"[{number}/{len(detectors)}] {detector.name}: {detector.description}")
+        sets = _inputs(bench, info, labels, detector, config, out)
+        options = {**detector.scan, "grid": tuple(info["grid"]), "quantile": config.quantile,
+                   "num_workers": config.num_workers, "seed": config.seed}
+        if detector.exhaustive:
+            options.update(shortlist=sets["n_training"], depth=sets["n_training"])
+        run = _in_child(sets, options, out / "scans" / detector.name, config.natural)
+        table = pd.read_csv(out / "scans" / detector.name / "synthetic.csv", keep_default_na=False)
+        table = table.set_index("id").loc[sets["labels"]["id"]]
+        config.echo(f"    {run['wall_s']:.1f} s, peak {run['peak_rss_bytes'] / 2**30:.2f} GiB"
+                    + (f"; natural copies found {run['natural']['found']}/{run['natural']['copies']}"
+                       if run.get("natural") else ""))
+        for label, level, measure in detector.rows:
+            score, flag = _scores(table, level, measure)
+            row = {"detector": label, "method": detector.name, "level": level, "measure": measure,
+                   "subset": sets["subset_note"], **metrics.detection(sets["labels"], score, flag),
+                   "deepssim_macro_f1": metrics.deepssim_macro_f1(sets["labels"], score) if measure == "ssim" else math.nan,
+                   "nominal_fpr": 1 - config.quantile, "wall_s": run["wall_s"],
+                   "peak_rss_gib": run["peak_rss_bytes"] / 2**30,
+                   "natural_copies_found": run["natural"]["by_measure"][f"{level}:{measure}"] if run.get("natural") else "",
+                   "natural_copies": run["natural"]["copies"] if run.get("natural") else ""}
+            rows.append(row)
+            families += [{"detector": label, **group} for group in metrics.breakdown(sets["labels"], score, flag)]
+            curves[label] = metrics.roc_points(sets["labels"], score)
+    results = {"bench": str(bench), "bench_summary": {k: info[k] for k in ("counts", "grid", "format", "source")},
+               "config": {"levels": list(config.levels), "methods": list(config.methods), "quantile": config.quantile,
+                          "brute_force_budget": config.brute_force_budget, "seed": config.seed},
+               "detectors": {d.name: d.description for d in detectors},
+               "metrics": rows, "by_family": families}
+    from .tables import markdown, roc_figure
+
+    write_csv(pd.DataFrame(rows), out / "metrics.csv")
+    write_csv(pd.DataFrame(families), out / "metrics_by_family.csv")
+    write_json(results, out / "metrics.json")
+    write_text(markdown(results), out / "metrics.md")
+    roc_figure(curves, out / "roc.png", title=f"{info['source']} ({'x'.join(map(str, info['grid']))})")
+    return results
+
+
+def _read_bench(bench: Path) -> dict:
+    for name in ("bench.json", "labels.csv", "training.csv", "synthetic.csv", "holdout.csv"):
+        if not (bench / name).is_file():
+            raise ReplicheckError(f"{bench}: not a benchmark folder ({name} is missing); make one with "
+                                  f"replicheck bench make")
+    return json.loads((bench / "bench.json").read_text())
+
+
+def _inputs(bench: Path, info: dict, labels: pd.DataFrame, detector: Detector, config: RunConfig, out: Path) -> dict:
+    """The manifests a detector scans: the whole benchmark, or a stratified subset for brute force."""
+    training = pd.read_csv(bench / "training.csv", keep_default_na=False)
+    synthetic = pd.read_csv(bench / "synthetic.csv", keep_default_na=False)
+    holdout = pd.read_csv(bench / "holdout.csv", keep_default_na=False)
+    sets = {"training": str(bench / "training.csv"), "synthetic": str(bench / "synthetic.csv"),
+            "holdout": str(bench / "holdout.csv"), "labels": labels.reset_index(drop=True),
+            "n_training": len(training), "subset_note": "all"}
+    if not detector.exhaustive:
+        return sets
+    voxels = float(np.prod(info["grid"]))
+    cost = (len(synthetic) + 3 * len(holdout)) * len(training) * voxels  # four searches, see scan.py
+    share = min(1.0, config.brute_force_budget / cost)
+    if share >= 1.0:
+        return sets
+    rng = np.random.default_rng(config.seed)
+    keep = pd.concat([group.iloc[np.sort(rng.permutation(len(group))[:max(1, int(math.ceil(share * len(group))))])]
+                      for _, group in labels.groupby("class", sort=True)])
+    n_holdout = min(len(holdout), max(MIN_HOLDOUT, int(math.ceil(share * len(holdout)))))
+    folder = out / "subsets"
+    folder.mkdir(parents=True, exist_ok=True)
+    absolute = {"synthetic": synthetic, "holdout": holdout.iloc[np.sort(rng.permutation(len(holdout))[:n_holdout])]}
+    absolute["synthetic"] = synthetic[synthetic["id"].isin(keep["id"])]
+    for role, table in absolute.items():
+        table = table.assign(path=[str((bench / p).resolve()) for p in table["path"]])
+        write_csv(table, folder / f"{detector.name}-{role}.csv")
+        sets[role] = str(folder / f"{detector.name}-{role}.csv")
+    sets["labels"] = labels[labels["id"].isin(keep["id"])].reset_index(drop=True)
+    sets["subset_note"] = (f"{len(keep)} of {len(labels)} synthetic, {n_holdout} of {len(holdout)} holdout "
+                           f"(all pairs would cost {cost:.2g} voxel comparisons; budget {config.brute_force_budget:.2g})")
+    return sets
+
+
+def _scores(table: pd.DataFrame, level: str, measure: str) -> tuple[np.ndarray, np.ndarray]:
+    """A measure's nearest-training value, oriented so that higher = more similar, and its flag."""
+    from ..measures import HIGHER_IS_SIMILAR
+
+    values = pd.to_numeric(table[f"{level}_{measure}"], errors="coerce").to_numpy(dtype=np.float64)
+    flags = table[f"{level}_{measure}_flag"].astype(str).str.lower().eq("true").to_numpy()
+    return (values if HIGHER_IS_SIMILAR[measure] else -values), flags
+
+
+def _in_child(sets: dict, options: dict, out: Path, natural: bool) -> dict:
+    """One detector's scans in a fresh process: wall time and peak memory are its own."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_child, (sets["training"], sets["synthetic"], sets["holdout"], options, str(out), natural))
+
+
+def _child(training: str, synthetic: str, holdout: str, options: dict, out: str, natural: bool) -> dict:
+    from ..scan import scan
+
+    tick = time.perf_counter()
+    result = scan(training, synthetic, holdout, **options)
+    wall = time.perf_counter() - tick
+    result.write(out)
+    record = {"wall_s": wall, "peak_rss_bytes": _peak_rss_bytes()}
+    if natural:
+        record["natural"] = _natural_copies(options, Path(out) / "natural")
+    return record
+
+
+def _natural_copies(options: dict, out: Path) -> dict | None:
+    """How many of pydicom-data's lossy copies the detector finds, per measure (None without the package)."""
+    from .. import demo
+    from ..scan import scan
+
+    try:
+        folder = demo.data_folder()
+    except ReplicheckError:
+        return None
+    manifests = demo.write_manifests(folder, out / "manifests")
+    natural_options = {k: v for k, v in options.items() if k not in ("grid", "shortlist", "depth")}
+    result = scan(manifests["training"], manifests["synthetic"], manifests["holdout"], slices=True, **natural_options)
+    table = result.synthetic.set_index("id")
+    levels = result.summary["levels"]
+    by_measure = {f"{level}:{m}": sum(demo.copy_found(table, copy, original, f"{level}_{m}_flag", f"{level}_{m}_nearest")
+                                      for copy, original in demo.KNOWN_COPIES)
+                  for level in levels for m in levels[level]["measures"]}
+    first = next(iter(levels))
+    return {"copies": len(demo.KNOWN_COPIES), "found": by_measure[f"{first}:{levels[first]['primary_measure']}"],
+            "by_measure": by_measure}
+
+
+def _peak_rss_bytes() -> int:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
