@@ -3,8 +3,9 @@
 
     .venv/bin/python benchmarks/shared_manifests.py OUT_FOLDER [--data ../shared/data]
 
-writes OUT_FOLDER/ctich_slices.csv (2,501 CT-ICH brain-window slices of 82 patients) and
-OUT_FOLDER/ixi_volumes.csv (50 IXI T1 volumes, one per subject).
+writes OUT_FOLDER/ctich_slices.csv (2,501 CT-ICH brain-window slices of 82 patients),
+OUT_FOLDER/ixi_volumes.csv (50 IXI T1 volumes, one per subject) and OUT_FOLDER/volumes.csv
+(the 82 CT-ICH volumes and the 50 IXI volumes: 132 subjects, one volume each).
 """
 
 from __future__ import annotations
@@ -43,13 +44,29 @@ def ixi_volumes(data: Path, out: Path) -> Path:
     return path
 
 
+def all_volumes(data: Path, out: Path) -> Path:
+    """CT-ICH and IXI volumes in one manifest: more subjects for a 3D benchmark than either alone."""
+    archive = data / "ct_ich" / "ctich_128.npz"
+    with np.load(archive) as arrays:
+        patients = arrays["patient_ids"]
+    path = out / "volumes.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "id", "subject"])
+        for row, patient in enumerate(patients):
+            writer.writerow([f"{archive.resolve()}:images[{row}]", f"pct{int(patient):03d}", f"pct{int(patient):03d}"])
+        for volume in sorted((data / "ixi_t1_2mm").glob("*.nii.gz")):
+            writer.writerow([str(volume.resolve()), volume.name.removesuffix(".nii.gz"), volume.name.split("-")[0]])
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for path in (ctich_slices(args.data, args.out), ixi_volumes(args.data, args.out)):
+    for path in (ctich_slices(args.data, args.out), ixi_volumes(args.data, args.out), all_volumes(args.data, args.out)):
         print(path)
 
 

@@ -747,7 +747,7 @@ def main(argv: list[str] | None = None) -> None:
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
     md_path = out / "BENCHMARKS-quick.md" if args.quick else ROOT / "BENCHMARKS.md"
     if args.markdown_only:
-        md_path.write_text(markdown(results))
+        write_markdown(md_path, markdown(results))
         log(f"wrote {md_path} from {json_path}")
         return
     dims = [args.only] if args.only else ["2d", "3d"]
@@ -757,8 +757,18 @@ def main(argv: list[str] | None = None) -> None:
             results[dim] = run_dimension(dim, args, args.data, workdir)
             json_path.write_text(json.dumps(results, indent=1, default=_jsonable))
             gc.collect()
-    md_path.write_text(markdown(results))
+    write_markdown(md_path, markdown(results))
     log(f"wrote {json_path} and {md_path}")
+
+
+REPLICAS_MARKER = "<!-- replica benchmarks: written by benchmarks/replicas.py; everything below is replaced -->"
+
+
+def write_markdown(path: Path, text: str) -> None:
+    """Write the speed section, keeping the replica benchmarks (benchmarks/replicas.py) below their marker."""
+    old = path.read_text() if path.exists() else ""
+    _, marker, tail = old.partition(REPLICAS_MARKER)
+    path.write_text(text.rstrip() + "\n" + (f"\n{marker}{tail}" if marker else ""))
 
 
 def _jsonable(value):
