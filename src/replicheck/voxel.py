@@ -26,6 +26,7 @@ from . import measures
 from .preprocess import DATA_RANGE
 
 
+PROXY_CHUNK_VOXELS = 2**21  # images per SSIM-proxy batch: 128 of 128x128 (about 200 MB of temporaries)
 SSIM_PROXY_WEIGHT = 2.0  # weight of the SSIM proxy against Pearson r in an SSIM search (docs/design.md)
 
 
@@ -51,7 +52,9 @@ class VoxelLevel:
         if self.primary != "ssim":
             return unit.numpy()
         # Inner product = Pearson r at search_size + SSIM_PROXY_WEIGHT x the SSIM proxy.
-        proxy = _ssim_proxy(images, 32 if images.ndim == 3 else 16)
+        side = 32 if images.ndim == 3 else 16
+        step = max(1, PROXY_CHUNK_VOXELS // int(np.prod(images.shape[1:])))  # its temporaries are ~20x the input
+        proxy = torch.cat([_ssim_proxy(images[i:i + step], side) for i in range(0, len(images), step)])
         weight = (SSIM_PROXY_WEIGHT * 4 / proxy.shape[1]) ** 0.5
         return torch.cat([unit, weight * proxy], dim=1).numpy()
 
