@@ -1,0 +1,91 @@
+"""Embedders: networks that map images to unit vectors, for the feature level.
+
+An embedder follows the small :class:`Embedder` protocol, so users can pass their own object;
+the registry :data:`EMBEDDERS` maps a name to a factory, and :func:`load_embedder` turns a
+command-line ``--embedder`` value (a registered name or a checkpoint written by
+``replicheck train``) into an embedder. One file per embedder; torch is imported only there.
+
+Cosine similarity of two embeddings is their inner product, so a whole data set is embedded
+once and every pair is one matrix product (DeepSSIM, Scardace et al., arXiv 2509.16582).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..records import ReplicheckError
+
+__all__ = ["Embedder", "EMBEDDERS", "load_embedder", "BUNDLED_WEIGHTS"]
+
+BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What the feature level needs from a network.
+
+    ``name`` identifies the method (``"deepssim"``), ``version`` its preprocessing and
+    architecture code, and ``digest`` the exact weights and settings (a sha256 hex string):
+    together they key a feature cache, so a cached embedding is reused only by the same network.
+    ``embed`` takes a (b, H, W) or (b, Z, Y, X) float32 batch with intensities in [0, 1] and
+    returns a (b, dim) float32 array of L2-normalised rows, so that the inner product of two
+    rows is their cosine similarity in [-1, 1] (higher is more similar).
+    """
+
+    name: str
+    version: str
+    digest: str
+    dim: int
+
+    def embed(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def _deepssim(*, checkpoint: str | Path | None = None, device: str = "cpu", batch_size: int = 64) -> Embedder:
+    """DeepSSIM from ``checkpoint``, or from the weights bundled with replicheck."""
+    from .deepssim import DeepSSIMEmbedder
+
+    if checkpoint is None:
+        checkpoint = BUNDLED_WEIGHTS / "deepssim.pt"
+        if not checkpoint.is_file():
+            raise ReplicheckError(
+                "no bundled DeepSSIM weights in this installation; train a model with "
+                "`replicheck train deepssim TRAIN --out model.pt` and pass the path of model.pt"
+            )
+    return DeepSSIMEmbedder.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
+
+
+EMBEDDERS: dict[str, Callable[..., Embedder]] = {
+    "deepssim": _deepssim,
+}
+
+
+def load_embedder(spec: str | Path, *, device: str = "cpu", batch_size: int = 64) -> Embedder:
+    """The embedder named ``spec`` in :data:`EMBEDDERS`, or the one stored in checkpoint file ``spec``.
+
+    A checkpoint (``model.pt`` written by ``replicheck train``) records which kind of embedder it
+    holds, and that kind's factory builds it. Raises :class:`ReplicheckError` naming the known
+    embedders when ``spec`` is neither a registered name nor an existing file.
+    """
+    if isinstance(spec, str) and spec in EMBEDDERS:
+        return EMBEDDERS[spec](device=device, batch_size=batch_size)
+    path = Path(spec)
+    if not path.is_file():
+        known = ", ".join(sorted(EMBEDDERS))
+        raise ReplicheckError(
+            f"unknown embedder {str(spec)!r}: neither a registered name ({known}) "
+            f"nor an existing checkpoint file"
+        )
+    kind = _checkpoint_kind(path)
+    if kind not in EMBEDDERS:
+        known = ", ".join(sorted(EMBEDDERS))
+        raise ReplicheckError(f"{path}: checkpoint holds an embedder of kind {kind!r}; known kinds: {known}")
+    return EMBEDDERS[kind](checkpoint=path, device=device, batch_size=batch_size)
+
+
+def _checkpoint_kind(path: Path) -> str:
+    from .deepssim import read_payload
+
+    return str(read_payload(path)["kind"])

@@ -1,0 +1,252 @@
+"""DeepSSIM: a small CNN whose embedding cosine approximates SSIM, robust to misalignment.
+
+Scardace et al., "DeepSSIM" (arXiv 2509.16582; WACV 2026) train a shared encoder f so that
+cos(f(T1 a), f(T2 b)) ~ SSIM(a, b), where T1 and T2 are random structure-preserving
+augmentations and SSIM is computed on the un-augmented pair. The paper fine-tunes an ImageNet
+ConvNeXt; SSIM is a local statistic, so :class:`DeepSSIMNet` is a compact CNN trained from
+scratch on 64-128 px z-scored slices, which runs on a CPU (training: ``replicheck.train_deepssim``).
+
+Checkpoints are one torch file holding plain types and tensors only (``torch.load(...,
+weights_only=True)`` reads them): ``{"format", "kind", "state_dict", "meta"}``, where
+``meta["architecture"]`` rebuilds the network and the rest records how it was trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..records import InputError
+
+__all__ = ["DeepSSIMNet", "DeepSSIMEmbedder", "GeM", "preprocess", "save_checkpoint", "load_checkpoint"]
+
+FORMAT = "replicheck-embedder-1"
+KIND = "deepssim"
+VERSION = "1"  # preprocessing + architecture code; bump when either changes what embed() returns
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling over all spatial positions, with a learnable exponent p.
+
+    (mean x^p)^(1/p): p = 1 is average pooling and p -> infinity max pooling (Radenovic et al.,
+    TPAMI 2019). Inputs follow a ReLU, so they are clamped to ``eps`` before the power.
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p.clamp(min=1.0)
+        return x.clamp(min=self.eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class DeepSSIMNet(nn.Module):
+    """Compact CNN: 1-channel z-scored (b, 1, s, s) images -> (b, dim) L2-normalised embeddings.
+
+    Stages of two conv3x3-BN-ReLU blocks; every stage after the first halves the resolution
+    (stride-2 first conv). The last ``gem_stages`` stages are pooled by separate GeM layers
+    (multi-scale GeM, as in the paper's ConvNeXt-Tiny variant) and concatenated; a linear head
+    maps them to ``dim``. With the defaults (widths 16-256, 5 stages) it has 1.2 M parameters
+    and costs about 70 M multiply-adds per 64 px image. ``input_size`` is the side length that
+    :class:`DeepSSIMEmbedder` resizes images to; the network itself accepts any size >= 2^stages.
+    """
+
+    def __init__(
+        self,
+        *,
+        input_size: int = 64,
+        widths: tuple[int, ...] = (16, 32, 64, 128, 256),
+        dim: int = 256,
+        gem_stages: int = 2,
+        gem_p: float = 3.0,
+    ):
+        super().__init__()
+        widths = tuple(int(w) for w in widths)
+        if not 1 <= gem_stages <= len(widths):
+            raise ValueError(f"gem_stages must be in [1, {len(widths)}], got {gem_stages}")
+        if input_size < 2 ** (len(widths) - 1):
+            raise ValueError(f"input_size must be at least {2 ** (len(widths) - 1)} for {len(widths)} stages, got {input_size}")
+        self.config = {
+            "input_size": int(input_size), "widths": list(widths), "dim": int(dim),
+            "gem_stages": int(gem_stages), "gem_p": float(gem_p),
+        }
+        self.input_size = int(input_size)
+        stages, c_in = [], 1
+        for i, width in enumerate(widths):
+            stages.append(nn.Sequential(_conv_bn_relu(c_in, width, 1 if i == 0 else 2), _conv_bn_relu(width, width, 1)))
+            c_in = width
+        self.stages = nn.ModuleList(stages)
+        self.pools = nn.ModuleList(GeM(gem_p) for _ in range(gem_stages))
+        self.head = nn.Linear(sum(widths[-gem_stages:]), dim)
+        self.dim = int(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = []
+        first_pooled = len(self.stages) - len(self.pools)
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i >= first_pooled:
+                pooled.append(self.pools[i - first_pooled](x))
+        return F.normalize(self.head(torch.cat(pooled, dim=1)), dim=1)
+
+
+def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(b, H, W) images -> (b, 1, size, size) float32, resized and z-scored per image.
+
+    Resizing uses area averaging when both axes shrink (no aliasing) and bilinear interpolation
+    otherwise; non-square images are stretched to a square. Each image is then shifted and scaled
+    to mean 0 and standard deviation 1 (a constant image becomes all zeros), the normalisation
+    under which the training targets' SSIM is defined (METHODS.md section 2).
+    """
+    x = images.to(torch.float32).unsqueeze(1)
+    if tuple(x.shape[-2:]) != (size, size):
+        if x.shape[-2] >= size and x.shape[-1] >= size:
+            x = F.interpolate(x, size=(size, size), mode="area")
+        else:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return zscore(x)
+
+
+def zscore(x: torch.Tensor) -> torch.Tensor:
+    """Per-image z-score of a (b, ...) batch; constant images become zeros."""
+    flat = x.reshape(x.shape[0], -1)
+    mean = flat.mean(dim=1)
+    std = flat.std(dim=1, unbiased=False)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    return torch.where(std.view(shape) > 0, (x - mean.view(shape)) / std.clamp_min(1e-12).view(shape), 0.0)
+
+
+class DeepSSIMEmbedder:
+    """The :class:`~replicheck.embedders.Embedder` around a :class:`DeepSSIMNet`.
+
+    2D batches (b, H, W) are resized to the network's input size, z-scored per image and
+    embedded. 3D batches (b, Z, Y, X) are embedded **slice-wise**: every axial slice (axis 1)
+    is embedded as a 2D image, the Z embeddings of a volume are averaged and the mean is
+    L2-normalised again. Why: one 2D network trained on slices then serves 2D and 3D data, and
+    the cosine of two mean embeddings rewards volumes whose slices agree one by one, which is
+    what a copied volume does (a 3D network would need 3D training data that most users lack).
+    The cost is Z forward passes per volume, and the mean assumes the two volumes' slices
+    cover the same anatomy (same grid after ``preprocess``); constant slices (padding) are
+    included in the mean like any other slice.
+    """
+
+    name = KIND
+    version = VERSION
+
+    def __init__(self, model: DeepSSIMNet, *, device: str = "cpu", batch_size: int = 64):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.batch_size = int(batch_size)
+        self.input_size = model.input_size
+        self.dim = model.dim
+        self.digest = state_digest(model)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu", batch_size: int = 64) -> "DeepSSIMEmbedder":
+        model, _ = load_checkpoint(path)
+        return cls(model, device=device, batch_size=batch_size)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """(b, H, W) or (b, Z, Y, X) intensities in [0, 1] -> (b, dim) float32 unit rows."""
+        batch = np.asarray(batch)
+        if batch.ndim not in (3, 4):
+            raise ValueError(f"batch must have shape (b, H, W) or (b, Z, Y, X), got {batch.shape}")
+        b = batch.shape[0]
+        slices = batch.reshape((-1,) + batch.shape[-2:])  # 3D: (b * Z, Y, X), volume-major
+        rows = self._embed_slices(slices)
+        if batch.ndim == 4:
+            rows = F.normalize(rows.view(b, batch.shape[1], -1).mean(dim=1), dim=1)
+        return rows.numpy().astype(np.float32, copy=False)
+
+    def _embed_slices(self, slices: np.ndarray) -> torch.Tensor:
+        out = torch.empty((len(slices), self.dim), dtype=torch.float32)
+        with torch.no_grad():
+            for start in range(0, len(slices), self.batch_size):
+                chunk = torch.from_numpy(np.ascontiguousarray(slices[start:start + self.batch_size], dtype=np.float32))
+                x = preprocess(chunk.to(self.device), self.input_size)
+                out[start:start + len(chunk)] = self.model(x).float().cpu()
+        return out
+
+
+def state_digest(model: nn.Module) -> str:
+    """sha256 hex of every state tensor (name, dtype, shape, bytes, in order) and the input size."""
+    h = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    h.update(f"input_size={getattr(model, 'input_size', None)}".encode())
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, model: DeepSSIMNet, meta: dict) -> Path:
+    """Write ``model`` and ``meta`` (JSON-compatible values) to ``path`` atomically.
+
+    ``meta["architecture"]`` is set from the model, so :func:`load_checkpoint` can rebuild it.
+    The file is written under a temporary name in the same folder and renamed into place, so
+    a reader never sees a half-written checkpoint.
+    """
+    path = Path(path)
+    try:
+        meta = json.loads(json.dumps(dict(meta)))  # plain types only: torch.load(weights_only=True) can read them
+    except TypeError as error:
+        raise ValueError(f"checkpoint meta must hold JSON-compatible values: {error}") from None
+    meta["architecture"] = dict(model.config)
+    state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+    payload = {"format": FORMAT, "kind": KIND, "state_dict": state, "meta": meta}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_payload(path: str | Path) -> dict:
+    """The raw checkpoint dictionary, checked for replicheck's format; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(str(path), "checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for foreign or corrupt files
+        raise InputError(str(path), f"not a readable replicheck checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(str(path), f"not a replicheck checkpoint (expected format {FORMAT!r})")
+    return payload
+
+
+def load_checkpoint(path: str | Path) -> tuple[DeepSSIMNet, dict]:
+    """The network (in eval mode, on the CPU) and the meta dictionary saved by :func:`save_checkpoint`."""
+    payload = read_payload(path)
+    if payload.get("kind") != KIND:
+        raise InputError(str(path), f"checkpoint holds a {payload.get('kind')!r} embedder, not {KIND!r}")
+    meta = payload["meta"]
+    arch = dict(meta["architecture"])
+    model = DeepSSIMNet(
+        input_size=arch["input_size"], widths=tuple(arch["widths"]), dim=arch["dim"],
+        gem_stages=arch["gem_stages"], gem_p=arch["gem_p"],
+    )
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), meta

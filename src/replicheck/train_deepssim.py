@@ -1,0 +1,298 @@
+"""Training a DeepSSIM embedder on the user's own 2D slices (``replicheck train deepssim``).
+
+The objective of Scardace et al. (arXiv 2509.16582): for a pair of images (a, b), the cosine of
+the embeddings of two independently augmented views, cos(f(T1 a), f(T2 b)), should equal the
+SSIM of the **un-augmented** pair; the loss is their mean squared difference. The target SSIM
+follows METHODS.md section 2: scikit-image semantics (:func:`replicheck.measures.compare`) on
+per-image z-scored images, ``data_range`` = max - min of the first image, computed at the
+network's input size on exactly the images the network sees before augmentation.
+
+Pairs come from a candidate pool built once per split: every image with itself (SSIM 1, made
+different only by augmentation: the copy case), each image with its next three slices of the
+same subject (high SSIM), with two other slices of the same subject and with four random images.
+Random pairs of real images rarely exceed SSIM 0.6, so each epoch samples an equal number of
+pairs from each SSIM band (:data:`BANDS`), which makes high-SSIM pairs as common as low ones.
+Images are split into training and validation **by subject**, so no patient is in both.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__, measures
+from .augment import Augmentation, augment
+from .embedders.deepssim import DeepSSIMNet, preprocess, save_checkpoint, zscore
+from .progress import Progress
+
+__all__ = ["train_deepssim", "BANDS"]
+
+logger = logging.getLogger(__name__)
+
+BANDS = (0.3, 0.6, 0.85)  # SSIM band edges: < 0.3, 0.3-0.6, 0.6-0.85, > 0.85
+NEIGHBOURS = 3  # next slices of the same subject paired with each image
+SAME_SUBJECT = 2  # other slices of the same subject paired with each image
+RANDOM = 4  # random images paired with each image
+
+
+def train_deepssim(
+    images: np.ndarray,
+    subjects: np.ndarray,
+    *,
+    out: str | Path,
+    size: int = 64,
+    epochs: int = 20,
+    pairs_per_epoch: int = 4096,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-3,
+    clip: float = 1.0,
+    val_fraction: float = 0.15,
+    val_pairs: int = 512,
+    seed: int = 0,
+    widths: tuple[int, ...] = (16, 32, 64, 128, 256),
+    dim: int = 256,
+    augmentation: Augmentation = Augmentation(),
+    max_seconds: float | None = None,
+    description: str = "",
+    licence: str = "derived from the training images: the training data's licence terms apply",
+    command: str | None = None,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> dict:
+    """Train a :class:`~replicheck.embedders.deepssim.DeepSSIMNet` and save the best checkpoint to ``out``.
+
+    Parameters
+    ----------
+    images : (n, H, W) float array with intensities in [0, 1]; rows of one subject are assumed
+        to be in slice order (adjacent rows = adjacent slices), which only affects which pairs
+        are proposed, never their targets.
+    subjects : (n,) subject (patient) ids; the train/validation split keeps each subject whole.
+    out : checkpoint file to write (``model.pt``), written atomically each time validation improves.
+    size : side length in pixels the images are resized to (the network's input size).
+    epochs, pairs_per_epoch, batch_size : ``pairs_per_epoch`` pairs per epoch, stratified over
+        the SSIM bands; ``batch_size`` pairs per step. ``max_seconds`` stops training early.
+    lr, weight_decay, clip : AdamW settings and the gradient-norm clip (paper: 1e-3, 1e-3, 1.0).
+    val_fraction : share of subjects held out for validation (at least one subject).
+    val_pairs : validation pairs, stratified over the bands like the training pairs.
+
+    Returns
+    -------
+    dict with ``val_mae_clean`` and ``val_mae_augmented`` (mean absolute error of the predicted
+    cosine against the true SSIM on un-augmented and on augmented validation pairs, at the
+    best epoch), ``val_mse`` (the selection criterion: MSE on augmented validation pairs),
+    ``initial`` (the same metrics before training), ``history`` (per epoch), ``best_epoch``,
+    ``wall_s``, ``parameters``, ``checkpoint``, ``checkpoint_bytes``, the split
+    (``train_subjects``, ``val_subjects``) and the pool size per band.
+    """
+    started = time.perf_counter()
+    images = np.asarray(images)
+    subjects = np.asarray(subjects)
+    if images.ndim != 3:
+        raise ValueError(f"images must have shape (n, H, W), got {images.shape}")
+    if subjects.shape != (len(images),):
+        raise ValueError(f"subjects must have shape ({len(images)},), got {subjects.shape}")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+
+    train_subjects, val_subjects = _split_subjects(subjects, val_fraction, rng)
+    is_val = np.isin(subjects, val_subjects)
+    x = preprocess(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)), size)  # (n, 1, s, s)
+    train_pool = _pair_pool(x, subjects, np.flatnonzero(~is_val), rng)
+    val_pool = _pair_pool(x, subjects, np.flatnonzero(is_val), rng)
+    val_set = _stratified(val_pool, val_pairs, rng, replace=False)
+
+    model = DeepSSIMNet(input_size=size, widths=widths, dim=dim).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def evaluate() -> dict:
+        return _evaluate(model, x, val_set, augmentation, seed=seed + 1, batch_size=batch_size, device=device)
+
+    initial = evaluate()
+    history: list[dict] = []
+    best = {"epoch": 0, **initial}
+    best_state = copy.deepcopy(model.state_dict())
+    meta = {
+        "method": "DeepSSIM (Scardace et al., arXiv 2509.16582): cos(f(T1 a), f(T2 b)) ~ SSIM(a, b)",
+        "data": description, "images": int(len(images)), "image_shape": list(images.shape[1:]),
+        "train_subjects": [str(s) for s in train_subjects], "val_subjects": [str(s) for s in val_subjects],
+        "seed": int(seed), "command": " ".join(sys.argv) if command is None else command, "licence": licence,
+        "settings": {
+            "size": size, "epochs": epochs, "pairs_per_epoch": pairs_per_epoch, "batch_size": batch_size,
+            "lr": lr, "weight_decay": weight_decay, "clip": clip, "val_fraction": val_fraction,
+            "val_pairs": int(len(val_set[0])), "bands": list(BANDS), "augmentation": _plain(vars(augmentation)),
+        },
+        "target": "skimage-semantics SSIM (7x7 uniform window) of z-scored un-augmented images, "
+                  "data_range = max - min of the first image",
+        "replicheck": __version__, "torch": torch.__version__,
+    }
+    advance = (progress or Progress()).step("training DeepSSIM", total=epochs)
+    out_of_time = False
+    for epoch in range(1, epochs + 1):
+        model.train()
+        left, right, target = _stratified(train_pool, pairs_per_epoch, rng, replace=True)
+        order = rng.permutation(len(target))
+        losses = []
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            a = zscore(augment(x[left[rows]], generator=generator, config=augmentation)).to(device)
+            b = zscore(augment(x[right[rows]], generator=generator, config=augmentation)).to(device)
+            emb = model(torch.cat([a, b]))
+            cosine = (emb[: len(rows)] * emb[len(rows):]).sum(dim=1)
+            loss = F.mse_loss(cosine, torch.from_numpy(target[rows]).to(device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimiser.step()
+            losses.append(float(loss.detach()))
+            if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                out_of_time = True
+                break
+        metrics = {"epoch": epoch, "train_mse": float(np.mean(losses)), **evaluate(),
+                   "elapsed_s": time.perf_counter() - started}
+        history.append(metrics)
+        logger.info("epoch %d: train MSE %.4f, val MSE %.4f, MAE clean %.3f, augmented %.3f", epoch,
+                    metrics["train_mse"], metrics["val_mse"], metrics["val_mae_clean"], metrics["val_mae_augmented"])
+        if metrics["val_mse"] < best["val_mse"]:
+            best = metrics
+            best_state = copy.deepcopy(model.state_dict())
+            _save(out, model, meta, best)
+        advance()
+        if out_of_time:
+            break
+    model.load_state_dict(best_state)
+    if best["epoch"] == 0:  # training never beat the untrained network: still write a checkpoint
+        _save(out, model, meta, best)
+    return {
+        "checkpoint": str(out),
+        "checkpoint_bytes": out.stat().st_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "val_mse": best["val_mse"],
+        "val_mae_clean": best["val_mae_clean"],
+        "val_mae_augmented": best["val_mae_augmented"],
+        "val_mae_by_band": best["val_mae_by_band"],
+        "initial": initial,
+        "history": history,
+        "wall_s": time.perf_counter() - started,
+        "train_subjects": [str(s) for s in train_subjects],
+        "val_subjects": [str(s) for s in val_subjects],
+        "n_train_images": int((~is_val).sum()),
+        "n_val_images": int(is_val.sum()),
+        "pool_per_band": {"train": _band_counts(train_pool[2]), "val": _band_counts(val_pool[2])},
+    }
+
+
+def _split_subjects(subjects: np.ndarray, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    unique = np.unique(subjects)
+    if len(unique) < 2:
+        raise ValueError(f"need images of at least 2 subjects to hold some out for validation, got {len(unique)}")
+    unique = unique[rng.permutation(len(unique))]
+    n_val = min(len(unique) - 1, max(1, round(val_fraction * len(unique))))
+    return np.sort(unique[n_val:]), np.sort(unique[:n_val])
+
+
+def _pair_pool(x: torch.Tensor, subjects: np.ndarray, members: np.ndarray, rng: np.random.Generator):
+    """Candidate pairs (left, right, SSIM target) among the images ``members`` (indices into ``x``)."""
+    z = x[:, 0].numpy()
+    _, group, counts = np.unique(subjects[members], return_inverse=True, return_counts=True)
+    by_subject = np.split(members[np.argsort(group, kind="stable")], np.cumsum(counts)[:-1])
+    left, right, target = [], [], []
+    for k, i in enumerate(members):
+        same = by_subject[group[k]]
+        after = same[same > i][:NEIGHBOURS]
+        others = same[same != i]
+        partners = np.concatenate([
+            after,
+            rng.choice(others, min(SAME_SUBJECT, len(others)), replace=False) if len(others) else [],
+            rng.choice(members, min(RANDOM, len(members)), replace=False),
+        ]).astype(np.int64)
+        partners = partners[partners != i]
+        left.append(np.full(len(partners) + 1, i))
+        right.append(np.concatenate([[i], partners]))
+        scores = np.ones(len(partners) + 1)  # SSIM(a, a) = 1
+        if len(partners):
+            data_range = float(z[i].max() - z[i].min())
+            if data_range > 0:
+                scores[1:] = measures.compare(z[i], z[partners], data_range=data_range).ssim
+            else:  # a constant image: SSIM undefined for a zero range; skip its pairs
+                scores[1:] = np.nan
+        target.append(scores)
+    left, right, target = np.concatenate(left), np.concatenate(right), np.concatenate(target)
+    keep = np.isfinite(target)
+    return left[keep].astype(np.int64), right[keep].astype(np.int64), target[keep].astype(np.float32)
+
+
+def _stratified(pool, n: int, rng: np.random.Generator, *, replace: bool):
+    """``n`` pairs, an equal share from each non-empty SSIM band (all of a band that is too small when not ``replace``)."""
+    left, right, target = pool
+    band = np.digitize(target, BANDS)
+    groups = [np.flatnonzero(band == b) for b in range(len(BANDS) + 1)]
+    groups = [g for g in groups if len(g)]
+    share = -(-n // len(groups))
+    chosen = np.concatenate([rng.choice(g, share if replace else min(share, len(g)), replace=replace) for g in groups])
+    return left[chosen], right[chosen], target[chosen]
+
+
+def _band_counts(target: np.ndarray) -> list[int]:
+    return np.bincount(np.digitize(target, BANDS), minlength=len(BANDS) + 1).tolist()
+
+
+def _evaluate(model: DeepSSIMNet, x: torch.Tensor, pairs, augmentation: Augmentation, *, seed: int, batch_size: int, device: str) -> dict:
+    """Validation MSE / MAE of cosine against SSIM, on un-augmented pairs and on augmented pairs.
+
+    The augmented views are drawn from a generator seeded with ``seed`` on every call, so each
+    epoch is scored on the same validation views.
+    """
+    left, right, target = pairs
+    generator = torch.Generator().manual_seed(seed)
+    model.eval()
+    clean, augmented = [], []
+    with torch.no_grad():
+        for start in range(0, len(target), batch_size):
+            a, b = x[left[start:start + batch_size]], x[right[start:start + batch_size]]
+            clean.append(_cosine(model, a, b, device))
+            a = zscore(augment(a, generator=generator, config=augmentation))
+            b = zscore(augment(b, generator=generator, config=augmentation))
+            augmented.append(_cosine(model, a, b, device))
+    clean, augmented = np.concatenate(clean), np.concatenate(augmented)
+    band = np.digitize(target, BANDS)
+    return {
+        "val_mse": float(np.mean((augmented - target) ** 2)),
+        "val_mse_clean": float(np.mean((clean - target) ** 2)),
+        "val_mae_clean": float(np.mean(np.abs(clean - target))),
+        "val_mae_augmented": float(np.mean(np.abs(augmented - target))),
+        "val_mae_by_band": [float(np.mean(np.abs(clean - target)[band == b])) if (band == b).any() else None
+                            for b in range(len(BANDS) + 1)],
+    }
+
+
+def _cosine(model: DeepSSIMNet, a: torch.Tensor, b: torch.Tensor, device: str) -> np.ndarray:
+    emb = model(torch.cat([a, b]).to(device))
+    return (emb[: len(a)] * emb[len(a):]).sum(dim=1).float().cpu().numpy()
+
+
+def _save(out: Path, model: DeepSSIMNet, meta: dict, metrics: dict) -> None:
+    validation = {key: value for key, value in metrics.items() if key != "elapsed_s"}
+    save_checkpoint(out, model, {**meta, "validation": validation})
+
+
+def _plain(value):
+    """Tuples to lists, recursively: checkpoint meta holds JSON-compatible values."""
+    if isinstance(value, dict):
+        return {key: _plain(v) for key, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value

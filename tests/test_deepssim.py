@@ -1,0 +1,239 @@
+"""DeepSSIM: the embedder protocol and registry, checkpoints, augmentations and training.
+
+The networks here are tiny and untrained unless a test trains one; the assertions are about
+shapes, exact identities (a 3D embedding is the normalised mean of its slices' embeddings, a
+flip is a flip, a reloaded checkpoint embeds bit-identically) and one short training run on
+real CT slices that must beat the untrained network on held-out patients.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy import ndimage
+from skimage.metrics import structural_similarity
+
+from replicheck.augment import NONE, Augmentation, _warp, augment
+from replicheck.embedders import EMBEDDERS, Embedder, load_embedder
+from replicheck.embedders.deepssim import DeepSSIMEmbedder, DeepSSIMNet, load_checkpoint, preprocess, save_checkpoint
+from replicheck.records import ReplicheckError
+from replicheck.train_deepssim import _pair_pool, train_deepssim
+
+TINY = {"input_size": 32, "widths": (4, 8, 16), "dim": 24}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small convolutions run faster on one thread, and much faster on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def embedder() -> DeepSSIMEmbedder:
+    torch.manual_seed(0)
+    return DeepSSIMEmbedder(DeepSSIMNet(**TINY), batch_size=4)
+
+
+def images(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+# --- embedder -------------------------------------------------------------------------------
+
+def test_2d_embeddings_are_unit_float32_rows(embedder):
+    out = embedder.embed(images((6, 40, 36)))
+    assert isinstance(embedder, Embedder)
+    assert out.shape == (6, embedder.dim) and out.dtype == np.float32
+    assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+
+
+def test_3d_embedding_is_normalised_mean_of_slice_embeddings(embedder):
+    volumes = images((2, 5, 40, 40), seed=1)
+    out = embedder.embed(volumes)
+    assert out.shape == (2, embedder.dim) and out.dtype == np.float32
+    for volume, row in zip(volumes, out):
+        mean = embedder.embed(volume).mean(axis=0)  # the Z slices as a 2D batch
+        assert_allclose(row, mean / np.linalg.norm(mean), rtol=1e-5, atol=1e-6)
+
+
+def test_embeddings_are_deterministic_and_independent_of_batch_size(embedder):
+    batch = images((7, 32, 32), seed=2)
+    first = embedder.embed(batch)
+    assert_array_equal(embedder.embed(batch), first)
+    one_batch = DeepSSIMEmbedder(embedder.model, batch_size=64).embed(batch)
+    assert_allclose(one_batch, first, rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_ignores_intensity_scale_and_offset(embedder):
+    """Per-image z-scoring: a linear intensity change gives the same embedding."""
+    batch = images((3, 32, 32), seed=3)
+    assert_allclose(embedder.embed(0.5 * batch + 0.25), embedder.embed(batch), rtol=1e-4, atol=1e-5)
+
+
+def test_preprocess_resizes_by_area_and_zscores():
+    x = torch.arange(64.0).reshape(1, 8, 8)
+    out = preprocess(x, 4)
+    expected = x[0].numpy().reshape(4, 2, 4, 2).mean(axis=(1, 3))  # 2x2 block means
+    expected = (expected - expected.mean()) / expected.std()
+    assert out.shape == (1, 1, 4, 4)
+    assert_allclose(out[0, 0].numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert_array_equal(preprocess(torch.ones(1, 8, 8), 4), 0.0)
+
+
+def test_embed_rejects_other_shapes(embedder):
+    with pytest.raises(ValueError, match=r"\(b, H, W\)"):
+        embedder.embed(np.zeros((32, 32), np.float32))
+
+
+# --- checkpoints and registry ---------------------------------------------------------------
+
+def test_checkpoint_round_trip_embeds_identically(embedder, tmp_path):
+    path = save_checkpoint(tmp_path / "model.pt", embedder.model, {"seed": 3, "licence": "CC BY 4.0", "size": (32, 32)})
+    model, meta = load_checkpoint(path)
+    reloaded = DeepSSIMEmbedder(model, batch_size=4)
+    batch = images((5, 32, 32), seed=4)
+    assert_array_equal(reloaded.embed(batch), embedder.embed(batch))
+    assert reloaded.digest == embedder.digest and len(embedder.digest) == 64
+    assert meta["seed"] == 3 and meta["licence"] == "CC BY 4.0" and meta["size"] == [32, 32]
+    assert meta["architecture"]["widths"] == list(TINY["widths"])
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left behind
+
+    with torch.no_grad():
+        model.head.bias[0] += 1e-3
+    assert DeepSSIMEmbedder(model).digest != embedder.digest
+
+
+def test_digest_depends_on_input_size():
+    torch.manual_seed(0)
+    a = DeepSSIMNet(**TINY)
+    b = DeepSSIMNet(**{**TINY, "input_size": 64})
+    b.load_state_dict(a.state_dict())
+    assert DeepSSIMEmbedder(a).digest != DeepSSIMEmbedder(b).digest
+
+
+def test_checkpoint_meta_must_be_plain(embedder, tmp_path):
+    with pytest.raises(ValueError, match="JSON"):
+        save_checkpoint(tmp_path / "model.pt", embedder.model, {"when": object()})
+
+
+def test_load_embedder_from_checkpoint_path(embedder, tmp_path):
+    path = save_checkpoint(tmp_path / "model.pt", embedder.model, {})
+    loaded = load_embedder(str(path), batch_size=2)
+    assert loaded.name == "deepssim" and loaded.digest == embedder.digest and loaded.dim == TINY["dim"]
+    batch = images((3, 32, 32), seed=5)
+    assert_allclose(loaded.embed(batch), embedder.embed(batch), rtol=1e-6, atol=1e-7)
+
+
+def test_load_embedder_errors_name_the_known_embedders(tmp_path):
+    with pytest.raises(ReplicheckError, match="unknown embedder 'sscd'.*deepssim"):
+        load_embedder("sscd")
+    with pytest.raises(ReplicheckError, match="deepssim"):
+        load_embedder(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ReplicheckError, match="junk.pt"):
+        load_embedder(junk)
+    assert "deepssim" in EMBEDDERS
+
+
+# --- augmentations --------------------------------------------------------------------------
+
+def test_augment_keeps_shape_and_is_deterministic_per_seed():
+    x = torch.from_numpy(images((8, 1, 32, 32), seed=6))
+    first = augment(x, generator=torch.Generator().manual_seed(1))
+    again = augment(x, generator=torch.Generator().manual_seed(1))
+    other = augment(x, generator=torch.Generator().manual_seed(2))
+    assert first.shape == x.shape and first.dtype == x.dtype
+    assert_array_equal(first.numpy(), again.numpy())
+    assert not torch.equal(first, other)
+    assert_array_equal(x.numpy(), images((8, 1, 32, 32), seed=6))  # input untouched
+
+
+def test_augment_draws_independently_per_image():
+    x = torch.from_numpy(images((1, 1, 32, 32), seed=7)).repeat(16, 1, 1, 1)
+    out = augment(x, generator=torch.Generator().manual_seed(0))
+    distinct = {tuple(np.round(row.numpy().ravel()[:50], 5)) for row in out}
+    assert len(distinct) > 8
+
+
+def test_flip_is_exactly_a_flip_and_nothing_is_identity():
+    x = torch.from_numpy(images((3, 1, 16, 20), seed=8))
+    flips = Augmentation(**{**vars(NONE), "p_flip": 1.0})
+    assert_array_equal(augment(x, generator=torch.Generator().manual_seed(0), config=flips).numpy(),
+                       x.flip(-1).flip(-2).numpy())
+    assert_array_equal(augment(x, generator=torch.Generator().manual_seed(0), config=NONE).numpy(), x.numpy())
+
+
+def test_gamma_acts_in_the_image_own_range():
+    x = torch.linspace(-2.0, 3.0, 256).reshape(1, 1, 16, 16)
+    squared = Augmentation(**{**vars(NONE), "p_gamma": 1.0, "gamma": (2.0, 2.0)})
+    out = augment(x, generator=torch.Generator().manual_seed(0), config=squared)
+    expected = ((x + 2.0) / 5.0) ** 2 * 5.0 - 2.0
+    assert_allclose(out.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_warp_rotates_about_the_centre_and_shifts_in_pixels():
+    x = torch.from_numpy(images((1, 1, 12, 12), seed=9))
+    rotated = _warp(x, torch.tensor([90.0], dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64),
+                    torch.ones(1, dtype=torch.float64))
+    quarter_turns = [torch.rot90(x, k, dims=(-2, -1)) for k in (1, 3)]
+    assert min(float((rotated - q).abs().max()) for q in quarter_turns) < 1e-5
+    shifted = _warp(x, torch.zeros(1, dtype=torch.float64), torch.tensor([[2.0, -1.0]], dtype=torch.float64),
+                    torch.ones(1, dtype=torch.float64))
+    assert_allclose(shifted[..., 1:-1, 2:].numpy(), x[..., 2:, :-2].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_blur_matches_scipy_gaussian():
+    x = torch.from_numpy(images((2, 1, 24, 24), seed=10))
+    blur = Augmentation(**{**vars(NONE), "p_blur": 1.0, "blur_sigma": (1.0, 1.0)})
+    out = augment(x, generator=torch.Generator().manual_seed(0), config=blur)
+    expected = ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, 1.0, 1.0), mode="mirror", truncate=3.0)
+    assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+# --- training -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ct_slices(ctich):
+    """The slices of 10 CT-ICH patients, area-downsampled to 32 px, intensities in [0, 1]."""
+    patients = ctich["flat_patient"]
+    keep = np.isin(patients, np.unique(patients)[:10])
+    x = torch.from_numpy(ctich["flat_brain"][keep].astype(np.float32) / 255)[:, None]
+    return torch.nn.functional.interpolate(x, size=(32, 32), mode="area")[:, 0].numpy(), patients[keep]
+
+
+def test_training_targets_are_skimage_ssim_of_zscored_images(ct_slices):
+    x, patients = ct_slices
+    z = preprocess(torch.from_numpy(x[:40]), 32)
+    left, right, target = _pair_pool(z, patients[:40], np.arange(40), np.random.default_rng(0))
+    assert_array_equal(target[left == right], 1.0)
+    assert (target > 0.85).sum() >= 40 and (target < 0.6).any()
+    for i, j, t in list(zip(left, right, target))[::23]:
+        a, b = z[i, 0].numpy().astype(np.float64), z[j, 0].numpy().astype(np.float64)
+        assert_allclose(t, structural_similarity(a, b, data_range=a.max() - a.min()), atol=1e-5)
+
+
+def test_short_training_beats_the_untrained_network_on_held_out_patients(ct_slices, tmp_path):
+    x, patients = ct_slices
+    result = train_deepssim(x, patients, out=tmp_path / "model.pt", size=32, epochs=4, pairs_per_epoch=512,
+                            batch_size=32, val_pairs=128, widths=(8, 16, 32, 64), dim=64, seed=0, command="test")
+    assert result["val_mse"] < 0.8 * result["initial"]["val_mse"]
+    assert result["best_epoch"] >= 1 and len(result["history"]) == 4
+    assert 0 <= result["val_mae_clean"] < result["initial"]["val_mae_clean"]
+
+    train, val = set(result["train_subjects"]), set(result["val_subjects"])
+    assert not train & val and train | val == {str(p) for p in np.unique(patients)}
+    assert result["n_val_images"] == np.isin(patients.astype(str), list(val)).sum()
+
+    model, meta = load_checkpoint(result["checkpoint"])
+    assert meta["val_subjects"] == result["val_subjects"] and meta["command"] == "test"
+    assert_allclose(meta["validation"]["val_mse"], result["val_mse"], rtol=1e-12)
+    embedder = load_embedder(result["checkpoint"])
+    out = embedder.embed(x[:3])
+    assert out.shape == (3, 64)
+    assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
