@@ -43,6 +43,9 @@ def scan(
     subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject (patient) id."),
     image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
     voxel_measure: str = typer.Option("ncc", "--voxel-measure", help="Measure that ranks training images and sets the voxel flag: ncc; ssim (its own search, about 4x slower); mse or psnr (rank the NCC shortlist)."),
+    embedder: str = typer.Option("deepssim", "--embedder", help="Feature level: a registered embedder (deepssim) or a model.pt from replicheck train."),
+    device: str = typer.Option("cpu", "--device", help="Torch device of the feature level's embedder (cpu, cuda)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per embedder batch."),
     max_shift: int = typer.Option(3, "--max-shift", help="Largest translation (voxels per axis) searched when aligning a pair."),
     skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="Skip unreadable images (listed in summary.json) instead of stopping."),
     num_workers: int = typer.Option(2, "--num-workers", help="Threads for reading and searching."),
@@ -58,7 +61,7 @@ def scan(
             levels=tuple(part.strip() for part in levels.split(",") if part.strip()),
             k=k, quantile=quantile, grid=_parse_grid(grid), intensity=intensity, ct_window=_parse_window(ct_window),
             slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, max_shift=max_shift,
-            voxel_measure=voxel_measure,
+            voxel_measure=voxel_measure, embedder=embedder, device=device, batch_size=batch_size,
             skip_unreadable=skip_unreadable, num_workers=num_workers, seed=seed, progress=not quiet,
         )
         _check_output(out, [train, synthetic] + ([holdout] if holdout else []))
@@ -136,6 +139,7 @@ def bench_run(
     quantile: float = typer.Option(0.99, "--quantile", help="Quantile of the holdout null used as every detector's threshold."),
     brute_force_budget: float = typer.Option(1.5e10, "--brute-force-budget", help="Voxel comparisons a brute-force baseline may spend before it runs on a stratified subset."),
     natural: bool = typer.Option(True, "--natural/--no-natural", help="Also count the natural copies of pydicom-data each detector finds."),
+    embedder: str = typer.Option("deepssim", "--embedder", help="The feature level's embedder (with --levels ...,feature): a name or a model.pt."),
     num_workers: int = typer.Option(2, "--num-workers", help="Threads per scan."),
 ) -> None:
     """Scan a benchmark with every detector and score each against its labels."""
@@ -145,13 +149,52 @@ def bench_run(
         chosen = [] if methods.strip().lower() == "none" else [m.strip() for m in methods.split(",") if m.strip()]
         config = RunConfig(levels=tuple(part.strip() for part in levels.split(",") if part.strip()),
                            methods=tuple(chosen), quantile=quantile, brute_force_budget=brute_force_budget,
-                           natural=natural, num_workers=num_workers, echo=lambda line: typer.echo(line, err=True))
+                           natural=natural, embedder=embedder, num_workers=num_workers, echo=lambda line: typer.echo(line, err=True))
         _check_output(out, [str(bench)])
         return run_benchmark(bench, out, config)
 
     _run(work)
     typer.echo((out / "metrics.md").read_text())
     typer.echo(f"Results: {out}/metrics.csv, metrics.json, metrics.md, roc.png")
+
+
+train_app = typer.Typer(no_args_is_help=True, help="Train a learned detector on your own training images.")
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("deepssim")
+def train_deepssim_command(
+    train: str = typer.Argument(..., help="Training images (2D, or volumes used slice by slice), with subject ids."),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (model.pt); use it with scan --embedder."),
+    size: int = typer.Option(64, "--size", help="Side of the network's input in pixels."),
+    epochs: int = typer.Option(20, "--epochs", help="Epochs (pairs stratified over SSIM bands each epoch)."),
+    pairs_per_epoch: int = typer.Option(4096, "--pairs-per-epoch", help="Training pairs per epoch."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Stop after this many minutes (best checkpoint kept)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the pairs and the augmentations."),
+    subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),
+    image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
+    device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train a DeepSSIM embedder: embedding cosine regresses pixel SSIM under augmentations."""
+    from .progress import Progress
+    from .train_deepssim import read_training_slices, train_deepssim
+
+    def work():
+        images, subjects = read_training_slices(train, size=size, subject_regex=subject_regex, image_ndim=image_ndim)
+        if len(set(subjects)) < 2:
+            raise ReplicheckError(f"{train}: training needs at least 2 subjects (validation is split by subject); "
+                                  f"give subject ids with a manifest's subject column or --subject-regex")
+        progress = Progress(not quiet)
+        with progress.session():
+            return train_deepssim(images, subjects, out=out, size=size, epochs=epochs, pairs_per_epoch=pairs_per_epoch,
+                                  seed=seed, max_seconds=minutes * 60 if minutes else None, device=device,
+                                  description=f"replicheck train deepssim {train}", progress=progress)
+
+    report = _run(work)
+    typer.echo(f"Saved {out} (best epoch {report['best_epoch']}): validation MAE of cosine vs SSIM "
+               f"{report['val_mae_clean']:.3f} on un-augmented pairs, {report['val_mae_augmented']:.3f} on augmented "
+               f"pairs (before training {report['initial']['val_mae_clean']:.3f}); {report['wall_s'] / 60:.1f} min")
 
 
 def _run(work):

@@ -9,7 +9,9 @@ exact rescoring of the top-k, calibration against the null, flags); a level only
   whose calibrated threshold sets the level's flag;
 - optionally ``coarse(images)`` and ``coarse_scores(query, candidates)``: a cheaper second
   look that re-ranks the index's shortlist before the exact rescoring (``None`` to skip);
-- optionally ``depth(ndim, k)``: how many refined candidates to rescore exactly (default k).
+- optionally ``depth(ndim, k)``: how many refined candidates to rescore exactly (default k);
+- optionally ``rescore_vectors(query_vector, candidate_vectors)``: measures computed from the
+  search vectors alone (an embedding's cosine), so that no image is read back to rescore.
 
 Register a new level in :data:`LEVELS` (name -> factory taking the scan configuration).
 """
@@ -56,7 +58,14 @@ def _voxel(config) -> Level:
     return VoxelLevel(max_shift=config.max_shift, search_size=config.search_size, primary=config.voxel_measure)
 
 
-LEVELS: dict[str, Callable[[object], Level]] = {"voxel": _voxel}
+def _feature(config) -> Level:
+    from .embedders import load_embedder
+    from .feature import FeatureLevel
+
+    return FeatureLevel(load_embedder(config.embedder, device=config.device, batch_size=config.batch_size))
+
+
+LEVELS: dict[str, Callable[[object], Level]] = {"voxel": _voxel, "feature": _feature}
 
 
 def make_level(name: str, config) -> Level:

@@ -56,6 +56,9 @@ class ScanConfig:
     max_shift: int = 3
     search_size: int = 32
     voxel_measure: str = "ncc"
+    embedder: str = "deepssim"  # feature level: a registered embedder or a checkpoint written by `replicheck train`
+    device: str = "cpu"
+    batch_size: int = 64
     shortlist: int = 256
     depth: int | None = None  # candidates rescored exactly; default: the level's choice (voxel: 20 or 32 in 2D, k in 3D)
     skip_unreadable: bool = False

@@ -100,8 +100,11 @@ def nearest(
             coarse = level.coarse_scores(queries.coarse_queries.read(query_row)[0],
                                          gallery.coarse.read(gallery_rows[candidates]))
             candidates = candidates[np.argsort(-coarse, kind="stable")[:depth]]
-        scores = level.rescore(queries.store.read(query_row)[0], gallery.store.read(gallery_rows[candidates]),
-                               keep=0 if primary_only else k)
+        if hasattr(level, "rescore_vectors"):  # the search vectors are the measure (an embedding's cosine)
+            scores = level.rescore_vectors(queries.vectors[query_row], gallery.vectors[gallery_rows[candidates]])
+        else:
+            scores = level.rescore(queries.store.read(query_row)[0], gallery.store.read(gallery_rows[candidates]),
+                                   keep=0 if primary_only else k)
         primary = oriented(scores[level.primary], level.measures[level.primary])
         order = np.argsort(-np.nan_to_num(primary, nan=-np.inf), kind="stable")[:k]
         rows[position, : order.size] = gallery_rows[candidates[order]]

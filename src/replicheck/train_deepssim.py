@@ -296,3 +296,20 @@ def _plain(value):
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
     return value
+
+
+def read_training_slices(source: str, *, size: int, subject_regex: str | None = None, image_ndim: int | None = None,
+                         intensity: str = "auto", num_workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Every 2D image (and every non-constant slice of every volume) of ``source`` on a size x size
+    grid with intensities in [0, 1], in file and slice order, with its subject id."""
+    from .images import discover, stream
+    from .preprocess import Preprocessing, prepare
+
+    image_set = discover(source, role="training", subject_regex=subject_regex, image_ndim=image_ndim)
+    settings = Preprocessing(grid=(size, size), intensity=intensity, slices=True)
+    arrays, subjects = [], []
+    for ref, image in stream(image_set.refs, workers=num_workers):
+        prepared = prepare(image, settings)
+        arrays.extend(prepared.arrays)
+        subjects.extend([ref.subject] * len(prepared.arrays))
+    return np.stack(arrays).astype(np.float32), np.asarray(subjects)

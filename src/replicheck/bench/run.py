@@ -72,6 +72,7 @@ class RunConfig:
     quantile: float = 0.99
     brute_force_budget: float = BRUTE_FORCE_BUDGET
     natural: bool = True
+    embedder: str = "deepssim"  # the feature level's embedder, when --levels has feature
     seed: int = 0
     num_workers: int = 2
     echo: object = field(default=print, repr=False)
@@ -92,7 +93,7 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
         config.echo(f"[{number}/{len(detectors)}] {detector.name}: {detector.description}")
         sets = _inputs(bench, info, labels, detector, config, out)
         options = {**detector.scan, "grid": tuple(info["grid"]), "quantile": config.quantile,
-                   "num_workers": config.num_workers, "seed": config.seed}
+                   "num_workers": config.num_workers, "seed": config.seed, "embedder": config.embedder}
         if detector.exhaustive:
             options.update(shortlist=sets["n_training"], depth=sets["n_training"])
         run = _in_child(sets, options, out / "scans" / detector.name, config.natural)

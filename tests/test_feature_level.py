@@ -1,0 +1,58 @@
+"""The feature level end to end: `replicheck train deepssim`, then a scan with --levels voxel,feature."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import split_patients, write_set
+from replicheck.cli import app
+from replicheck.embedders import load_embedder
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_then_scan_with_the_feature_level(ctich, tmp_path):
+    images, patients = ctich["flat_brain"], ctich["flat_patient"]
+    train_p, hold_p, other_p = split_patients(patients, 5, (6, 3))
+    rows = {name: np.flatnonzero(np.isin(patients, group))[::3] for name, group in
+            (("train", train_p), ("holdout", hold_p), ("other", other_p[:3]))}
+    write_set(tmp_path / "train", {f"{patients[i]:03d}_{i:04d}": images[i] for i in rows["train"]})
+    write_set(tmp_path / "holdout", {f"{patients[i]:03d}_{i:04d}": images[i] for i in rows["holdout"]})
+    copies = rows["train"][:5]
+    write_set(tmp_path / "synth", {**{f"flip{i:04d}": images[i][:, ::-1] for i in copies},
+                                   **{f"novel{i:04d}": images[i] for i in rows["other"][:10]}})
+    runner = CliRunner()
+    model = tmp_path / "model.pt"
+    trained = runner.invoke(app, ["train", "deepssim", str(tmp_path / "train"), "--out", str(model), "--size", "32",
+                                  "--epochs", "2", "--pairs-per-epoch", "128", "--subject-regex", r"^(\d+)_", "-q"])
+    assert trained.exit_code == 0, trained.output
+    assert model.is_file() and "validation MAE" in trained.output
+
+    out = tmp_path / "results"
+    scanned = runner.invoke(app, ["scan", str(tmp_path / "train"), str(tmp_path / "synth"), "--holdout",
+                                  str(tmp_path / "holdout"), "--levels", "voxel,feature", "--embedder", str(model),
+                                  "--subject-regex", r"^(\d+)_", "--out", str(out), "-q"])
+    assert scanned.exit_code == 0, scanned.output
+    table = pd.read_csv(out / "synthetic.csv").set_index("id")
+    assert {"feature_score", "feature_nearest", "feature_flag", "feature_p"} <= set(table.columns)
+    # the score is the cosine of the two images' embeddings, computed here independently
+    embedder = load_embedder(str(model))
+    row = table.loc["flip%04d.npy" % copies[0]]
+    query = images[copies[0]][:, ::-1].astype(np.float32)[None] / 255
+    nearest = np.load(tmp_path / "train" / row["feature_nearest"]).astype(np.float32)[None] / 255
+    expected = float(embedder.embed(query)[0] @ embedder.embed(nearest)[0])
+    assert row["feature_score"] == pytest.approx(expected, abs=1e-5)
+    pairs = pd.read_csv(out / "pairs.csv")
+    assert set(pairs["level"]) == {"voxel", "feature"}
+
+
+def test_an_unknown_embedder_is_a_clear_error(ctich, tmp_path):
+    slices = ctich["flat_brain"][:6]
+    write_set(tmp_path / "train", {f"t{i}": s for i, s in enumerate(slices[:4])})
+    write_set(tmp_path / "synth", {f"s{i}": s for i, s in enumerate(slices[4:])})
+    result = CliRunner().invoke(app, ["scan", str(tmp_path / "train"), str(tmp_path / "synth"), "--levels", "feature",
+                                      "--embedder", "nonexistent", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "unknown embedder 'nonexistent'" in result.output
