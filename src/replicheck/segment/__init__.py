@@ -1,0 +1,1 @@
+"""Masks for the segmentation level: built-in segmenters, external commands, mask similarity."""
