@@ -114,7 +114,7 @@ def test_make_3d_writes_nifti_volumes(tmp_path):
 
     volume = np.asarray(nib.load(tmp_path / "bench" / labels["file"].iloc[0]).dataobj)
     assert volume.dtype == np.uint8 and volume.shape == (32, 32, 24)  # NIfTI (x, y, z) of our (z, y, x)
-    assert any("similar" in note for note in summary["notes"])  # one volume per subject: no "similar" class
+    assert any("single image" in note for note in summary["notes"])  # one volume per subject: no "similar" class
 
 
 def test_make_refuses_bad_input(ctich, tmp_path):

@@ -127,7 +127,8 @@ def _plan(refs: list[ImageRef], config: MakeConfig) -> Plan:
             f"found {len(subjects)} subject(s); a benchmark needs at least 3 (training, holdout, novel). Give subject "
             f"ids with a manifest's subject column, --subject-regex, or DICOM PatientID")
     if len(subjects) == len(refs):
-        notes.append("every image is its own subject (no subject ids found): the 'similar' class cannot be made")
+        notes.append("every subject has a single image, so the 'similar' class (same patient, other image) "
+                     "cannot be made")
     order = [subjects[i] for i in rng.permutation(len(subjects))]
     n_train, n_hold = _cut(len(order), config.split)
     groups = {"training": order[:n_train], "holdout": order[n_train:n_train + n_hold],
