@@ -33,6 +33,18 @@ def test_ssim_matches_scikit_image_on_ct_slices(ct_slices):
     np.testing.assert_allclose(ours, reference, atol=1e-4)
 
 
+def test_zscored_ssim_is_deepssims_target(ct_slices):
+    """METHODS.md: scikit-image SSIM of z-scored images, data range = max - min of the first."""
+    def z(x):
+        return (x - x.mean()) / x.std()
+
+    query, candidates = ct_slices[3], ct_slices[4:9]
+    reference = [structural_similarity(z(query), z(c), data_range=float(z(query).max() - z(query).min()))
+                 for c in candidates]
+    np.testing.assert_allclose(measures.zscored_ssim(query, candidates), reference, atol=1e-4)
+    assert np.isnan(measures.zscored_ssim(np.zeros_like(query), candidates)).all()
+
+
 def test_ssim_matches_scikit_image_in_3d(mri_volumes):
     query, candidates = mri_volumes[0], np.stack(mri_volumes[1:])
     ours = measures.compare(query, candidates, data_range=1.0).ssim

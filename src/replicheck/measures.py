@@ -99,6 +99,22 @@ def compare(
     )
 
 
+def zscored_ssim(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """DeepSSIM's target (METHODS.md section 2): SSIM of per-image z-scored images with
+    ``data_range`` = max - min of the z-scored query; NaN for all when the query is constant."""
+    def zscored(x):
+        x = np.asarray(x, dtype=np.float32)
+        axes = tuple(range(x.ndim - np.ndim(query), x.ndim))
+        std = x.std(axis=axes, keepdims=True)
+        return (x - x.mean(axis=axes, keepdims=True)) / np.where(std > 0, std, 1.0)
+
+    q, c = zscored(query), zscored(candidates)
+    data_range = float(q.max() - q.min())
+    if not data_range > 0:
+        return np.full(len(c), np.nan)
+    return compare(q, c, data_range=data_range).ssim
+
+
 def ncc(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two images of equal shape, in [-1, 1]; higher is more similar."""
     return float(compare(a, np.asarray(b)[None], data_range=1.0).ncc[0])

@@ -223,12 +223,8 @@ def _pair_pool(x: torch.Tensor, subjects: np.ndarray, members: np.ndarray, rng: 
         left.append(np.full(len(partners) + 1, i))
         right.append(np.concatenate([[i], partners]))
         scores = np.ones(len(partners) + 1)  # SSIM(a, a) = 1
-        if len(partners):
-            data_range = float(z[i].max() - z[i].min())
-            if data_range > 0:
-                scores[1:] = measures.compare(z[i], z[partners], data_range=data_range).ssim
-            else:  # a constant image: SSIM undefined for a zero range; skip its pairs
-                scores[1:] = np.nan
+        if len(partners):  # NaN for a constant image (no data range): its pairs are skipped
+            scores[1:] = measures.zscored_ssim(z[i], z[partners])
         target.append(scores)
     left, right, target = np.concatenate(left), np.concatenate(right), np.concatenate(target)
     keep = np.isfinite(target)

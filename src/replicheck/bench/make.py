@@ -299,7 +299,7 @@ def _label(ident: str, path: str, item: dict, original: np.ndarray, image: np.nd
         unperturbed = original
     training = pairing.store.read(pairing.rows[pair])[0]
     to_source = float(measures.compare(image, training[None], data_range=1.0).ssim[0])
-    unperturbed_ssim = _deepssim_target(unperturbed, training)
+    unperturbed_ssim = float(measures.zscored_ssim(unperturbed, training[None])[0])
     return {
         "id": ident, "file": path, "class": kind, "replica": kind == "replica",
         "source": _safe(ref.id), "source_subject": ref.subject,
@@ -313,21 +313,11 @@ def _label(ident: str, path: str, item: dict, original: np.ndarray, image: np.nd
     }
 
 
-def _deepssim_target(a: np.ndarray, b: np.ndarray) -> float:
-    """DeepSSIM's target: SSIM of the z-scored pair, data range = max - min of the first image."""
-    za, zb = _zscored(a), _zscored(b)
-    data_range = float(za.max() - za.min()) or 1.0
-    return float(measures.compare(za, zb[None], data_range=data_range).ssim[0])
-
-
-def _zscored(x: np.ndarray) -> np.ndarray:
-    std = float(x.std())
-    return ((x - x.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
-
-
 def deepssim_class(ssim: float) -> str:
     """DeepSSIM's three classes by SSIM: Different (<= 0.60), Similar (<= 0.85), Duplicate."""
     low, high = DEEPSSIM_BANDS
+    if not np.isfinite(ssim):  # no SSIM (a constant image): nothing in common to call similar
+        return "Different"
     return "Different" if ssim <= low else ("Similar" if ssim <= high else "Duplicate")
 
 
