@@ -141,7 +141,7 @@ def test_run_scores_every_detector(bench2d, tmp_path):
     bench, _ = bench2d
     lines = []
     results = run_benchmark(bench, tmp_path / "results",
-                            RunConfig(natural=False, brute_force_budget=2e8, echo=lines.append))
+                            RunConfig(natural=False, brute_force_budget=5e7, echo=lines.append))
     table = pd.read_csv(tmp_path / "results" / "metrics.csv", keep_default_na=False).set_index("detector")
     assert {"voxel: ncc", "voxel: ssim", "voxel: mse", "voxel, SSIM search: ssim", "brute force: pixel ssim",
             "brute force: pixel ncc", "brute force: pixel mse"} <= set(table.index)
