@@ -56,3 +56,15 @@ def test_an_unknown_embedder_is_a_clear_error(ctich, tmp_path):
     result = CliRunner().invoke(app, ["scan", str(tmp_path / "train"), str(tmp_path / "synth"), "--levels", "feature",
                                       "--embedder", "nonexistent", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "unknown embedder 'nonexistent'" in result.output
+
+
+def test_the_bundled_model_is_the_default_embedder(ctich):
+    """--levels feature with no --embedder loads the weights shipped in the package (no download)."""
+    embedder = load_embedder("deepssim")
+    slices = ctich["flat_brain"][200::450][:5].astype(np.float32) / 255  # 5 patients
+    vectors = embedder.embed(slices)
+    assert vectors.shape == (5, embedder.dim) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    cosine = embedder.embed(slices[:, :, ::-1].copy()) @ vectors.T  # flipped copies against the originals
+    assert (np.diag(cosine) > 0.85).all()  # a flipped copy is a Duplicate (SSIM of the un-flipped pair is 1)
+    assert (cosine.argmax(axis=1) == np.arange(5)).sum() >= 4
+    assert cosine[~np.eye(5, dtype=bool)].mean() < 0.8  # other patients are not all alike to it

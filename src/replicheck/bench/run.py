@@ -19,6 +19,8 @@ import json
 import math
 import multiprocessing
 import resource
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..measures import HIGHER_IS_SIMILAR
 from ..records import ReplicheckError
 from ..report import write_csv, write_json, write_text
 from . import metrics
@@ -38,28 +41,30 @@ MIN_HOLDOUT = 100  # holdout images an exhaustive baseline keeps at least (its t
 class Detector:
     name: str
     scan: dict  # replicheck.scan options
-    rows: tuple[tuple[str, str, str], ...]  # (row label, level, measure)
+    rows: tuple[tuple[str, str, str, bool], ...]  # (row label, level, measure, higher is more similar)
     exhaustive: bool = False  # every pair is scored (the index only orders them)
     description: str = ""
 
 
-def level_detector(level: str) -> Detector:
+def level_detector(level: str, embedder: str = "deepssim") -> Detector:
     from ..levels import make_level
     from ..scan import ScanConfig
 
-    measures = tuple(make_level(level, ScanConfig()).measures)
-    return Detector(level, {"levels": (level,)}, tuple((f"{level}: {m}", level, m) for m in measures),
+    measures = make_level(level, ScanConfig(embedder=embedder)).measures
+    return Detector(level, {"levels": (level,)},
+                    tuple((f"{level}: {m}", level, m, higher) for m, higher in measures.items()),
                     description=f"replicheck scan --levels {level} (default settings); one row per measure, each "
                                 f"taken over the k nearest by the level's primary measure")
 
 
 METHODS = {
-    "ssim-search": Detector("ssim-search", {"voxel_measure": "ssim"}, (("voxel, SSIM search: ssim", "voxel", "ssim"),),
+    "ssim-search": Detector("ssim-search", {"voxel_measure": "ssim"},
+                            (("voxel, SSIM search: ssim", "voxel", "ssim", True),),
                             description="replicheck scan --voxel-measure ssim"),
 }
 BASELINES = tuple(
     Detector(f"pixel-{measure}", {"voxel_measure": measure, "max_shift": 0, "k": 1},
-             ((f"brute force: pixel {measure}", "voxel", measure),), exhaustive=True,
+             ((f"brute force: pixel {measure}", "voxel", measure, HIGHER_IS_SIMILAR[measure]),), exhaustive=True,
              description=f"pixel {measure.upper()} of every synthetic image with every training image, no alignment")
     for measure in ("ssim", "ncc", "mse")
 )
@@ -86,7 +91,7 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
     unknown = sorted(set(config.methods) - set(METHODS))
     if unknown:
         raise ReplicheckError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
-    detectors = [level_detector(level) for level in config.levels] + [METHODS[m] for m in config.methods] + list(BASELINES)
+    detectors = [level_detector(level, config.embedder) for level in config.levels] + [METHODS[m] for m in config.methods] + list(BASELINES)
     out.mkdir(parents=True, exist_ok=True)
     rows, families, curves = [], [], {}
     for number, detector in enumerate(detectors, 1):
@@ -102,11 +107,11 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
         config.echo(f"    {run['wall_s']:.1f} s, peak {run['peak_rss_bytes'] / 2**30:.2f} GiB"
                     + (f"; natural copies found {run['natural']['found']}/{run['natural']['copies']}"
                        if run.get("natural") else ""))
-        for label, level, measure in detector.rows:
-            score, flag = _scores(table, level, measure)
+        for label, level, measure, higher in detector.rows:
+            score, flag = _scores(table, level, measure, higher)
             row = {"detector": label, "method": detector.name, "level": level, "measure": measure,
                    "subset": sets["subset_note"], **metrics.detection(sets["labels"], score, flag),
-                   "deepssim_macro_f1": metrics.deepssim_macro_f1(sets["labels"], score) if measure == "ssim" else math.nan,
+                   "deepssim_macro_f1": metrics.deepssim_macro_f1(sets["labels"], score) if measure in ("ssim", "cosine") else math.nan,
                    "nominal_fpr": 1 - config.quantile, "wall_s": run["wall_s"],
                    "peak_rss_gib": run["peak_rss_bytes"] / 2**30,
                    "natural_copies_found": run["natural"]["by_measure"][f"{level}:{measure}"] if run.get("natural") else "",
@@ -170,20 +175,22 @@ def _inputs(bench: Path, info: dict, labels: pd.DataFrame, detector: Detector, c
     return sets
 
 
-def _scores(table: pd.DataFrame, level: str, measure: str) -> tuple[np.ndarray, np.ndarray]:
+def _scores(table: pd.DataFrame, level: str, measure: str, higher: bool) -> tuple[np.ndarray, np.ndarray]:
     """A measure's nearest-training value, oriented so that higher = more similar, and its flag."""
-    from ..measures import HIGHER_IS_SIMILAR
-
     values = pd.to_numeric(table[f"{level}_{measure}"], errors="coerce").to_numpy(dtype=np.float64)
     flags = table[f"{level}_{measure}_flag"].astype(str).str.lower().eq("true").to_numpy()
-    return (values if HIGHER_IS_SIMILAR[measure] else -values), flags
+    return (values if higher else -values), flags
 
 
 def _in_child(sets: dict, options: dict, out: Path, natural: bool) -> dict:
     """One detector's scans in a fresh process: wall time and peak memory are its own."""
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(_child, (sets["training"], sets["synthetic"], sets["holdout"], options, str(out), natural))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        future = pool.submit(_child, sets["training"], sets["synthetic"], sets["holdout"], options, str(out), natural)
+        try:
+            return future.result()
+        except BrokenProcessPool:  # killed (out of memory?) rather than failed with an error
+            raise ReplicheckError(f"{out.name}: the scan's process died before it finished (out of memory?); "
+                                  f"try a smaller --brute-force-budget or fewer --num-workers") from None
 
 
 def _child(training: str, synthetic: str, holdout: str, options: dict, out: str, natural: bool) -> dict:
