@@ -154,16 +154,7 @@ def _plan(refs: list[ImageRef], config: MakeConfig) -> Plan:
         n_novel = len(novel_pool)
     novel = [novel_pool[i] for i in rng.permutation(len(novel_pool))[:n_novel]]
 
-    families = config.families or tuple(perturbations.FAMILIES)
-    combos = [(f, s) for f in families for s in range(len(perturbations.FAMILIES[f]))]
-    n_replica = wanted["replica"]
-    sources = rng.choice(len(training), n_replica, replace=n_replica > len(training))
-    slots = [combos[i % len(combos)] for i in rng.permutation(max(n_replica, len(combos)))[:n_replica]] if combos else []
-    items = []
-    for source_row, (family, strength) in zip(sources, slots):
-        donor = novel_pool[rng.integers(len(novel_pool))] if family == "partial_copy" else None
-        items.append({"class": "replica", "ref": training[source_row], "family": family, "strength": strength,
-                      "donor": donor})
+    items = _replicas(training, novel_pool, config.families or tuple(perturbations.FAMILIES), wanted["replica"], rng)
     items += [{"class": "similar", "ref": ref, "family": "", "strength": -1, "donor": None} for ref in similar]
     for ref in novel:
         mild = rng.random() < config.perturb_novel
@@ -171,6 +162,21 @@ def _plan(refs: list[ImageRef], config: MakeConfig) -> Plan:
         items.append({"class": "novel", "ref": ref, "family": family, "strength": 0 if mild else -1, "donor": None})
     items = [items[i] for i in rng.permutation(len(items))]
     return Plan(training, [ref for s in groups["holdout"] for ref in by_subject[s]], items, groups, notes)
+
+
+def _replicas(training: list[ImageRef], donors: list[ImageRef], families: tuple[str, ...], count: int,
+              rng: np.random.Generator) -> list[dict]:
+    """``count`` replica plans: random training sources, family x strength levels spread evenly
+    (each level floor or ceil of its share), a donor of another group for partial copies."""
+    combos = [(f, s) for f in families for s in range(len(perturbations.FAMILIES[f]))]
+    sources = rng.choice(len(training), count, replace=count > len(training))
+    slots = [combos[i % len(combos)] for i in rng.permutation(max(count, len(combos)))[:count]] if combos else []
+    items = []
+    for source_row, (family, strength) in zip(sources, slots):
+        donor = donors[rng.integers(len(donors))] if family == "partial_copy" else None
+        items.append({"class": "replica", "ref": training[source_row], "family": family, "strength": strength,
+                      "donor": donor})
+    return items
 
 
 def _cut(n: int, shares) -> tuple[int, int]:
