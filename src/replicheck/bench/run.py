@@ -91,7 +91,8 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
     unknown = sorted(set(config.methods) - set(METHODS))
     if unknown:
         raise ReplicheckError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
-    detectors = [level_detector(level, config.embedder) for level in config.levels] + [METHODS[m] for m in config.methods] + list(BASELINES)
+    detectors = ([level_detector(level, config.embedder) for level in config.levels]
+                 + [METHODS[m] for m in config.methods] + list(BASELINES))
     out.mkdir(parents=True, exist_ok=True)
     rows, families, curves = [], [], {}
     for number, detector in enumerate(detectors, 1):
@@ -109,14 +110,8 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
                        if run.get("natural") else ""))
         for label, level, measure, higher in detector.rows:
             score, flag = _scores(table, level, measure, higher)
-            row = {"detector": label, "method": detector.name, "level": level, "measure": measure,
-                   "subset": sets["subset_note"], **metrics.detection(sets["labels"], score, flag),
-                   "deepssim_macro_f1": metrics.deepssim_macro_f1(sets["labels"], score) if measure in ("ssim", "cosine") else math.nan,
-                   "nominal_fpr": 1 - config.quantile, "wall_s": run["wall_s"],
-                   "peak_rss_gib": run["peak_rss_bytes"] / 2**30,
-                   "natural_copies_found": run["natural"]["by_measure"][f"{level}:{measure}"] if run.get("natural") else "",
-                   "natural_copies": run["natural"]["copies"] if run.get("natural") else ""}
-            rows.append(row)
+            rows.append({"detector": label, "method": detector.name, "level": level, "measure": measure,
+                         **_row(sets, run, score, flag, f"{level}:{measure}", config.quantile)})
             families += [{"detector": label, **group} for group in metrics.breakdown(sets["labels"], score, flag)]
             curves[label] = metrics.roc_points(sets["labels"], score)
     results = {"bench": str(bench), "bench_summary": {k: info[k] for k in ("counts", "grid", "format", "source")},
@@ -132,6 +127,19 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
     write_text(markdown(results), out / "metrics.md")
     roc_figure(curves, out / "roc.png", title=f"{info['source']} ({'x'.join(map(str, info['grid']))})")
     return results
+
+
+def _row(sets: dict, run: dict, score: np.ndarray, flag: np.ndarray, key: str, quantile: float) -> dict:
+    """One detector row's metrics; DeepSSIM's classes only for SSIM-scaled measures."""
+    natural = run.get("natural")
+    ssim_like = key.split(":")[1] in ("ssim", "cosine")
+    return {
+        "subset": sets["subset_note"], **metrics.detection(sets["labels"], score, flag),
+        "deepssim_macro_f1": metrics.deepssim_macro_f1(sets["labels"], score) if ssim_like else math.nan,
+        "nominal_fpr": 1 - quantile, "wall_s": run["wall_s"], "peak_rss_gib": run["peak_rss_bytes"] / 2**30,
+        "natural_copies_found": natural["by_measure"][key] if natural else "",
+        "natural_copies": natural["copies"] if natural else "",
+    }
 
 
 def _read_bench(bench: Path) -> dict:
