@@ -23,25 +23,13 @@ def ctich_slices(data: Path, out: Path) -> Path:
     archive = data / "ct_ich" / "ctich_128.npz"
     with np.load(archive) as arrays:
         patients, slices = arrays["flat_patient"], arrays["flat_slice"]
-    path = out / "ctich_slices.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "id", "subject"])
-        for row, (patient, z) in enumerate(zip(patients, slices)):
-            writer.writerow([f"{archive.resolve()}:flat_brain[{row}]", f"pct{int(patient):03d}_{int(z):03d}",
-                             f"pct{int(patient):03d}"])
-    return path
+    return _write(out / "ctich_slices.csv", (
+        (f"{archive.resolve()}:flat_brain[{row}]", f"pct{int(patient):03d}_{int(z):03d}", f"pct{int(patient):03d}")
+        for row, (patient, z) in enumerate(zip(patients, slices))))
 
 
 def ixi_volumes(data: Path, out: Path) -> Path:
-    path = out / "ixi_volumes.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "id", "subject"])
-        for volume in sorted((data / "ixi_t1_2mm").glob("*.nii.gz")):
-            subject = volume.name.split("-")[0]
-            writer.writerow([str(volume.resolve()), volume.name.removesuffix(".nii.gz"), subject])
-    return path
+    return _write(out / "ixi_volumes.csv", _ixi_rows(data))
 
 
 def all_volumes(data: Path, out: Path) -> Path:
@@ -49,14 +37,20 @@ def all_volumes(data: Path, out: Path) -> Path:
     archive = data / "ct_ich" / "ctich_128.npz"
     with np.load(archive) as arrays:
         patients = arrays["patient_ids"]
-    path = out / "volumes.csv"
+    ctich = ((f"{archive.resolve()}:images[{row}]", f"pct{int(p):03d}", f"pct{int(p):03d}") for row, p in enumerate(patients))
+    return _write(out / "volumes.csv", [*ctich, *_ixi_rows(data)])
+
+
+def _ixi_rows(data: Path):
+    for volume in sorted((data / "ixi_t1_2mm").glob("*.nii.gz")):
+        yield str(volume.resolve()), volume.name.removesuffix(".nii.gz"), volume.name.split("-")[0]
+
+
+def _write(path: Path, rows) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "id", "subject"])
-        for row, patient in enumerate(patients):
-            writer.writerow([f"{archive.resolve()}:images[{row}]", f"pct{int(patient):03d}", f"pct{int(patient):03d}"])
-        for volume in sorted((data / "ixi_t1_2mm").glob("*.nii.gz")):
-            writer.writerow([str(volume.resolve()), volume.name.removesuffix(".nii.gz"), volume.name.split("-")[0]])
+        writer.writerows(rows)
     return path
 
 

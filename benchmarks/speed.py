@@ -333,6 +333,8 @@ def child_scan(config_path: str) -> None:
     started = time.perf_counter()
     import replicheck
 
+    from replicheck.bench.run import peak_rss_bytes
+
     imported = time.perf_counter()
     result = replicheck.scan(config["train"], config["synthetic"], holdout=config["holdout"],
                              subject_regex=SUBJECT_REGEX, progress=False, num_workers=config["workers"],
@@ -355,19 +357,10 @@ def child_scan(config_path: str) -> None:
     }, default=str, indent=1))
 
 
-def peak_rss_bytes() -> int | None:
-    """Peak resident set size of this process image (``VmHWM``; reset by exec, unlike ``ru_maxrss``)."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def child_build(config_path: str) -> None:
     """Entry point of the data-building child process (keeps the driver's memory small)."""
+    from replicheck.bench.run import peak_rss_bytes
+
     config = json.loads(Path(config_path).read_text())
     build = build_2d if config["dim"] == "2d" else build_3d
     built = build(Path(config["data"]), Path(config["root"]), config["sizes"], config["seed"])
@@ -761,13 +754,12 @@ def main(argv: list[str] | None = None) -> None:
     log(f"wrote {json_path} and {md_path}")
 
 
-REPLICAS_MARKER = "<!-- replica benchmarks: written by benchmarks/replicas.py; everything below is replaced -->"
-
-
 def write_markdown(path: Path, text: str) -> None:
     """Write the speed section, keeping the replica benchmarks (benchmarks/replicas.py) below their marker."""
+    from replicas import MARKER  # benchmarks/ is on sys.path when a script there runs
+
     old = path.read_text() if path.exists() else ""
-    _, marker, tail = old.partition(REPLICAS_MARKER)
+    _, marker, tail = old.partition(MARKER)
     path.write_text(text.rstrip() + "\n" + (f"\n{marker}{tail}" if marker else ""))
 
 

@@ -208,7 +208,7 @@ def _child(training: str, synthetic: str, holdout: str, options: dict, out: str,
     result = scan(training, synthetic, holdout, **options)
     wall = time.perf_counter() - tick
     result.write(out)
-    record = {"wall_s": wall, "peak_rss_bytes": _peak_rss_bytes()}
+    record = {"wall_s": wall, "peak_rss_bytes": peak_rss_bytes()}
     if natural:
         record["natural"] = _natural_copies(options, Path(out) / "natural")
     return record
@@ -236,7 +236,9 @@ def _natural_copies(options: dict, out: Path) -> dict | None:
             "by_measure": by_measure}
 
 
-def _peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process image (``VmHWM``; reset by exec, unlike ``ru_maxrss``,
+    which Linux carries over from the parent across fork/exec)."""
     try:
         for line in open("/proc/self/status"):
             if line.startswith("VmHWM:"):
