@@ -13,13 +13,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .gallery import GALLERY_FILE
 from .records import ReplicheckError
 
-OUTPUTS = ("synthetic.csv", "pairs.csv", "training.csv", "summary.json")
+OUTPUTS = ("synthetic.csv", "pairs.csv", "training.csv", "null.csv", "summary.json", "report.html")
 
 
-def write_results(result, out: str | Path) -> Path:
-    """The tables and summary of ``result`` in ``out`` (created if needed)."""
+def write_results(result, out: str | Path, *, labels: str | Path | None = None) -> Path:
+    """The tables, summary, gallery and HTML report of ``result`` in ``out`` (created if needed).
+
+    The report is rendered from the files just written, exactly as ``replicheck report`` would.
+    """
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -28,7 +32,16 @@ def write_results(result, out: str | Path) -> Path:
     write_csv(result.synthetic, out / "synthetic.csv")
     write_csv(result.pairs, out / "pairs.csv")
     write_csv(result.training, out / "training.csv")
+    write_csv(result.null, out / "null.csv")
     write_json(result.summary, out / "summary.json")
+    gallery_file = out / GALLERY_FILE
+    if result.gallery is not None:
+        result.gallery.save(gallery_file)
+    else:
+        gallery_file.unlink(missing_ok=True)  # never leave an earlier run's pixels beside a --no-images report
+    from .page import write_report
+
+    write_report(out, labels=labels, images=result.summary.get("settings", {}).get("report_images", True))
     return out
 
 

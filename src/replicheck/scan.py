@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__, calibrate, images
+from . import __version__, calibrate, gallery, images
+from .gallery import Gallery
 from .images import ImageSet
 from .levels import Level, make_level
 from .preprocess import INTENSITIES, Preprocessing, choose_grid, describe, prepare
@@ -62,6 +63,8 @@ class ScanConfig:
     shortlist: int = 256
     depth: int | None = None  # candidates rescored exactly; default: the level's choice (voxel: 20 or 32 in 2D, k in 3D)
     skip_unreadable: bool = False
+    gallery: int = 50  # top pairs shown with their pixels in report.html
+    report_images: bool = True  # False: no patient pixels in report.html and no gallery.npz
     seed: int = 0
     num_workers: int = 2
     progress: bool = False
@@ -80,29 +83,37 @@ class ScanConfig:
             raise ReplicheckError(f"--max-shift must be >= 0, got {self.max_shift}")
         if self.grid is not None and (len(self.grid) not in (2, 3) or min(self.grid) < 8):
             raise ReplicheckError(f"--grid needs 2 or 3 sizes of at least 8 voxels, got {self.grid}")
+        if self.gallery < 0:
+            raise ReplicheckError(f"--gallery must be >= 0, got {self.gallery}")
 
 
 @dataclass
 class ScanResult:
     """Tables and summary of one scan. ``synthetic``: one row per synthetic image; ``pairs``:
     one row per synthetic image x rescored neighbour x level; ``training``: one row per
-    training image."""
+    training image; ``null``: one row per image of the null distribution (holdout images, or
+    training images under leave-one-subject-out) with its nearest-training score per level;
+    ``gallery``: display copies of the top pairs for the report (None with ``report_images``
+    off)."""
 
     synthetic: pd.DataFrame
     pairs: pd.DataFrame
     training: pd.DataFrame
     summary: dict
+    null: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
+    gallery: Gallery | None = None
 
     @property
     def headline(self) -> str:
         return self.summary["headline"]
 
-    def write(self, out: str | Path) -> Path:
-        """Write synthetic.csv, pairs.csv, training.csv and summary.json into ``out``."""
+    def write(self, out: str | Path, *, labels: str | Path | None = None) -> Path:
+        """Write the tables, summary.json, gallery.npz and report.html into ``out``; ``labels``
+        (a CSV with id and replica columns, e.g. a benchmark's labels.csv) adds ROC curves."""
         from .report import write_results
 
-        return write_results(self, out)
+        return write_results(self, out, labels=labels)
 
 
 @dataclass
@@ -151,8 +162,14 @@ def scan(train, synthetic, holdout=None, *, config: ScanConfig | None = None, **
         result = _Assembler(collections, config, settings, timings)
         for level in levels:
             result.add_level(level, Path(workdir), progress)
-    timings["total"] = time.perf_counter() - started
-    return result.finish()
+        timings["total"] = time.perf_counter() - started
+        outcome = result.finish()
+        if config.report_images and config.gallery:
+            chosen = gallery.choose(outcome.synthetic, {level.name: level.measures[level.primary] for level in levels},
+                                    config.gallery)
+            outcome.gallery = gallery.extract(chosen, collections["synthetic"].store, collections["training"].store,
+                                              collections["training"].items["id"].tolist())
+    return outcome
 
 
 def _discover(train, synthetic, holdout, config: ScanConfig) -> dict[str, ImageSet]:
@@ -247,6 +264,8 @@ class _Assembler:
         self.timings = timings
         self.synthetic = collections["synthetic"].items.copy()
         self.training = collections["training"].items.copy()
+        null_role = "holdout" if "holdout" in collections else "training"
+        self.null = collections[null_role].items.copy().assign(role=null_role)
         self.pairs: list[pd.DataFrame] = []
         self.level_summaries: dict[str, dict] = {}
         self.flags: dict[str, np.ndarray] = {}
@@ -301,7 +320,10 @@ class _Assembler:
         train_items = self.collections["training"].items
         synth_items = self.collections["synthetic"].items
         measures_summary, thresholds = {}, {}
+        self.null[f"{name}_nearest"] = _ids(train_items, null.rows[:, 0])
+        self.null[f"{name}_score"] = null.values[level.primary][:, 0]
         for measure, higher in level.measures.items():
+            self.null[f"{name}_{measure}"] = null.best(measure, higher)[1]
             rows, values = found.best(measure, higher)
             null_values = calibrate.oriented(null.best(measure, higher)[1], higher)
             limit = calibrate.threshold(null_values, config.quantile, measure=measure)
@@ -423,7 +445,7 @@ class _Assembler:
             "warnings": self.warnings,
         }
         pairs = pd.concat(self.pairs, ignore_index=True)
-        return ScanResult(self.synthetic, pairs, self.training, summary, list(self.warnings))
+        return ScanResult(self.synthetic, pairs, self.training, summary, self.null, list(self.warnings))
 
 
 def _pairs(name: str, found: Hits, synth_items: pd.DataFrame, train_items: pd.DataFrame, level: Level) -> pd.DataFrame:

@@ -1,0 +1,279 @@
+"""report.html: one self-contained page rendered from a results folder.
+
+Everything the page shows comes from the files a scan writes (summary.json, synthetic.csv,
+null.csv, gallery.npz), so ``replicheck report RESULTS`` re-renders a report without the
+original images. Figures and pictures are embedded as data URIs, styles and scripts inline:
+the page needs no network and no other file. Text from the data (file names, ids) is escaped
+by jinja2's autoescape in HTML and by :func:`script_json` inside the script block, so a file
+named ``<script>…`` is shown, never run. Large runs stay small: the flagged-image table is one
+compact JSON array that the page pages through, and figures do not grow with the data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__, figures
+from .gallery import GALLERY_FILE, Gallery
+from .records import ReplicheckError
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+REPORT_FILE = "report.html"
+
+
+def render(results: str | Path, *, top: int | None = None, images: bool = True,
+           labels: str | Path | None = None) -> str:
+    """The HTML of the report of the scan results in folder ``results``.
+
+    ``top``: pairs in the gallery (default: all in gallery.npz); ``images``: False leaves every
+    patient pixel out; ``labels``: a CSV with ``id`` and ``replica`` columns (a benchmark's
+    labels.csv) adds ROC and precision-recall curves.
+    """
+    import jinja2
+
+    if top is not None and top < 0:
+        raise ReplicheckError(f"--top must be >= 0, got {top}")
+    results = Path(results)
+    summary, synthetic, null = _read_results(results)
+    levels = list(summary["levels"])
+    gallery = None
+    if images and (results / GALLERY_FILE).is_file():
+        gallery = Gallery.load(results / GALLERY_FILE)
+    context = {
+        "version": __version__,
+        "summary": summary,
+        "headline": summary["headline"].splitlines(),
+        "combined": summary["combined"],
+        "n_synthetic": len(synthetic),
+        "levels": [_level(name, summary, synthetic, null) for name in levels],
+        "agreement": agreement(synthetic, levels),
+        "gallery": _gallery(gallery, synthetic, summary, top) if gallery is not None else None,
+        "gallery_pairs": _pairs_without_images(synthetic, summary, top) if gallery is None else None,
+        "images": images,
+        "flagged": script_json(flagged_table(synthetic, summary)),
+        "n_flagged": int(synthetic["replica"].sum()),
+        "curves": _curves(labels, synthetic, summary) if labels else None,
+        "settings": _settings(summary),
+        "difference_range": figures.DIFFERENCE_RANGE,
+    }
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    environment.filters["pct"] = _pct
+    environment.filters["num"] = _num
+    return environment.get_template("report.html.j2").render(**context)
+
+
+def write_report(results: str | Path, out: str | Path | None = None, **options) -> Path:
+    """Render the report of ``results`` and write it atomically (default: results/report.html)."""
+    from .report import write_text
+
+    results = Path(results)
+    out = Path(out) if out else results / REPORT_FILE
+    write_text(render(results, **options), out)
+    return out
+
+
+def agreement(synthetic: pd.DataFrame, levels: list[str]) -> dict:
+    """How often levels flag the same synthetic images: per pair of levels, images flagged by
+    both, by one only, by neither; and per level, how many it alone flags."""
+    flags = {name: synthetic[f"{name}_flag"].to_numpy(dtype=bool) for name in levels}
+    pairs = []
+    for i, first in enumerate(levels):
+        for second in levels[i + 1:]:
+            a, b = flags[first], flags[second]
+            either = int((a | b).sum())
+            pairs.append({"first": first, "second": second, "both": int((a & b).sum()), "first_only": int((a & ~b).sum()),
+                          "second_only": int((~a & b).sum()), "neither": int((~a & ~b).sum()),
+                          "jaccard": (a & b).sum() / either if either else math.nan})
+    alone = {}
+    for name in levels:
+        others = np.zeros(len(synthetic), dtype=bool)
+        for other in levels:
+            if other != name:
+                others |= flags[other]
+        alone[name] = {"flagged": int(flags[name].sum()), "alone": int((flags[name] & ~others).sum())}
+    return {"pairs": pairs, "levels": alone}
+
+
+def flagged_table(synthetic: pd.DataFrame, summary: dict) -> dict:
+    """The flagged synthetic images as compact columns and rows for the page's table."""
+    levels = list(summary["levels"])
+    flagged = synthetic[synthetic["replica"].to_numpy(dtype=bool)]
+    columns = [("id", "text"), ("subject", "text"), ("flagged by", "text")]
+    values = [flagged["id"].astype(str), flagged["subject"].astype(str),
+              pd.Series([", ".join(n for n in levels if row[f"{n}_flag"]) for _, row in flagged.iterrows()],
+                        dtype=object)]
+    for name in levels:
+        measure = summary["levels"][name]["primary_measure"]
+        columns += [(f"{name} {measure}", "number"), (f"{name} p", "number"), (f"{name} nearest", "text")]
+        values += [flagged[f"{name}_score"], flagged[f"{name}_p"], flagged[f"{name}_nearest"].astype(str)]
+    rows = [list(row) for row in zip(*[[_compact(v) for v in column] for column in values])] if len(flagged) else []
+    return {"columns": [name for name, _ in columns], "types": [kind for _, kind in columns], "rows": rows}
+
+
+def script_json(data) -> str:
+    """JSON safe inside a <script> element: no '<', '>' or '&' can close it or open a tag."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _read_results(results: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame | None]:
+    summary_path = results / "summary.json"
+    if not summary_path.is_file():
+        raise ReplicheckError(f"{results}: not a replicheck results folder (no summary.json)")
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        synthetic = pd.read_csv(results / "synthetic.csv", keep_default_na=False, na_values=[""],
+                                dtype={"id": str, "subject": str})
+    except (OSError, ValueError) as error:
+        raise ReplicheckError(f"{results}: cannot read the scan results ({error})") from None
+    for column in [c for c in synthetic.columns if c.endswith("_nearest") or c.endswith("_nearest_subject")]:
+        synthetic[column] = synthetic[column].fillna("").astype(str)
+    for column in ["replica"] + [c for c in synthetic.columns if c.endswith("_flag")]:
+        synthetic[column] = synthetic[column].astype(str).str.lower().eq("true")
+    null_path = results / "null.csv"
+    null = pd.read_csv(null_path, keep_default_na=False, na_values=[""], dtype={"id": str}) if null_path.is_file() else None
+    return summary, synthetic, null
+
+
+def _level(name: str, summary: dict, synthetic: pd.DataFrame, null: pd.DataFrame | None) -> dict:
+    level = summary["levels"][name]
+    measure = level["primary_measure"]
+    null_label = "holdout" if summary["calibration"]["null"] == "holdout" else "training, other subjects"
+    plot = figures.histogram(synthetic[f"{name}_score"].to_numpy(float),
+                             null[f"{name}_score"].to_numpy(float) if null is not None else np.array([]),
+                             threshold=float(level["threshold"]), dar_threshold=_float(level.get("dar_threshold")),
+                             measure=measure, level=name, null_label=null_label)
+    return {"name": name, "measure": measure, "summary": level, "histogram": figures.data_uri(plot),
+            "higher": level["measures"][measure]["higher_is_similar"], "null_label": null_label,
+            "has_null": null is not None}
+
+
+def _gallery(gallery: Gallery, synthetic: pd.DataFrame, summary: dict, top: int | None) -> list[dict]:
+    count = len(gallery.pairs) if top is None else min(top, len(gallery.pairs))
+    by_id = synthetic.set_index("id", drop=False)
+    cards = []
+    for i in range(count):
+        pair = gallery.pairs.iloc[i]
+        card = {"rank": i + 1, "synthetic": pair["synthetic"], "training": pair["training"], "level": pair["level"],
+                "replica": bool(pair["replica"]), "shift": pair["shift"],
+                "scores": _scores(by_id.loc[pair["synthetic"]], summary, pair["training"])}
+        if gallery.ndim == 2:
+            s, t = gallery.arrays["synthetic"][i], gallery.arrays["training"][i]
+            card["views"] = [{"label": "", "synthetic": figures.data_uri(figures.grey_png(s)),
+                              "training": figures.data_uri(figures.grey_png(t)),
+                              "difference": figures.data_uri(figures.difference_png(s, t))}]
+            card.update(nav=None, centre=None)
+        else:
+            card.update(_volume_views(gallery, i, pair))
+        cards.append(card)
+    return cards
+
+
+def _volume_views(gallery: Gallery, i: int, pair) -> dict:
+    """Three orthogonal planes through the most different region, and axial slices to move through."""
+    arrays = gallery.arrays
+    views = []
+    for plane in ("coronal", "sagittal"):
+        s, t = arrays[f"synthetic.{plane}"][i], arrays[f"training.{plane}"][i]
+        # Coronal and sagittal planes are (z, .): show the head up, z increasing upwards.
+        s, t = s[::-1], t[::-1]
+        views.append({"label": plane, "synthetic": figures.data_uri(figures.grey_png(s)),
+                      "training": figures.data_uri(figures.grey_png(t)),
+                      "difference": figures.data_uri(figures.difference_png(s, t))})
+    s_nav, t_nav = arrays["synthetic.nav"][i], arrays["training.nav"][i]
+    positions = arrays["nav_positions"][i].tolist()
+    centre = [int(v) for v in str(pair["centre"]).split()]
+    return {
+        "views": views,
+        "nav": {"synthetic": figures.data_uri(figures.strip_png(s_nav)),
+                "training": figures.data_uri(figures.strip_png(t_nav)),
+                "difference": figures.data_uri(figures.strip_png(s_nav, difference_of=t_nav)),
+                "positions": positions, "start": positions.index(centre[0]) if centre[0] in positions else 0,
+                "height": int(s_nav.shape[1]), "width": int(s_nav.shape[2]), "count": len(positions)},
+        "centre": centre,
+    }
+
+
+def _scores(row, summary: dict, shown: str) -> list[dict]:
+    """Every level's verdict on one synthetic image (its own nearest, score, p, flag)."""
+    out = []
+    for name, level in summary["levels"].items():
+        measure = level["primary_measure"]
+        out.append({"level": name, "measure": measure, "score": _float(row[f"{name}_score"]),
+                    "p": _float(row[f"{name}_p"]), "flag": bool(row[f"{name}_flag"]),
+                    "threshold": float(level["threshold"]), "nearest": str(row[f"{name}_nearest"]),
+                    "same": str(row[f"{name}_nearest"]) == shown})
+    return out
+
+
+def _pairs_without_images(synthetic: pd.DataFrame, summary: dict, top: int | None) -> list[dict]:
+    """The gallery's pairs as ids and scores only (no pixels): --no-images, or no gallery.npz."""
+    from .gallery import choose
+
+    levels = {name: level["measures"][level["primary_measure"]]["higher_is_similar"]
+              for name, level in summary["levels"].items()}
+    count = summary.get("settings", {}).get("gallery", 50) if top is None else top
+    chosen = choose(synthetic, levels, int(count))
+    by_id = synthetic.set_index("id", drop=False)
+    return [{"rank": i + 1, "synthetic": pair.synthetic, "training": pair.training, "level": pair.level,
+             "replica": bool(pair.replica), "scores": _scores(by_id.loc[pair.synthetic], summary, pair.training)}
+            for i, pair in enumerate(chosen.itertuples())]
+
+
+def _curves(labels: str | Path, synthetic: pd.DataFrame, summary: dict) -> dict:
+    try:
+        table = pd.read_csv(labels, dtype={"id": str})
+    except (OSError, ValueError) as error:
+        raise ReplicheckError(f"{labels}: cannot read the labels ({error})") from None
+    if not {"id", "replica"} <= set(table.columns):
+        raise ReplicheckError(f"{labels}: a labels file needs 'id' and 'replica' columns")
+    truth = table.set_index("id")["replica"].astype(str).str.lower().isin(["true", "1", "yes"])
+    missing = set(synthetic["id"]) - set(truth.index)
+    if missing:
+        raise ReplicheckError(f"{labels}: no label for {len(missing)} synthetic images, e.g. {sorted(missing)[0]}")
+    known = truth.loc[synthetic["id"]].to_numpy()
+    if known.all() or not known.any():
+        raise ReplicheckError(f"{labels}: ROC curves need both replicas and non-replicas among the synthetic images")
+    scores = {}
+    for name, level in summary["levels"].items():
+        higher = level["measures"][level["primary_measure"]]["higher_is_similar"]
+        values = synthetic[f"{name}_score"].to_numpy(float)
+        scores[f"{name} {level['primary_measure']}"] = values if higher else -values
+    return {"figure": figures.data_uri(figures.curves(known, scores)), "replicas": int(known.sum()),
+            "others": int((~known).sum()), "source": str(labels)}
+
+
+def _settings(summary: dict) -> dict:
+    return {key: summary.get(key) for key in ("command", "settings", "preprocessing", "calibration", "versions",
+                                              "inputs", "timings_s", "warnings")}
+
+
+def _compact(value):
+    if isinstance(value, (float, np.floating)):
+        return None if not math.isfinite(value) else float(f"{value:.5g}")
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    return value
+
+
+def _float(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{float(value) * 100:.1f}%"
+
+
+def _num(value, digits: int = 4) -> str:
+    value = _float(value)
+    return "—" if value is None else f"{value:.{digits}g}"
