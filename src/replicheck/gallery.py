@@ -4,7 +4,7 @@ A scan keeps its analysis-grid images only in a temporary folder, so before that
 the scan copies what the report needs into ``gallery.npz`` in the results folder: for each of
 the top pairs, the synthetic image and its nearest training image aligned by the shift the
 voxel level found, as 8-bit display copies. In 3D it keeps the three orthogonal planes
-through the region where the two volumes differ most and a stack of axial slices to move
+through the region where the two volumes differ most and a stack of slices along z to move
 through, not whole volumes, so the file stays small (about 0.5 MB per 3D pair).
 ``replicheck report RESULTS`` re-renders from that file without the original images.
 With ``--no-images`` no file is written and the report holds no patient pixels.
@@ -24,7 +24,8 @@ from scipy import ndimage
 
 from .records import ReplicheckError
 
-NAV_SLICES = 16  # axial slices kept per 3D volume for moving through it
+NAV_SLICES = 12  # slices along z kept per 3D volume for moving through it
+NAV_SIDE = 96  # their largest in-plane side (the three planes keep the analysis resolution)
 GALLERY_FILE = "gallery.npz"
 
 
@@ -33,15 +34,16 @@ class Gallery:
     """Display copies (uint8, 0 = 0.0 and 255 = 1.0 of the analysis intensity range) of the top
     pairs. ``pairs`` has one row per pair: synthetic id, training id, the level whose nearest
     image it is, the shift applied, and for 3D the centre (z, y, x) of the most different region.
-    ``arrays`` maps "synthetic"/"training" (2D: (n, H, W)) or "synthetic.axial",
-    "training.coronal", ... and "synthetic.nav"/"training.nav" (3D) to stacked arrays."""
+    ``arrays`` maps "synthetic"/"training" (2D: (n, H, W)) or, in 3D, "synthetic.y",
+    "training.x", ... (the planes through the centre across y and x), "synthetic.nav" and
+    "training.nav" (slices along z, positions in "nav_positions") to stacked arrays."""
 
     pairs: pd.DataFrame
     arrays: dict[str, np.ndarray]
 
     @property
     def ndim(self) -> int:
-        return 3 if "synthetic.axial" in self.arrays else 2
+        return 3 if "synthetic.nav" in self.arrays else 2
 
     def save(self, path: str | Path) -> None:
         """Write atomically as one compressed .npz (the pairs table as a CSV string inside)."""
@@ -105,23 +107,23 @@ def extract(chosen: pd.DataFrame, synthetic_store, training_store, training_ids)
     """Display copies of the chosen pairs, read from the scan's analysis-grid stores."""
     position = {ident: i for i, ident in enumerate(training_ids)}
     wanted = chosen[chosen["training"].isin(position)].reset_index(drop=True)
-    synth = synthetic_store.read(wanted["row"].to_numpy()) if len(wanted) else np.zeros((0,) + synthetic_store.shape)
-    train = training_store.read([position[i] for i in wanted["training"]]) if len(wanted) else synth.copy()
-    train = np.stack([aligned(image, _parse_shift(s, image.ndim)) for image, s in zip(train, wanted["shift"])]) \
-        if len(wanted) else train
     pairs = wanted.drop(columns="row")
+    if not len(wanted):
+        return Gallery(pairs, {})
+    synth = synthetic_store.read(wanted["row"].to_numpy())
+    train = training_store.read([position[i] for i in wanted["training"]])
+    train = np.stack([aligned(image, _parse_shift(s, image.ndim)) for image, s in zip(train, wanted["shift"])])
     if synth.ndim - 1 == 2:
         return Gallery(pairs, {"synthetic": to_uint8(synth), "training": to_uint8(train)})
     centres = np.array([most_different(s, t) for s, t in zip(synth, train)], dtype=int).reshape(-1, 3)
     pairs = pairs.assign(centre=[" ".join(map(str, c)) for c in centres])
     arrays = {}
     for role, volumes in (("synthetic", synth), ("training", train)):
-        for plane, axis in (("axial", 0), ("coronal", 1), ("sagittal", 2)):
+        for axis, plane in ((1, "y"), (2, "x")):
             arrays[f"{role}.{plane}"] = to_uint8(np.stack([np.take(v, c[axis], axis=axis)
                                                           for v, c in zip(volumes, centres)]))
-        arrays[f"{role}.nav"] = to_uint8(np.stack([v[nav_slices(v.shape[0], c[0])] for v, c in zip(volumes, centres)]))
-    arrays["nav_positions"] = np.stack([nav_slices(synth.shape[1], c[0]) for c in centres]).astype(np.int16) \
-        if len(centres) else np.zeros((0, NAV_SLICES), dtype=np.int16)
+        arrays[f"{role}.nav"] = to_uint8(np.stack([_shrunk(v[nav_slices(v.shape[0], c[0])]) for v, c in zip(volumes, centres)]))
+    arrays["nav_positions"] = np.stack([nav_slices(synth.shape[1], c[0]) for c in centres]).astype(np.int16)
     return Gallery(pairs, arrays)
 
 
@@ -142,7 +144,7 @@ def most_different(synthetic: np.ndarray, training: np.ndarray) -> tuple[int, ..
 
 
 def nav_slices(depth: int, centre: int) -> np.ndarray:
-    """NAV_SLICES axial positions spread evenly over the volume, one of them ``centre``."""
+    """NAV_SLICES positions along z spread evenly over the volume, one of them ``centre``."""
     spread = np.round(np.linspace(0, depth - 1, min(NAV_SLICES, depth))).astype(int)  # unique: steps >= 1
     if centre not in spread:
         spread[np.argmin(np.abs(spread - centre))] = centre
@@ -151,6 +153,12 @@ def nav_slices(depth: int, centre: int) -> np.ndarray:
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _shrunk(stack: np.ndarray) -> np.ndarray:
+    """Slices (n, H, W) scaled down to at most NAV_SIDE a side (linear interpolation)."""
+    factor = NAV_SIDE / max(stack.shape[1:])
+    return stack if factor >= 1 else ndimage.zoom(stack, (1, factor, factor), order=1, grid_mode=True, mode="nearest")
 
 
 def _parse_shift(text: str, ndim: int) -> tuple[int, ...]:

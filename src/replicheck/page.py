@@ -176,19 +176,21 @@ def _gallery(gallery: Gallery, synthetic: pd.DataFrame, summary: dict, top: int 
 
 
 def _volume_views(gallery: Gallery, i: int, pair) -> dict:
-    """Three orthogonal planes through the most different region, and axial slices to move through."""
+    """Planes through the most different region, and slices along the first axis to move through.
+
+    Planes are named by array axis (z, y, x of the analysis grid), not anatomy: replicheck does
+    not reorient images, so which axis is axial depends on how the files were written.
+    """
     arrays = gallery.arrays
+    centre = [int(v) for v in str(pair["centre"]).split()]
     views = []
-    for plane in ("coronal", "sagittal"):
+    for axis, plane in ((1, "y"), (2, "x")):
         s, t = arrays[f"synthetic.{plane}"][i], arrays[f"training.{plane}"][i]
-        # Coronal and sagittal planes are (z, .): show the head up, z increasing upwards.
-        s, t = s[::-1], t[::-1]
-        views.append({"label": plane, "synthetic": figures.data_uri(figures.grey_png(s)),
+        views.append({"label": f"{plane} = {centre[axis]}", "synthetic": figures.data_uri(figures.grey_png(s)),
                       "training": figures.data_uri(figures.grey_png(t)),
                       "difference": figures.data_uri(figures.difference_png(s, t))})
     s_nav, t_nav = arrays["synthetic.nav"][i], arrays["training.nav"][i]
     positions = arrays["nav_positions"][i].tolist()
-    centre = [int(v) for v in str(pair["centre"]).split()]
     return {
         "views": views,
         "nav": {"synthetic": figures.data_uri(figures.strip_png(s_nav)),
@@ -227,17 +229,7 @@ def _pairs_without_images(synthetic: pd.DataFrame, summary: dict, top: int | Non
 
 
 def _curves(labels: str | Path, synthetic: pd.DataFrame, summary: dict) -> dict:
-    try:
-        table = pd.read_csv(labels, dtype={"id": str})
-    except (OSError, ValueError) as error:
-        raise ReplicheckError(f"{labels}: cannot read the labels ({error})") from None
-    if not {"id", "replica"} <= set(table.columns):
-        raise ReplicheckError(f"{labels}: a labels file needs 'id' and 'replica' columns")
-    truth = table.set_index("id")["replica"].astype(str).str.lower().isin(["true", "1", "yes"])
-    missing = set(synthetic["id"]) - set(truth.index)
-    if missing:
-        raise ReplicheckError(f"{labels}: no label for {len(missing)} synthetic images, e.g. {sorted(missing)[0]}")
-    known = truth.loc[synthetic["id"]].to_numpy()
+    known = read_labels(labels, synthetic["id"])
     if known.all() or not known.any():
         raise ReplicheckError(f"{labels}: ROC curves need both replicas and non-replicas among the synthetic images")
     scores = {}
@@ -247,6 +239,31 @@ def _curves(labels: str | Path, synthetic: pd.DataFrame, summary: dict) -> dict:
         scores[f"{name} {level['primary_measure']}"] = values if higher else -values
     return {"figure": figures.data_uri(figures.curves(known, scores)), "replicas": int(known.sum()),
             "others": int((~known).sum()), "source": str(labels)}
+
+
+def read_labels(labels: str | Path, ids: pd.Series) -> np.ndarray:
+    """Known replica flags of the synthetic images ``ids``, from a CSV with a ``replica`` column
+    (true/false or 1/0) and the image named by ``id`` or by a ``file``/``path`` column (a
+    benchmark's labels.csv names files, scan ids are file names). A slice (``id#z012``) takes
+    its volume's label."""
+    try:
+        table = pd.read_csv(labels, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as error:
+        raise ReplicheckError(f"{labels}: cannot read the labels ({error})") from None
+    if "replica" not in table.columns or not {"id", "file", "path"} & set(table.columns):
+        raise ReplicheckError(f"{labels}: a labels file needs a 'replica' column and an 'id', 'file' or 'path' column")
+    flags = table["replica"].str.strip().str.lower().isin(["true", "1", "yes"]).to_numpy()
+    truth: dict[str, bool] = {}
+    for column in ("path", "file", "id"):  # the most specific name wins
+        if column in table.columns:
+            for name, flag in zip(table[column], flags):
+                truth.setdefault(name, flag)
+                truth.setdefault(Path(name).name, flag)
+    volumes = ids.astype(str).str.replace(r"#z\d+$", "", regex=True)
+    missing = [ident for ident in volumes if ident not in truth]
+    if missing:
+        raise ReplicheckError(f"{labels}: no label for {len(missing)} synthetic images, e.g. {missing[0]}")
+    return np.array([truth[ident] for ident in volumes], dtype=bool)
 
 
 def _settings(summary: dict) -> dict:

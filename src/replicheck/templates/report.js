@@ -88,12 +88,12 @@
     Array.prototype.forEach.call(document.querySelectorAll("input.slice-slider"), function (input) {
       var card = input.closest(".pair");
       var strips = card.querySelectorAll(".strip");
-      var label = card.querySelector(".slice-label");
+      var label = card.querySelector(".slice-label");  // the z row's heading
       var positions = JSON.parse(input.getAttribute("data-positions"));
       function show() {
         var i = +input.value, share = positions.length > 1 ? 100 * i / (positions.length - 1) : 0;
         Array.prototype.forEach.call(strips, function (strip) { strip.style.backgroundPosition = "0 " + share + "%"; });
-        label.textContent = "axial slice z = " + positions[i];
+        label.textContent = "z = " + positions[i];
       }
       input.addEventListener("input", show);
       show();
@@ -104,5 +104,11 @@
     flaggedTable();
     sliceSliders();
     root.setAttribute("data-ready", "1");
+  });
+  window.addEventListener("load", function () {
+    // For automated checks: how many pictures decoded (a broken data URI has no natural width).
+    var pictures = document.querySelectorAll("img");
+    var decoded = Array.prototype.filter.call(pictures, function (img) { return img.complete && img.naturalWidth > 0; });
+    root.setAttribute("data-images", pictures.length + " " + decoded.length);
   });
 })();
