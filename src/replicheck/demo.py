@@ -95,5 +95,5 @@ def run_demo(out: str | Path, *, progress: bool = True, echo=print):
     novel = table[table.index.str.startswith(NOVEL_SYNTHETIC)]
     echo(f"Known copies found: {found} of {len(KNOWN_COPIES)}. Images of unseen patients flagged: "
          f"{int(novel['replica'].sum())} of {len(novel)}.")
-    echo(f"Results: {out / 'results'}")
+    echo(f"Results: {out / 'results'}; open {out / 'results' / 'report.html'} in a browser to see the pairs.")
     return result

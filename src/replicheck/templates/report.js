@@ -104,11 +104,13 @@
     flaggedTable();
     sliceSliders();
     root.setAttribute("data-ready", "1");
+    root.setAttribute("data-ready-ms", String(Math.round(performance.now())));
   });
   window.addEventListener("load", function () {
     // For automated checks: how many pictures decoded (a broken data URI has no natural width).
     var pictures = document.querySelectorAll("img");
     var decoded = Array.prototype.filter.call(pictures, function (img) { return img.complete && img.naturalWidth > 0; });
     root.setAttribute("data-images", pictures.length + " " + decoded.length);
+    root.setAttribute("data-load-ms", String(Math.round(performance.now())));
   });
 })();
