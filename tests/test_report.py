@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import perturb, shared, split_patients, write_set
-from replicheck import gallery, measures, page
+from replicheck import calibrate, gallery, measures, page
 from replicheck.cli import app
 from replicheck.scan import scan
 
@@ -194,7 +194,7 @@ def test_script_json_cannot_close_its_script_element():
 
 def test_agreement_counts_on_a_hand_made_table():
     table = pd.DataFrame({"voxel_flag": [True, True, False, False, True], "feature_flag": [True, False, True, False, False]})
-    counts = page.agreement(table, ["voxel", "feature"])
+    counts = calibrate.agreement({name: table[f"{name}_flag"].to_numpy() for name in ("voxel", "feature")})
     assert counts["pairs"] == [{"first": "voxel", "second": "feature", "both": 1, "first_only": 2, "second_only": 1,
                                 "neither": 1, "jaccard": 0.25}]
     assert counts["levels"] == {"voxel": {"flagged": 3, "alone": 2}, "feature": {"flagged": 2, "alone": 1}}

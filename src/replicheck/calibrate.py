@@ -122,3 +122,30 @@ def holdout_floor(null: np.ndarray, quantile: float) -> Rate:
     for i in range(n):
         flags[i] = null[i] > np.quantile(np.delete(null, i), quantile)
     return rate(flags)
+
+
+def agreement(flags: dict[str, np.ndarray]) -> dict:
+    """How often levels flag the same synthetic images (RELICT reports levels side by side).
+
+    ``flags``: level name -> (n,) boolean flags. Per pair of levels: images flagged by both, by
+    one only, by neither, and the Jaccard index of the two flagged sets (NaN when neither flags
+    anything); per level: images it flags and images only it flags.
+    """
+    names = list(flags)
+    pairs = []
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            a, b = flags[first], flags[second]
+            either = int((a | b).sum())
+            pairs.append({"first": first, "second": second, "both": int((a & b).sum()),
+                          "first_only": int((a & ~b).sum()), "second_only": int((~a & b).sum()),
+                          "neither": int((~a & ~b).sum()),
+                          "jaccard": float((a & b).sum() / either) if either else float("nan")})
+    levels = {}
+    for name in names:
+        others = np.zeros_like(flags[name], dtype=bool)
+        for other in names:
+            if other != name:
+                others |= flags[other]
+        levels[name] = {"flagged": int(flags[name].sum()), "alone": int((flags[name] & ~others).sum())}
+    return {"pairs": pairs, "levels": levels}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__, figures
+from . import __version__, calibrate, figures
 from .gallery import GALLERY_FILE, Gallery
 from .records import ReplicheckError
 
@@ -51,7 +51,7 @@ def render(results: str | Path, *, top: int | None = None, images: bool = True,
         "combined": summary["combined"],
         "n_synthetic": len(synthetic),
         "levels": [_level(name, summary, synthetic, null) for name in levels],
-        "agreement": agreement(synthetic, levels),
+        "agreement": calibrate.agreement({name: synthetic[f"{name}_flag"].to_numpy(dtype=bool) for name in levels}),
         "gallery": _gallery(gallery, synthetic, summary, top) if gallery is not None else None,
         "gallery_pairs": _pairs_without_images(synthetic, summary, top) if gallery is None else None,
         "images": images,
@@ -78,42 +78,36 @@ def write_report(results: str | Path, out: str | Path | None = None, **options) 
     return out
 
 
-def agreement(synthetic: pd.DataFrame, levels: list[str]) -> dict:
-    """How often levels flag the same synthetic images: per pair of levels, images flagged by
-    both, by one only, by neither; and per level, how many it alone flags."""
-    flags = {name: synthetic[f"{name}_flag"].to_numpy(dtype=bool) for name in levels}
-    pairs = []
-    for i, first in enumerate(levels):
-        for second in levels[i + 1:]:
-            a, b = flags[first], flags[second]
-            either = int((a | b).sum())
-            pairs.append({"first": first, "second": second, "both": int((a & b).sum()), "first_only": int((a & ~b).sum()),
-                          "second_only": int((~a & b).sum()), "neither": int((~a & ~b).sum()),
-                          "jaccard": (a & b).sum() / either if either else math.nan})
-    alone = {}
-    for name in levels:
-        others = np.zeros(len(synthetic), dtype=bool)
-        for other in levels:
-            if other != name:
-                others |= flags[other]
-        alone[name] = {"flagged": int(flags[name].sum()), "alone": int((flags[name] & ~others).sum())}
-    return {"pairs": pairs, "levels": alone}
-
-
 def flagged_table(synthetic: pd.DataFrame, summary: dict) -> dict:
-    """The flagged synthetic images as compact columns and rows for the page's table."""
+    """The flagged synthetic images for the page's table, one row each, numbers to 5 significant
+    digits. A text column that repeats (subjects, nearest images, which levels flagged) is sent
+    once as ``dictionaries[column]`` and its rows hold indices into it: a page with 85,000 flagged
+    images measured 12.2 MiB this way, 16.7 MiB with plain rows (BENCHMARKS-report.md)."""
     levels = list(summary["levels"])
-    flagged = synthetic[synthetic["replica"].to_numpy(dtype=bool)]
-    columns = [("id", "text"), ("subject", "text"), ("flagged by", "text")]
-    values = [flagged["id"].astype(str), flagged["subject"].astype(str),
-              pd.Series([", ".join(n for n in levels if row[f"{n}_flag"]) for _, row in flagged.iterrows()],
-                        dtype=object)]
+    flagged = synthetic[synthetic["replica"].to_numpy(dtype=bool)].reset_index(drop=True)
+    marks = [np.where(flagged[f"{name}_flag"].to_numpy(dtype=bool), name, "") for name in levels]
+    columns = {"id": flagged["id"].astype(str), "subject": flagged["subject"].astype(str),
+               "flagged by": pd.Series([", ".join(filter(None, parts)) for parts in zip(*marks)], dtype=object)}
     for name in levels:
         measure = summary["levels"][name]["primary_measure"]
-        columns += [(f"{name} {measure}", "number"), (f"{name} p", "number"), (f"{name} nearest", "text")]
-        values += [flagged[f"{name}_score"], flagged[f"{name}_p"], flagged[f"{name}_nearest"].astype(str)]
-    rows = [list(row) for row in zip(*[[_compact(v) for v in column] for column in values])] if len(flagged) else []
-    return {"columns": [name for name, _ in columns], "types": [kind for _, kind in columns], "rows": rows}
+        columns[f"{name} {measure}"] = flagged[f"{name}_score"]
+        columns[f"{name} p"] = flagged[f"{name}_p"]
+        columns[f"{name} nearest"] = flagged[f"{name}_nearest"].astype(str)
+    types, data, dictionaries = [], [], {}
+    for position, column in enumerate(columns.values()):
+        if pd.api.types.is_numeric_dtype(column):
+            types.append("number")
+            data.append([_compact(value) for value in column.to_numpy(dtype=float)])
+            continue
+        types.append("text")
+        codes, values = pd.factorize(column)
+        if len(values) <= len(column) // 2:
+            dictionaries[str(position)] = [str(value) for value in values]
+            data.append(codes.tolist())
+        else:
+            data.append(column.tolist())
+    rows = [list(row) for row in zip(*data)]
+    return {"columns": list(columns), "types": types, "rows": rows, "dictionaries": dictionaries}
 
 
 def script_json(data) -> str:

@@ -72,13 +72,15 @@ def _atomic(path: Path, write) -> None:
 
 
 def _plain(value):
-    """JSON-safe copy: NumPy scalars to Python, non-finite floats to strings ("inf", "nan")."""
+    """JSON-safe copy: NumPy scalars to Python, paths to strings, non-finite floats to strings ("inf", "nan")."""
     if isinstance(value, dict):
         return {str(key): _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     if isinstance(value, np.generic):
         value = value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value

@@ -157,6 +157,7 @@ def _inputs(bench: Path, info: dict, labels: pd.DataFrame, detector: Detector, c
     holdout = pd.read_csv(bench / "holdout.csv", keep_default_na=False)
     sets = {"training": str(bench / "training.csv"), "synthetic": str(bench / "synthetic.csv"),
             "holdout": str(bench / "holdout.csv"), "labels": labels.reset_index(drop=True),
+            "labels_file": str(bench / "labels.csv"),
             "n_training": len(training), "subset_note": "all"}
     if not detector.exhaustive:
         return sets
@@ -193,7 +194,8 @@ def _scores(table: pd.DataFrame, level: str, measure: str, higher: bool) -> tupl
 def _in_child(sets: dict, options: dict, out: Path, natural: bool) -> dict:
     """One detector's scans in a fresh process: wall time and peak memory are its own."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        future = pool.submit(_child, sets["training"], sets["synthetic"], sets["holdout"], options, str(out), natural)
+        future = pool.submit(_child, sets["training"], sets["synthetic"], sets["holdout"], options, str(out), natural,
+                             sets["labels_file"])
         try:
             return future.result()
         except BrokenProcessPool:  # killed (out of memory?) rather than failed with an error
@@ -201,13 +203,14 @@ def _in_child(sets: dict, options: dict, out: Path, natural: bool) -> dict:
                                   f"try a smaller --brute-force-budget or fewer --num-workers") from None
 
 
-def _child(training: str, synthetic: str, holdout: str, options: dict, out: str, natural: bool) -> dict:
+def _child(training: str, synthetic: str, holdout: str, options: dict, out: str, natural: bool,
+           labels_file: str) -> dict:
     from ..scan import scan
 
     tick = time.perf_counter()
     result = scan(training, synthetic, holdout, **options)
     wall = time.perf_counter() - tick
-    result.write(out)
+    result.write(out, labels=labels_file)  # report.html with ROC and precision-recall curves
     record = {"wall_s": wall, "peak_rss_bytes": peak_rss_bytes()}
     if natural:
         record["natural"] = _natural_copies(options, Path(out) / "natural")

@@ -17,6 +17,10 @@
     var table = document.getElementById("flagged-table");
     if (!table) return;
     var data = JSON.parse(document.getElementById("flagged-data").textContent);
+    Object.keys(data.dictionaries).forEach(function (key) {  // repeated texts are sent once; rows hold indices
+      var column = +key, values = data.dictionaries[key];
+      data.rows.forEach(function (row) { row[column] = values[row[column]]; });
+    });
     var headRow = table.tHead.rows[0], body = table.tBodies[0];
     var filter = document.getElementById("flagged-filter"), info = document.getElementById("flagged-info");
     var previous = document.getElementById("flagged-previous"), next = document.getElementById("flagged-next");
