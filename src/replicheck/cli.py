@@ -43,11 +43,16 @@ def scan(
     subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject (patient) id."),
     image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
     voxel_measure: str = typer.Option("ncc", "--voxel-measure", help="Measure that ranks training images and sets the voxel flag: ncc; ssim (its own search, about 4x slower); mse or psnr (rank the NCC shortlist)."),
-    embedder: str = typer.Option("deepssim", "--embedder", help="Feature level: a registered embedder (deepssim) or a model.pt from replicheck train."),
+    embedder: str = typer.Option("deepssim", "--embedder", help="Feature level: deepssim (bundled), efficientnet-lite0, astra-ct3d (extra [ct3d]); a model.pt from replicheck train; your own .ts/.onnx model or monai:NETWORK:WEIGHTS."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="Feature level: a folder for a persistent embedding cache (created if needed), so that images embedded by the same model in earlier scans are not embedded again."),
+    masks: str = typer.Option("foreground", "--masks", help="Segmentation level: a built-in segmenter (foreground, ct-bone, ct-haemorrhage, vessels), 'manifest' (the manifests' mask column), a folder DIR holding DIR/<training|synthetic|holdout>/<relative path> masks, or 'cmd:TEMPLATE' (a command with {input} and {output})."),
     device: str = typer.Option("cpu", "--device", help="Torch device of the feature level's embedder (cpu, cuda)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per embedder batch."),
     max_shift: int = typer.Option(3, "--max-shift", help="Largest translation (voxels per axis) searched when aligning a pair."),
     skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="Skip unreadable images (listed in summary.json) instead of stopping."),
+    gallery: int = typer.Option(50, "--gallery", help="Top pairs shown with their pixels in report.html."),
+    no_images: bool = typer.Option(False, "--no-images", help="Privacy: no patient pixels in report.html (ids and scores only) and no gallery.npz."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Known labels (CSV with id and replica columns, e.g. a benchmark's labels.csv): adds ROC and precision-recall curves to the report."),
     num_workers: int = typer.Option(2, "--num-workers", help="Threads for reading and searching."),
     seed: int = typer.Option(0, "--seed", help="Seed for the size-matched synthetic subsample (N_mem)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or warnings; only the headline."),
@@ -61,13 +66,17 @@ def scan(
             levels=tuple(part.strip() for part in levels.split(",") if part.strip()),
             k=k, quantile=quantile, grid=_parse_grid(grid), intensity=intensity, ct_window=_parse_window(ct_window),
             slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, max_shift=max_shift,
-            voxel_measure=voxel_measure, embedder=embedder, device=device, batch_size=batch_size,
-            skip_unreadable=skip_unreadable, num_workers=num_workers, seed=seed, progress=not quiet,
+            voxel_measure=voxel_measure, embedder=embedder, device=device, batch_size=batch_size, cache=cache,
+            masks=masks, skip_unreadable=skip_unreadable, num_workers=num_workers, seed=seed, progress=not quiet,
+            gallery=gallery, report_images=not no_images,
         )
-        _check_output(out, [train, synthetic] + ([holdout] if holdout else []))
+        inputs = [train, synthetic] + ([holdout] if holdout else [])
+        _check_output(out, inputs)
+        if cache:
+            _check_output(Path(cache), inputs, what="cache")
         result = run_scan(train, synthetic, holdout, config=config)
         result.summary["command"] = " ".join(["replicheck"] + sys.argv[1:])
-        result.write(out)
+        result.write(out, labels=labels)
         return result
 
     result = _run(guarded)
@@ -76,7 +85,22 @@ def scan(
             typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
     typer.echo(result.headline)
     if not quiet:
-        typer.echo(f"Results: {out}/synthetic.csv, pairs.csv, training.csv, summary.json")
+        typer.echo(f"Report: {out}/report.html (tables: synthetic.csv, pairs.csv, training.csv, null.csv, summary.json)")
+
+
+@app.command()
+def report(
+    results: Path = typer.Argument(..., help="A results folder written by replicheck scan."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the page (default: RESULTS/report.html)."),
+    top: Optional[int] = typer.Option(None, "--top", help="Pairs in the gallery (default: all that the scan kept, --gallery)."),
+    no_images: bool = typer.Option(False, "--no-images", help="Privacy: no patient pixels in the page (ids and scores only)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Known labels (CSV with id and replica columns): adds ROC and precision-recall curves."),
+) -> None:
+    """Re-render report.html from an existing results folder (no original images needed)."""
+    from .page import write_report
+
+    path = _run(lambda: write_report(results, out, top=top, images=not no_images, labels=labels))
+    typer.echo(f"Report: {path}")
 
 
 @app.command()
@@ -197,6 +221,43 @@ def train_deepssim_command(
                f"pairs (before training {report['initial']['val_mae_clean']:.3f}); {report['wall_s'] / 60:.1f} min")
 
 
+@train_app.command("contrastive")
+def train_contrastive_command(
+    train: str = typer.Argument(..., help="Training images (2D images or volumes), with subject ids."),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (model.pt); use it with scan --embedder."),
+    ndim: Optional[int] = typer.Option(None, "--ndim", help="2: a 2D encoder (volumes are cut into slices); 3: a 3D encoder on whole volumes. Default: the images' own."),
+    size: Optional[int] = typer.Option(None, "--size", help="Side of the network's input (default 64 px in 2D, 32 voxels in 3D)."),
+    epochs: int = typer.Option(20, "--epochs", help="Passes over the training images."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per step; the rest of the batch are each image's negatives."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Stop after this many minutes (best checkpoint kept)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split and the augmentations."),
+    subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),
+    image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
+    device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train Dar et al.'s contrastive copy detector: NT-Xent (temperature 0.07) over each image and its rotated/flipped copy."""
+    from .progress import Progress
+    from .train_contrastive import read_training_images, train_contrastive
+
+    def work():
+        if ndim not in (None, 2, 3):
+            raise ReplicheckError(f"--ndim must be 2 or 3, got {ndim}")
+        if batch_size < 2 or epochs < 1 or (size is not None and size < 8):
+            raise ReplicheckError("--batch-size must be at least 2, --epochs at least 1 and --size at least 8")
+        images, subjects = read_training_images(train, ndim=ndim, size=size, subject_regex=subject_regex, image_ndim=image_ndim)
+        progress = Progress(not quiet)
+        with progress.session():
+            return train_contrastive(images, subjects, out=out, size=size, epochs=epochs, batch_size=batch_size, seed=seed,
+                                     max_seconds=minutes * 60 if minutes else None, device=device,
+                                     description=f"replicheck train contrastive {train}", progress=progress)
+
+    report = _run(work)
+    typer.echo(f"Saved {out} ({report['ndim']}D, best epoch {report['best_epoch']}): validation NT-Xent {report['val_loss']:.3f} "
+               f"(before training {report['initial']['val_loss']:.3f}); augmented copies retrieved first "
+               f"{report['val_top1']:.0%} (before {report['initial']['val_top1']:.0%}); {report['wall_s'] / 60:.1f} min")
+
+
 def _run(work):
     """Run ``work`` and turn a user-facing error into one line on stderr and exit status 2."""
     with warnings.catch_warnings():
@@ -238,13 +299,13 @@ def _parse_window(text: str) -> tuple[float, float]:
     return level, width
 
 
-def _check_output(out: Path, inputs: list[str]) -> None:
-    """Refuse to write results inside an input folder (inputs are never modified or added to)."""
+def _check_output(out: Path, inputs: list[str], *, what: str = "output") -> None:
+    """Refuse to write results (or a cache) inside an input folder (inputs are never modified or added to)."""
     target = out.resolve()
     for source in inputs:
         folder = Path(source).resolve()
         if folder.is_dir() and (target == folder or folder in target.parents):
-            raise ReplicheckError(f"{out}: the output folder lies inside the input folder {source}; "
+            raise ReplicheckError(f"{out}: the {what} folder lies inside the input folder {source}; "
                                   f"choose a folder outside the inputs")
 
 

@@ -3,7 +3,9 @@ DeepSSIM, Dar et al.).
 
 An embedding's cosine is an inner product, so the index's scores are already the measure: the
 level rescores candidates from the search vectors (``rescore_vectors``) and never reads pixels
-back. Which network embeds is the embedder's business (:mod:`replicheck.embedders`).
+back. Which network embeds is the embedder's business (:mod:`replicheck.embedders`); with a
+:class:`~replicheck.feature_cache.FeatureCache` an image already embedded by the same network in an
+earlier scan is looked up instead of embedded again.
 """
 
 from __future__ import annotations
@@ -11,17 +13,42 @@ from __future__ import annotations
 import numpy as np
 
 from .embedders import Embedder
+from .feature_cache import FeatureCache, image_hashes
 
 
 class FeatureLevel:
     name = "feature"
     primary = "cosine"
 
-    def __init__(self, embedder: Embedder):
+    def __init__(self, embedder: Embedder, *, cache: FeatureCache | None = None):
         self.embedder = embedder
+        self.cache = cache
         self.measures = {"cosine": True}
 
     def vectors(self, images: np.ndarray) -> np.ndarray:
+        """(b, *grid) images -> (b, dim) unit float32 embeddings, from the cache where it has them.
+
+        Only the images the cache lacks are embedded (each distinct image once), in their order;
+        with an empty cache and no repeated image the embedder sees exactly the batch it would
+        see without a cache, so a first cached scan gives the same vectors as an uncached one.
+        """
+        if self.cache is None:
+            return self._embed(images)
+        keys = image_hashes(images)
+        vectors, found = self.cache.get(keys)
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            first = {}  # distinct missing image -> its first row in the batch
+            for row in missing:
+                first.setdefault(keys[row], int(row))
+            rows = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+            fresh = self._embed(images if len(rows) == len(images) else images[rows])
+            self.cache.put(list(first), fresh)
+            position = {key: i for i, key in enumerate(first)}
+            vectors[missing] = fresh[[position[keys[row]] for row in missing]]
+        return vectors
+
+    def _embed(self, images: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self.embedder.embed(images), dtype=np.float32)
 
     def rescore_vectors(self, query: np.ndarray, candidates: np.ndarray) -> dict[str, np.ndarray]:
@@ -38,4 +65,6 @@ class FeatureLevel:
             "embedder": {"name": self.embedder.name, "version": self.embedder.version,
                          "digest": self.embedder.digest, "dim": self.embedder.dim},
             "shortlist": "inner product of L2-normalised embeddings (faiss IndexFlatIP); exact",
+            # Called after the level's vectors are computed, so the counts cover this scan's images.
+            "cache": self.cache.describe() if self.cache is not None else None,
         }

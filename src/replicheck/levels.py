@@ -12,6 +12,11 @@ exact rescoring of the top-k, calibration against the null, flags); a level only
 - optionally ``depth(ndim, k)``: how many refined candidates to rescore exactly (default k);
 - optionally ``rescore_vectors(query_vector, candidate_vectors)``: measures computed from the
   search vectors alone (an embedding's cosine), so that no image is read back to rescore.
+- optionally ``represent(images, rows)``: the level's own representation of a batch of
+  analysis-grid images (``rows``: their table rows with source, role, mask, ...), computed once
+  per image and stored; vectors, coarse rows and rescoring then work on it (segmentation masks);
+- optionally ``union_candidates = True``: the level runs after the others and also rescores the
+  nearest images they found.
 
 Register a new level in :data:`LEVELS` (name -> factory taking the scan configuration).
 """
@@ -61,11 +66,19 @@ def _voxel(config) -> Level:
 def _feature(config) -> Level:
     from .embedders import load_embedder
     from .feature import FeatureLevel
+    from .feature_cache import FeatureCache
 
-    return FeatureLevel(load_embedder(config.embedder, device=config.device, batch_size=config.batch_size))
+    embedder = load_embedder(config.embedder, device=config.device, batch_size=config.batch_size)
+    return FeatureLevel(embedder, cache=FeatureCache(config.cache, embedder) if config.cache else None)
 
 
-LEVELS: dict[str, Callable[[object], Level]] = {"voxel": _voxel, "feature": _feature}
+def _segmentation(config) -> Level:
+    from .segmentation import SegmentationLevel
+
+    return SegmentationLevel(config.masks, ct_window=config.ct_window, workers=config.num_workers)
+
+
+LEVELS: dict[str, Callable[[object], Level]] = {"voxel": _voxel, "feature": _feature, "segmentation": _segmentation}
 
 
 def make_level(name: str, config) -> Level:

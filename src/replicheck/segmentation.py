@@ -1,0 +1,285 @@
+"""The segmentation level: masks of the anatomy or pathology compared by overlap (RELICT's
+segmentation level, Aydin et al., arXiv 2502.17360).
+
+Each analysis-grid image is turned into a binary mask once (:meth:`SegmentationLevel.represent`),
+from one of four sources chosen by ``masks`` (``--masks``):
+
+- a built-in segmenter (``foreground``, ``ct-bone``, ``ct-haemorrhage``, ``vessels``;
+  :mod:`replicheck.segment.builtin`) run on the analysis-grid image. The CT segmenters need
+  Hounsfield units, so the image's CT window is inverted (HU = level - width/2 + value x width);
+  values the window clipped are lost, and thresholds outside the window are moved inside it
+  (:func:`ct_parameters`);
+- ``manifest``: the file in each image's ``mask`` manifest column;
+- a folder ``DIR``: the mask of image ``ROOT/rel/name.ext`` (``ROOT`` the folder given for its
+  role) is ``DIR/<role>/rel/name.ext``, or the same path with the image suffix replaced by
+  ``.nii.gz``, ``.nii``, ``.png`` or ``.npy``; ``<role>`` is ``training``, ``synthetic`` or
+  ``holdout``, so that a synthetic and a training image of the same name never share a mask;
+- ``cmd:TEMPLATE``: a user's segmenter (:class:`~replicheck.segment.external.ExternalSegmenter`),
+  given the analysis-grid image as an uncompressed NIfTI file (in HU for CT-normalised images,
+  in [0, 1] otherwise; unit spacing, identity affine) and expected to write a mask on that grid.
+
+User masks must have the stored shape of their image (a 3D mask is cut like its volume with
+``--slices``); they are resampled to the analysis grid by nearest neighbour and read as ``> 0``.
+
+Search vectors are the masks area-pooled to at most 32 pixels a side (16 voxels in 3D) and scaled
+to unit norm, so their inner product is the cosine (Ochiai) overlap |A and B| / sqrt(|A| |B|) of
+the pooled masks, an upper bound of their Dice that equals it for masks of equal size. Rescoring is
+exact at the analysis grid: Dice (primary), IoU = Dice / (2 - Dice), the mean Dice of matched
+connected components, and HD95 in analysis-grid voxels as a detail. A pair in which either mask
+is empty scores 0 on every overlap measure (HD95 NaN): an image without anatomy shares nothing
+with anything, so two empty masks never make a replica (unlike :func:`~replicheck.segment.similarity.dice`,
+which calls two empty masks identical).
+
+The level also rescores the nearest images the levels before it found (``union_candidates``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .records import InputError
+from .segment import builtin, similarity
+from .segment.external import ExternalSegmenter, load_mask
+
+BUILTIN = {"foreground": "foreground", "ct-bone": "ct_bone", "ct-haemorrhage": "ct_haemorrhage",
+           "vessels": "bright_vessels"}
+CT_SEGMENTERS = ("ct_bone", "ct_haemorrhage")
+MASK_SUFFIXES = (".nii.gz", ".nii", ".png", ".npy")
+SEARCH_SIDE = {2: 32, 3: 16}  # pooled mask size per side for the search vectors
+DEPTH = {2: 64, 3: 32}  # candidates rescored exactly per query (Dice is cheap)
+
+
+def parse_masks(spec: str) -> tuple[str, str]:
+    """``--masks`` as (kind, value): ("builtin", segmenter), ("manifest", ""), ("cmd", template)
+    or ("folder", path). Built-in names win over a folder of the same name (write ``./name``)."""
+    spec = str(spec).strip()
+    names = {**BUILTIN, **{name: name for name in builtin.SEGMENTERS}}
+    if spec in names:
+        return "builtin", names[spec]
+    if spec == "manifest":
+        return "manifest", ""
+    if spec.startswith("cmd:"):
+        if not spec[4:].strip():
+            raise ValueError("--masks cmd: needs a command, e.g. 'cmd:python seg.py {input} {output}'")
+        return "cmd", spec[4:].strip()
+    if Path(spec).is_dir():
+        return "folder", spec
+    raise ValueError(f"--masks {spec!r} is neither a built-in segmenter ({', '.join(BUILTIN)}), 'manifest', "
+                     "'cmd:TEMPLATE' nor an existing folder of masks")
+
+
+def ct_parameters(segmenter: str, ct_window: tuple[float, float]) -> dict:
+    """Thresholds of a CT segmenter moved inside the window (level, width) the images were cut to.
+
+    A window clips everything above level + width/2 and below level - width/2; a threshold
+    outside that range would mark everything or nothing. Bone (> 300 HU) and the skull are
+    clipped by the default window (40, 400; top 240 HU), so their threshold becomes
+    ``top - 0.1 x width`` (200 HU); the head threshold (-300 HU, air against tissue) becomes
+    ``bottom + 0.1 x width`` (-120 HU). Blood (50-90 HU) and brain (0-80 HU) lie inside it.
+    A wider window (``--ct-window 300,1600``) keeps bone, a narrower one (``40,120``) loses it.
+    """
+    level, width = ct_window
+    low, high = level - width / 2.0, level + width / 2.0
+    dense = min(300.0, high - 0.1 * width)
+    if segmenter == "ct_bone":
+        return {"threshold": dense}
+    if segmenter == "ct_haemorrhage":
+        return {"skull": dense, "head": max(-300.0, low + 0.1 * width)}
+    return {}
+
+
+class SegmentationLevel:
+    name = "segmentation"
+    primary = "dice"
+    union_candidates = True  # also rescores the nearest images of the levels run before it
+
+    def __init__(self, masks: str = "foreground", *, ct_window: tuple[float, float] = (40.0, 400.0),
+                 workers: int = 2, cache_dir: str | Path | None = None):
+        self.kind, self.value = parse_masks(masks)
+        self.spec = masks
+        self.ct_window = tuple(float(v) for v in ct_window)
+        self.workers = max(1, int(workers))
+        self.measures = {"dice": True, "iou": True, "component_dice": True}
+        self.params = ct_parameters(self.value, self.ct_window) if self.kind == "builtin" else {}
+        self._temporary = None
+        self._external = None
+        if self.kind == "cmd":
+            if cache_dir is None:
+                self._temporary = tempfile.TemporaryDirectory(prefix="replicheck-masks-")
+                cache_dir = self._temporary.name
+            self._external = ExternalSegmenter(self.value, Path(cache_dir))
+        self.empty = 0  # images whose mask came out empty, for describe()
+
+    # ------------------------------------------------------------------ masks
+
+    def represent(self, images: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
+        """(b, *grid) analysis-grid images -> (b, *grid) float32 masks in {0, 1}.
+
+        ``rows`` holds one row per image with ``source``, ``role``, ``root``, ``intensity`` (the
+        normalisation used), ``shape`` (stored shape), ``mask`` (manifest column) and, with
+        ``--slices``, ``slice``.
+        """
+        records = rows.to_dict("records")
+        with ThreadPoolExecutor(self.workers) as pool:
+            masks = list(pool.map(self._mask, images, records))
+        out = np.stack(masks).astype(np.float32)
+        self.empty += int((out.reshape(len(out), -1).max(axis=1) == 0).sum())
+        return out
+
+    def _mask(self, image: np.ndarray, row: dict) -> np.ndarray:
+        grid = tuple(image.shape)
+        if self.kind == "builtin":
+            return builtin.segment(self.value, self._input(image, row), **self.params)
+        if self.kind == "cmd":
+            with tempfile.TemporaryDirectory(prefix="replicheck-segment-") as folder:
+                path = Path(folder) / "image.nii"
+                _write_nifti(path, self._input(image, row) if row["intensity"] == "ct" else image)
+                mask_path = self._external.mask(path)
+                mask = load_mask(mask_path)
+            if mask.shape != grid:
+                raise InputError(row["source"], f"the segmenter command wrote a mask of shape {mask.shape} for an "
+                                                f"analysis-grid image of shape {grid} (command: {self.value})")
+            return mask
+        path = self._mask_path(row)
+        mask = load_mask(path)
+        shape = tuple(row["shape"])
+        position = row.get("slice")
+        if position is not None and not pd.isna(position) and mask.ndim == 3 and mask.shape == shape:
+            mask, shape = mask[int(position)], shape[1:]
+        if mask.shape != shape:
+            raise InputError(str(path), f"mask has shape {mask.shape} but its image {row['source']} has shape {shape}")
+        return _nearest(mask, grid)
+
+    def _input(self, image: np.ndarray, row: dict) -> np.ndarray:
+        """The image a built-in segmenter sees: HU for the CT segmenters (window inverted)."""
+        if self.value not in CT_SEGMENTERS and self.kind == "builtin":
+            return image
+        if row["intensity"] != "ct":
+            raise InputError(row["source"], f"--masks {self.spec} needs CT images in Hounsfield units, but this image was "
+                                            f"normalised with {row['intensity']!r}; scan with --intensity ct (and a "
+                                            "--ct-window wide enough for the tissue, e.g. 40,400)")
+        level, width = self.ct_window
+        return (level - width / 2.0) + image.astype(np.float32) * width
+
+    def _mask_path(self, row: dict) -> Path:
+        source = row["source"]
+        if self.kind == "manifest":
+            mask = row.get("mask")
+            if mask is None or pd.isna(mask) or not str(mask):
+                raise InputError(source, "--masks manifest: this image has no mask (give every image a path in the "
+                                         "manifest's 'mask' column)")
+            return Path(mask)
+        root = Path(str(row["root"]))
+        try:
+            relative = Path(source).resolve().relative_to(root.resolve()) if root.is_dir() else None
+        except ValueError:
+            relative = None
+        if relative is None:
+            raise InputError(source, f"--masks {self.value}: a mask folder mirrors image folders, but this image is not "
+                                     "inside a folder given as input; use a manifest with a 'mask' column instead")
+        base = Path(self.value) / str(row["role"]) / relative
+        name = base.name
+        for suffix in (".nii.gz",) + tuple(s for s in (base.suffix,) if s):
+            if name.lower().endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        tried = [base] + [base.with_name(name + suffix) for suffix in MASK_SUFFIXES]
+        for path in tried:
+            if path.is_file():
+                return path
+        raise InputError(source, f"no mask found for this image; looked for {base} (or with a suffix "
+                                 f"{', '.join(MASK_SUFFIXES)})")
+
+    # ------------------------------------------------------------------ search and measures
+
+    def vectors(self, masks: np.ndarray) -> np.ndarray:
+        """(b, *grid) masks -> unit-norm area-pooled masks; an empty mask gives the zero vector."""
+        side = SEARCH_SIDE[masks.ndim - 1]
+        grid = tuple(masks.shape[1:])
+        scale = min(1.0, side / max(grid))
+        shape = tuple(max(1, int(round(n * scale))) for n in grid)
+        batch = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[:, None]
+        if shape != grid:
+            pool = torch.nn.functional.adaptive_avg_pool2d if len(grid) == 2 else torch.nn.functional.adaptive_avg_pool3d
+            batch = pool(batch, shape)
+        flat = batch.reshape(len(masks), -1).double()
+        norms = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
+        return torch.where(norms > 0, flat / norms.clamp_min(1e-12), 0.0).float().numpy()
+
+    def rescore(self, query: np.ndarray, candidates: np.ndarray, *, keep: int | None = None) -> dict[str, np.ndarray]:
+        """Dice, IoU and component Dice of the query mask against k candidate masks; HD95 as a detail.
+
+        Component Dice and HD95 are computed for the ``keep`` best candidates by Dice only.
+        """
+        q = np.asarray(query) > 0.5
+        c = np.asarray(candidates) > 0.5
+        sizes = c.reshape(len(c), -1).sum(axis=1)
+        empty = (sizes == 0) | (not q.any())
+        dice = np.where(empty, 0.0, similarity.batch_dice(q, c))
+        component = np.full(len(c), np.nan)
+        hd95 = np.full(len(c), np.nan)
+        best = np.argsort(-dice, kind="stable")[: len(c) if keep is None else min(keep, len(c))]
+        for i in best:
+            if empty[i]:
+                component[i] = 0.0
+                continue
+            a, b = _crop(q, c[i])
+            component[i] = similarity.component_dice(a, b)["mean_dice"]
+            hd95[i] = similarity.hausdorff95(a, b)
+        return {"dice": dice, "iou": dice / (2.0 - dice), "component_dice": component, "hd95": hd95}
+
+    def depth(self, ndim: int, k: int) -> int:
+        return max(k, DEPTH.get(ndim, k))
+
+    def describe(self) -> dict:
+        sources = {"builtin": f"built-in segmenter {self.value} on the analysis-grid image",
+                   "manifest": "the manifest's mask column, resampled to the analysis grid by nearest neighbour",
+                   "folder": f"mask files under {self.value}/<role>/ mirroring the image folders, resampled by nearest "
+                             "neighbour",
+                   "cmd": f"external command {self.value!r} on the analysis-grid image written as NIfTI"}
+        return {
+            "primary_measure": "dice",
+            "measures": list(self.measures),
+            "masks": self.spec,
+            "mask_source": sources[self.kind],
+            "segmenter_parameters": self.params,
+            "ct_window_hu": {"level": self.ct_window[0], "width": self.ct_window[1]},
+            "empty_masks": self.empty,
+            "empty_mask_rule": "a pair with an empty mask scores 0 on every overlap measure (never a replica)",
+            "shortlist": "inner product of unit-norm masks area-pooled to 32 (2D) or 16 (3D) voxels a side "
+                         "(cosine overlap, an upper bound of Dice; faiss IndexFlatIP), unioned with the nearest "
+                         "images of the levels run before",
+            "details": {"hd95": "95th-percentile symmetric surface distance in analysis-grid voxels"},
+        }
+
+
+def _nearest(mask: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
+    """``mask`` on ``grid`` by nearest neighbour, sampling at the centres of the output voxels
+    (the same cells that area averaging of the image pools)."""
+    if mask.shape == tuple(grid):
+        return mask
+    axes = [np.minimum(((np.arange(g) + 0.5) * n / g).astype(np.int64), n - 1) for n, g in zip(mask.shape, grid)]
+    return mask[np.ix_(*axes)]
+
+
+def _crop(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cut to the bounding box of their union plus one empty voxel on every side:
+    component Dice and HD95 are unchanged, and cost scales with the structure, not the grid."""
+    union = a | b
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(union))
+    return np.pad(a[box], 1), np.pad(b[box], 1)
+
+
+def _write_nifti(path: Path, image: np.ndarray) -> None:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(image.T, dtype=np.float32), np.eye(4)), str(path))
+
+
+__all__ = ["SegmentationLevel", "parse_masks", "ct_parameters"]
