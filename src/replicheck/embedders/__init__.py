@@ -87,8 +87,8 @@ def _contrastive(*, checkpoint: str | Path, device: str = "cpu", batch_size: int
     return ContrastiveEmbedder.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
 
 
-# Kinds a checkpoint file may hold: every registered embedder, and those that exist only as trained checkpoints.
-CHECKPOINT_KINDS: dict[str, Callable[..., Embedder]] = {**EMBEDDERS, "contrastive": _contrastive}
+# Kinds a checkpoint file written by `replicheck train` may hold; each factory takes ``checkpoint=``.
+CHECKPOINT_KINDS: dict[str, Callable[..., Embedder]] = {"deepssim": _deepssim, "contrastive": _contrastive}
 
 
 def load_embedder(spec: str | Path, *, device: str = "cpu", batch_size: int = 64) -> Embedder:
