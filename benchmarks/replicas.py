@@ -76,7 +76,8 @@ def main() -> None:
             [".venv/bin/python", "benchmarks/shared_manifests.py", str(args.out.relative_to(ROOT))],
             ["replicheck", "bench", "make", str(manifest.relative_to(ROOT)), "--out", str(bench.relative_to(ROOT)),
              "--seed", "0", *spec["make"], "--quiet"],
-            ["replicheck", "bench", "run", str(bench.relative_to(ROOT)), "--out", str(results.relative_to(ROOT))],
+            ["replicheck", "bench", "run", str(bench.relative_to(ROOT)), "--out", str(results.relative_to(ROOT)),
+             "--levels", "voxel,feature,segmentation"],
         ]
         seconds = [run([sys.executable if c[0] == ".venv/bin/python" else replicheck, *c[1:]]) for c in commands]
         shutil.copyfile(results / "roc.png", ROOT / "docs" / f"bench-roc-{dim}.png")
