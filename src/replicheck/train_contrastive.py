@@ -31,7 +31,7 @@ from .augment import _warp
 from .embedders.contrastive import DEFAULTS, TEMPERATURE, ContrastiveNet, minmax, nt_xent, resize, save_checkpoint
 from .progress import Progress
 from .records import ReplicheckError
-from .train_deepssim import _split_subjects, read_training_slices
+from .train_deepssim import _split_subjects, read_prepared
 
 __all__ = ["train_contrastive", "dar_augment", "read_training_images", "ROTATE"]
 
@@ -260,12 +260,12 @@ def read_training_images(source: str, *, ndim: int | None = None, size: int | No
     """The training images of ``source`` for a ``ndim``-D network, intensities in [0, 1], with subject ids.
 
     ``ndim`` 2: every 2D image and every non-constant slice of every volume on a size x size grid
-    (:func:`replicheck.train_deepssim.read_training_slices`). ``ndim`` 3: every volume on a
+    (as :func:`replicheck.train_deepssim.read_training_slices`). ``ndim`` 3: every volume on a
     size^3 grid. By default ``ndim`` is the images' own (3 when every image is a volume) and
     ``size`` is ``DEFAULTS[ndim]["input_size"]``. Rows are in file (and slice) order.
     """
-    from .images import discover, stream
-    from .preprocess import Preprocessing, prepare
+    from .images import discover
+    from .preprocess import Preprocessing
 
     image_set = discover(source, role="training", subject_regex=subject_regex, image_ndim=image_ndim)
     volumes = all(ref.ndim == 3 for ref in image_set.refs)
@@ -274,14 +274,10 @@ def read_training_images(source: str, *, ndim: int | None = None, size: int | No
         raise ReplicheckError(f"--ndim must be 2 or 3, got {ndim}")
     size = int(DEFAULTS[ndim]["input_size"] if size is None else size)
     if ndim == 2:
-        return read_training_slices(source, size=size, subject_regex=subject_regex, image_ndim=image_ndim,
-                                    intensity=intensity, num_workers=num_workers)
-    if not volumes:
+        settings = Preprocessing(grid=(size, size), intensity=intensity, slices=True)
+    elif not volumes:
         flat = next(ref for ref in image_set.refs if ref.ndim != 3)
         raise ReplicheckError(f"{source}: a 3D model needs volumes, but {flat.id} has shape {flat.shape}; use --ndim 2")
-    settings = Preprocessing(grid=(size,) * 3, intensity=intensity)
-    arrays, subjects = [], []
-    for ref, image in stream(image_set.refs, workers=num_workers):
-        arrays.extend(prepare(image, settings).arrays)
-        subjects.append(ref.subject)
-    return np.stack(arrays).astype(np.float32), np.asarray(subjects)
+    else:
+        settings = Preprocessing(grid=(size,) * 3, intensity=intensity)
+    return read_prepared(image_set, settings, num_workers=num_workers)

@@ -298,11 +298,20 @@ def read_training_slices(source: str, *, size: int, subject_regex: str | None = 
                          intensity: str = "auto", num_workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Every 2D image (and every non-constant slice of every volume) of ``source`` on a size x size
     grid with intensities in [0, 1], in file and slice order, with its subject id."""
-    from .images import discover, stream
-    from .preprocess import Preprocessing, prepare
+    from .images import discover
+    from .preprocess import Preprocessing
 
     image_set = discover(source, role="training", subject_regex=subject_regex, image_ndim=image_ndim)
-    settings = Preprocessing(grid=(size, size), intensity=intensity, slices=True)
+    return read_prepared(image_set, Preprocessing(grid=(size, size), intensity=intensity, slices=True),
+                         num_workers=num_workers)
+
+
+def read_prepared(image_set, settings, *, num_workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of ``image_set`` (:func:`replicheck.images.discover`) prepared with ``settings``
+    (each slice kept by ``slices=True`` a row of its own), stacked as float32, with subject ids."""
+    from .images import stream
+    from .preprocess import prepare
+
     arrays, subjects = [], []
     for ref, image in stream(image_set.refs, workers=num_workers):
         prepared = prepare(image, settings)

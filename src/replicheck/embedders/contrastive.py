@@ -47,7 +47,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..records import InputError, ReplicheckError
-from .deepssim import FORMAT, read_payload, state_digest
+from .deepssim import read_payload, state_digest, write_payload
 
 __all__ = ["ContrastiveNet", "ContrastiveEmbedder", "nt_xent", "preprocess", "resize", "minmax",
            "flips", "save_checkpoint", "load_checkpoint", "TEMPERATURE", "DEFAULTS"]
@@ -239,23 +238,8 @@ def save_checkpoint(path: str | Path, model: ContrastiveNet, meta: dict, *, flip
     :func:`load_checkpoint` rebuilds the embedder; the file is written under a temporary name in
     the same folder and renamed into place, so a reader never sees a half-written checkpoint.
     """
-    path = Path(path)
-    try:
-        meta = json.loads(json.dumps(dict(meta)))  # plain types only: torch.load(weights_only=True) can read them
-    except TypeError as error:
-        raise ValueError(f"checkpoint meta must hold JSON-compatible values: {error}") from None
-    meta["architecture"] = dict(model.config)
-    meta["embedding"] = {"flip_average": bool(flip_average), "similarity": "Pearson correlation of head outputs"}
-    state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
-    payload = {"format": FORMAT, "kind": KIND, "state_dict": state, "meta": meta}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_payload(path, KIND, model, meta,
+                         embedding={"flip_average": bool(flip_average), "similarity": "Pearson correlation of head outputs"})
 
 
 def load_checkpoint(path: str | Path) -> tuple[ContrastiveNet, dict]:

@@ -205,14 +205,22 @@ def save_checkpoint(path: str | Path, model: DeepSSIMNet, meta: dict) -> Path:
     The file is written under a temporary name in the same folder and renamed into place, so
     a reader never sees a half-written checkpoint.
     """
+    return write_payload(path, KIND, model, meta)
+
+
+def write_payload(path: str | Path, kind: str, model: nn.Module, meta: dict, **extra) -> Path:
+    """Write a checkpoint of embedder ``kind`` atomically: ``model``'s weights, and ``meta``
+    (JSON-compatible values) with ``meta["architecture"] = model.config`` and ``extra`` entries
+    added, under a temporary name in the same folder, then renamed into place."""
     path = Path(path)
     try:
         meta = json.loads(json.dumps(dict(meta)))  # plain types only: torch.load(weights_only=True) can read them
     except TypeError as error:
         raise ValueError(f"checkpoint meta must hold JSON-compatible values: {error}") from None
     meta["architecture"] = dict(model.config)
+    meta.update(extra)
     state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
-    payload = {"format": FORMAT, "kind": KIND, "state_dict": state, "meta": meta}
+    payload = {"format": FORMAT, "kind": kind, "state_dict": state, "meta": meta}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
