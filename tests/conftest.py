@@ -31,6 +31,29 @@ def ctich():
 
 
 @pytest.fixture(scope="session")
+def ct_slices_32px(ctich):
+    """The slices of 10 CT-ICH patients, area-downsampled to 32 px, intensities in [0, 1], with patient ids."""
+    import torch
+
+    patients = ctich["flat_patient"]
+    keep = np.isin(patients, np.unique(patients)[:10])
+    x = torch.from_numpy(ctich["flat_brain"][keep].astype(np.float32) / 255)[:, None]
+    return torch.nn.functional.interpolate(x, size=(32, 32), mode="area")[:, 0].numpy(), patients[keep]
+
+
+def one_torch_thread():
+    """Small convolutions run faster on one thread, and much faster on a busy 2-core machine.
+    Test modules of small networks use it as an autouse module-scoped fixture, so that it also
+    holds while a module's trained model is built."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
 def pydicom_data() -> Path:
     data_store = pytest.importorskip("data_store", reason="pydicom-data is not installed")
     return Path(data_store.__file__).parent / "data"

@@ -17,7 +17,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from typer.testing import CliRunner
 
 import replicheck
-from conftest import shared, write_set
+from conftest import one_torch_thread, shared, write_set
 from replicheck.cli import app
 from replicheck.embedders import EMBEDDERS, load_embedder
 from replicheck.embedders.contrastive import (ContrastiveEmbedder, ContrastiveNet, flips, load_checkpoint, nt_xent,
@@ -29,14 +29,7 @@ TINY_2D = {"widths": (8, 16, 32), "dim": 32}
 FLIP_TOLERANCE = 1e-6  # flip-averaged embedding: exact up to float32 rounding (measured max deviation 1.7e-7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions run faster on one thread, and much faster on a busy 2-core machine
-    (module scope: it must also hold while the module's trained model is built)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -125,22 +118,13 @@ def test_dar_augment_rotates_every_slice_of_a_volume_alike():
 # --- training on real 2D CT slices ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ct_slices(ctich):
-    """The slices of 10 CT-ICH patients, area-downsampled to 32 px, intensities in [0, 1]."""
-    patients = ctich["flat_patient"]
-    keep = np.isin(patients, np.unique(patients)[:10])
-    x = torch.from_numpy(ctich["flat_brain"][keep].astype(np.float32) / 255)[:, None]
-    return torch.nn.functional.interpolate(x, size=(32, 32), mode="area")[:, 0].numpy(), patients[keep]
-
-
-@pytest.fixture(scope="module")
-def trained_2d(ct_slices, tmp_path_factory):
-    x, patients = ct_slices
+def trained_2d(ct_slices_32px, tmp_path_factory):
+    x, patients = ct_slices_32px
     out = tmp_path_factory.mktemp("contrastive") / "model.pt"
     return train_contrastive(x, patients, out=out, size=32, epochs=6, batch_size=32, seed=0, command="test", **TINY_2D)
 
 
-def test_a_few_training_steps_reduce_the_loss_on_held_out_patients(trained_2d, ct_slices):
+def test_a_few_training_steps_reduce_the_loss_on_held_out_patients(trained_2d, ct_slices_32px):
     result = trained_2d
     # measured after 48 steps: validation NT-Xent 3.73 -> 1.79, training NT-Xent 3.76 -> 1.70 (first
     # to last epoch), held-out augmented copies retrieved first 29% -> 52%
@@ -149,14 +133,14 @@ def test_a_few_training_steps_reduce_the_loss_on_held_out_patients(trained_2d, c
     assert result["val_top1"] > result["initial"]["val_top1"] + 0.1
     assert result["best_epoch"] >= 1 and result["steps"] == 48
 
-    _, patients = ct_slices
+    _, patients = ct_slices_32px
     train, val = set(result["train_subjects"]), set(result["val_subjects"])
     assert not train & val and train | val == {str(p) for p in np.unique(patients)}
     assert result["n_val_images"] == np.isin(patients.astype(str), list(val)).sum()
 
 
-def test_saving_and_loading_gives_identical_embeddings(trained_2d, ct_slices, tmp_path):
-    x, _ = ct_slices
+def test_saving_and_loading_gives_identical_embeddings(trained_2d, ct_slices_32px, tmp_path):
+    x, _ = ct_slices_32px
     model, meta = load_checkpoint(trained_2d["checkpoint"])
     assert meta["settings"]["temperature"] == 0.07 and meta["command"] == "test"
     assert meta["architecture"] == {"ndim": 2, "input_size": 32, "widths": [8, 16, 32], "dim": 32}
@@ -176,8 +160,8 @@ def test_saving_and_loading_gives_identical_embeddings(trained_2d, ct_slices, tm
     assert ContrastiveEmbedder(model).digest != loaded.digest
 
 
-def test_identical_images_have_similarity_one(trained_2d, ct_slices):
-    x, _ = ct_slices
+def test_identical_images_have_similarity_one(trained_2d, ct_slices_32px):
+    x, _ = ct_slices_32px
     for flip_average in (True, False):
         model, _ = load_checkpoint(trained_2d["checkpoint"])
         embedder = ContrastiveEmbedder(model, flip_average=flip_average)
@@ -186,12 +170,12 @@ def test_identical_images_have_similarity_one(trained_2d, ct_slices):
         assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-6)
 
 
-def test_the_embedding_is_invariant_to_flips(trained_2d, ct_slices):
+def test_the_embedding_is_invariant_to_flips(trained_2d, ct_slices_32px):
     """Flip-averaged embedding: exact up to rounding (FLIP_TOLERANCE). The network alone learns
     only part of it from a short run (measured after 48 steps: Pearson of a mirrored held-out slice
     with the original 0.95 on average but down to 0.72, while a held-out slice's most similar
     other slice has a median of 0.976), which is why the embedder averages over flips."""
-    x, patients = ct_slices
+    x, patients = ct_slices_32px
     held_out = x[np.isin(patients.astype(str), trained_2d["val_subjects"])]
     embedder = load_embedder(trained_2d["checkpoint"])
     original = embedder.embed(held_out)

@@ -15,6 +15,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
+from conftest import one_torch_thread
 from replicheck.augment import NONE, Augmentation, _warp, augment
 from replicheck.embedders import EMBEDDERS, Embedder, load_embedder
 from replicheck.embedders.deepssim import DeepSSIMEmbedder, DeepSSIMNet, load_checkpoint, preprocess, save_checkpoint
@@ -24,13 +25,7 @@ from replicheck.train_deepssim import _pair_pool, train_deepssim
 TINY = {"input_size": 32, "widths": (4, 8, 16), "dim": 24}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions run faster on one thread, and much faster on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)
 
 
 @pytest.fixture
@@ -198,17 +193,8 @@ def test_blur_matches_scipy_gaussian():
 
 # --- training -------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def ct_slices(ctich):
-    """The slices of 10 CT-ICH patients, area-downsampled to 32 px, intensities in [0, 1]."""
-    patients = ctich["flat_patient"]
-    keep = np.isin(patients, np.unique(patients)[:10])
-    x = torch.from_numpy(ctich["flat_brain"][keep].astype(np.float32) / 255)[:, None]
-    return torch.nn.functional.interpolate(x, size=(32, 32), mode="area")[:, 0].numpy(), patients[keep]
-
-
-def test_training_targets_are_skimage_ssim_of_zscored_images(ct_slices):
-    x, patients = ct_slices
+def test_training_targets_are_skimage_ssim_of_zscored_images(ct_slices_32px):
+    x, patients = ct_slices_32px
     z = preprocess(torch.from_numpy(x[:40]), 32)
     left, right, target = _pair_pool(z, patients[:40], np.arange(40), np.random.default_rng(0))
     assert_array_equal(target[left == right], 1.0)
@@ -218,8 +204,8 @@ def test_training_targets_are_skimage_ssim_of_zscored_images(ct_slices):
         assert_allclose(t, structural_similarity(a, b, data_range=a.max() - a.min()), atol=1e-5)
 
 
-def test_short_training_beats_the_untrained_network_on_held_out_patients(ct_slices, tmp_path):
-    x, patients = ct_slices
+def test_short_training_beats_the_untrained_network_on_held_out_patients(ct_slices_32px, tmp_path):
+    x, patients = ct_slices_32px
     result = train_deepssim(x, patients, out=tmp_path / "model.pt", size=32, epochs=4, pairs_per_epoch=512,
                             batch_size=32, val_pairs=128, widths=(8, 16, 32, 64), dim=64, seed=0, command="test")
     assert result["val_mse"] < 0.8 * result["initial"]["val_mse"]

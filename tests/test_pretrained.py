@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from numpy.testing import assert_allclose, assert_array_equal
 from torch import nn
 
+from conftest import one_torch_thread
 from replicheck.embedders import EMBEDDERS, Embedder, load_embedder
 from replicheck.embedders.common import resize, slice_positions
 from replicheck.embedders.efficientnet import EfficientNetLite0Embedder, load_network
@@ -27,13 +28,7 @@ from replicheck.embedders.external import parse_monai_spec
 from replicheck.records import ReplicheckError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """On a busy 2-core machine one thread per test process is faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)
 
 
 def images(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

@@ -214,8 +214,9 @@ def _chromium(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def _open(report: Path, tmp_path: Path, screenshot: str) -> str:
-    """The page's DOM after its scripts ran, checked for console output; a screenshot beside it."""
+def _open(report: Path, tmp_path: Path, screenshot: str) -> tuple[str, int]:
+    """The page's DOM after its scripts ran and its number of pictures, checked for console
+    output, script errors and pictures that failed to decode; a screenshot beside it."""
     loaded = _chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", report.as_uri())
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     console = [line for line in loaded.stderr.splitlines() if ":CONSOLE" in line]
@@ -227,16 +228,18 @@ def _open(report: Path, tmp_path: Path, screenshot: str) -> str:
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(keep) / screenshot)
-    return loaded.stdout
+    dom = loaded.stdout
+    root = re.search(r"<html[^>]*>", dom).group(0)
+    assert 'data-ready="1"' in root and "data-js-errors" not in root  # the page's scripts ran, without errors
+    total, decoded = map(int, re.search(r'data-images="(\d+) (\d+)"', root).groups())
+    assert decoded == total  # every picture decoded
+    return dom, total
 
 
 @needs_chromium
 def test_2d_report_renders_in_chromium(results_2d, tmp_path):
-    dom = _open(results_2d / "out" / "report.html", tmp_path, "report-2d.png")
-    root = re.search(r"<html[^>]*>", dom).group(0)
-    assert 'data-ready="1"' in root and "data-js-errors" not in root
-    total, decoded = map(int, re.search(r'data-images="(\d+) (\d+)"', root).groups())
-    assert total == decoded == 12 * 3 + 2  # gallery triples, the histogram, the ROC figure
+    dom, pictures = _open(results_2d / "out" / "report.html", tmp_path, "report-2d.png")
+    assert pictures == 12 * 3 + 2  # gallery triples, the histogram, the ROC figure
     flagged = int(pd.read_csv(results_2d / "out" / "synthetic.csv")["replica"].sum())
     body = dom.split('id="flagged-table"', 1)[1].split("</table>", 1)[0]
     assert body.count("<tr>") == 1 + flagged  # header row and one row per flagged image
@@ -247,11 +250,8 @@ def test_2d_report_renders_in_chromium(results_2d, tmp_path):
 
 @needs_chromium
 def test_3d_report_renders_in_chromium(results_3d, tmp_path):
-    dom = _open(results_3d / "out" / "report.html", tmp_path, "report-3d.png")
-    root = re.search(r"<html[^>]*>", dom).group(0)
-    assert 'data-ready="1"' in root and "data-js-errors" not in root
-    total, decoded = map(int, re.search(r'data-images="(\d+) (\d+)"', root).groups())
-    assert total == decoded == 4 * 6 + 1  # two planes of three pictures per pair, the histogram
+    dom, pictures = _open(results_3d / "out" / "report.html", tmp_path, "report-3d.png")
+    assert pictures == 4 * 6 + 1  # two planes of three pictures per pair, the histogram
     assert dom.count("background-position: 0px") + dom.count("background-position: 0%") + \
         len(re.findall(r"background-position: 0(?:px)? [\d.]+%", dom)) >= 12  # the sliders placed their strips
     assert len(re.findall(r'class="rowhead slice-label">z = \d+<', dom)) == 4
