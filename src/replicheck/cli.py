@@ -164,6 +164,7 @@ def bench_run(
     brute_force_budget: float = typer.Option(1.5e10, "--brute-force-budget", help="Voxel comparisons a brute-force baseline may spend before it runs on a stratified subset."),
     natural: bool = typer.Option(True, "--natural/--no-natural", help="Also count the natural copies of pydicom-data each detector finds."),
     embedder: str = typer.Option("deepssim", "--embedder", help="The feature level's embedder (with --levels ...,feature): a name or a model.pt."),
+    masks: str = typer.Option("foreground", "--masks", help="The segmentation level's masks (with --levels ...,segmentation), as for scan --masks."),
     num_workers: int = typer.Option(2, "--num-workers", help="Threads per scan."),
 ) -> None:
     """Scan a benchmark with every detector and score each against its labels."""
@@ -173,7 +174,7 @@ def bench_run(
         chosen = [] if methods.strip().lower() == "none" else [m.strip() for m in methods.split(",") if m.strip()]
         config = RunConfig(levels=tuple(part.strip() for part in levels.split(",") if part.strip()),
                            methods=tuple(chosen), quantile=quantile, brute_force_budget=brute_force_budget,
-                           natural=natural, embedder=embedder, num_workers=num_workers, echo=lambda line: typer.echo(line, err=True))
+                           natural=natural, embedder=embedder, masks=masks, num_workers=num_workers, echo=lambda line: typer.echo(line, err=True))
         _check_output(out, [str(bench)])
         return run_benchmark(bench, out, config)
 

@@ -30,6 +30,7 @@ import pandas as pd
 
 from ..measures import HIGHER_IS_SIMILAR
 from ..records import ReplicheckError
+from ..segmentation import BUILTIN
 from ..report import write_csv, write_json, write_text
 from . import metrics
 
@@ -78,6 +79,7 @@ class RunConfig:
     brute_force_budget: float = BRUTE_FORCE_BUDGET
     natural: bool = True
     embedder: str = "deepssim"  # the feature level's embedder, when --levels has feature
+    masks: str = "foreground"  # the segmentation level's mask source, when --levels has segmentation
     seed: int = 0
     num_workers: int = 2
     echo: object = field(default=print, repr=False)
@@ -99,7 +101,8 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
         config.echo(f"[{number}/{len(detectors)}] {detector.name}: {detector.description}")
         sets = _inputs(bench, info, labels, detector, config, out)
         options = {**detector.scan, "grid": tuple(info["grid"]), "quantile": config.quantile,
-                   "num_workers": config.num_workers, "seed": config.seed, "embedder": config.embedder}
+                   "num_workers": config.num_workers, "seed": config.seed, "embedder": config.embedder,
+                   "masks": config.masks}
         if detector.exhaustive:
             options.update(shortlist=sets["n_training"], depth=sets["n_training"])
         run = _in_child(sets, options, out / "scans" / detector.name, config.natural)
@@ -116,7 +119,8 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
             curves[label] = metrics.roc_points(sets["labels"], score)
     results = {"bench": str(bench), "bench_summary": {k: info[k] for k in ("counts", "grid", "format", "source")},
                "config": {"levels": list(config.levels), "methods": list(config.methods), "quantile": config.quantile,
-                          "brute_force_budget": config.brute_force_budget, "seed": config.seed},
+                          "brute_force_budget": config.brute_force_budget, "seed": config.seed,
+                          "embedder": config.embedder, "masks": config.masks},
                "detectors": {d.name: d.description for d in detectors},
                "metrics": rows, "by_family": families}
     from .tables import markdown, roc_figure
@@ -228,6 +232,8 @@ def _natural_copies(options: dict, out: Path) -> dict | None:
         return None
     manifests = demo.write_manifests(folder, out / "manifests")
     natural_options = {k: v for k, v in options.items() if k not in ("grid", "shortlist", "depth")}
+    if natural_options.get("masks") not in BUILTIN:  # the benchmark's own masks do not cover pydicom-data
+        natural_options.pop("masks", None)
     result = scan(manifests["training"], manifests["synthetic"], manifests["holdout"], slices=True, **natural_options)
     table = result.synthetic.set_index("id")
     levels = result.summary["levels"]
