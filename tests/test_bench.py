@@ -141,11 +141,17 @@ def test_run_scores_every_detector(bench2d, tmp_path):
     bench, _ = bench2d
     lines = []
     results = run_benchmark(bench, tmp_path / "results",
-                            RunConfig(natural=False, brute_force_budget=5e7, echo=lines.append))
+                            RunConfig(levels=("voxel", "segmentation"), natural=False, brute_force_budget=5e7,
+                                      echo=lines.append))
     table = pd.read_csv(tmp_path / "results" / "metrics.csv", keep_default_na=False).set_index("detector")
     assert {"voxel: ncc", "voxel: ssim", "voxel: mse", "voxel, SSIM search: ssim", "brute force: pixel ssim",
-            "brute force: pixel ncc", "brute force: pixel mse"} <= set(table.index)
+            "brute force: pixel ncc", "brute force: pixel mse", "segmentation: dice", "combined: any",
+            "combined: bonferroni", "combined: min-p", "combined: fisher"} <= set(table.index)
     ncc = table.loc["voxel: ncc"]
+    # "any level" flags at least what its levels flag; the corrected rules at most what "any" flags
+    recall = table["recall"].astype(float)
+    assert recall["combined: any"] >= max(recall["voxel: ncc"], recall["segmentation: dice"])
+    assert recall["combined: bonferroni"] <= recall["combined: any"]
     assert float(ncc["roc_auc"]) > 0.75  # flips and large rotations are beyond the voxel level (feature level's job)
     assert float(ncc["fpr_novel"]) <= 0.1  # nominal 1%; a small holdout makes the threshold noisy
     # the subset is reported, and a brute-force row is scored on fewer images than the scan rows
@@ -175,6 +181,7 @@ def test_detection_metrics_match_hand_counts():
     out = metrics.detection(labels, score, flag)
     assert out["precision"] == pytest.approx(3 / 4) and out["recall"] == pytest.approx(3 / 4)
     assert out["f1"] == pytest.approx(0.75)
+    assert out["balanced_accuracy"] == pytest.approx((3 / 4 + 5 / 6) / 2)
     assert out["fpr_novel"] == pytest.approx(1 / 4) and out["fpr_similar"] == 0.0
     positive = labels["class"].eq("replica").to_numpy()
     pairs = [(p, n) for p in score[positive] for n in score[~positive]]

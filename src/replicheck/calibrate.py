@@ -114,14 +114,47 @@ def holdout_floor(null: np.ndarray, quantile: float) -> Rate:
     The in-sample share is 1 - quantile by construction; leaving each image out of its own
     threshold gives the rate at which a new real image from an unseen patient is flagged.
     """
-    null = np.sort(np.asarray(null, dtype=np.float64))
-    n = null.size
-    if n < 2:
+    null = np.asarray(null, dtype=np.float64)
+    null = null[~np.isnan(null)]
+    if null.size < 2:
         return rate(np.zeros(0, dtype=bool))
+    return rate(leave_one_out_flags(null, quantile))
+
+
+def leave_one_out_flags(null: np.ndarray, quantile: float) -> np.ndarray:
+    """Per null score (in input order): is it above the ``quantile`` of the *other* null scores?
+
+    Exact and O(n log n): removing the i-th smallest value shifts every order statistic at or
+    above it down by one, so each left-out quantile is a linear interpolation between two
+    entries of the one sorted array (numpy's default 'linear' method on n - 1 values).
+    """
+    values = np.asarray(null, dtype=np.float64)
+    n = values.size
+    if n < 2:
+        return np.zeros(n, dtype=bool)
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    position = (n - 2) * quantile
+    low = int(np.floor(position))
+    high = min(low + 1, n - 2)
+    rank = np.arange(n)  # each value's place in the sorted array; the left-out one
+    low_value = ordered[low + (low >= rank)]
+    high_value = ordered[high + (high >= rank)]
+    with np.errstate(invalid="ignore"):
+        limits = low_value + (position - low) * (high_value - low_value)
+    limits = np.where(np.isnan(limits) & np.isposinf(high_value), np.inf, limits)
     flags = np.empty(n, dtype=bool)
-    for i in range(n):
-        flags[i] = null[i] > np.quantile(np.delete(null, i), quantile)
-    return rate(flags)
+    flags[order] = ordered > limits
+    return flags
+
+
+def leave_one_out_p_values(null: np.ndarray) -> np.ndarray:
+    """Each null score's p-value against the *other* null scores, as :func:`p_values` gives a
+    synthetic image: (1 + #others >= score) / (1 + (n - 1)). A missing score gets p = 1."""
+    values = np.asarray(null, dtype=np.float64)
+    finite = np.sort(values[~np.isnan(values)])
+    at_least = finite.size - np.searchsorted(finite, values, side="left")  # counts the score itself
+    return np.where(np.isnan(values), 1.0, at_least / max(values.size, 1))
 
 
 def agreement(flags: dict[str, np.ndarray]) -> dict:
@@ -149,3 +182,47 @@ def agreement(flags: dict[str, np.ndarray]) -> dict:
                 others |= flags[other]
         levels[name] = {"flagged": int(flags[name].sum()), "alone": int((flags[name] & ~others).sum())}
     return {"pairs": pairs, "levels": levels}
+
+
+RULES = {
+    "any": "a synthetic image is a replica when any level flags it at its own threshold (RELICT's "
+           "levels side by side); the chance of flagging a new real image grows with the number of levels",
+    "bonferroni": "any level flags it at the 1 - (1 - quantile) / L quantile of its null (L levels): the "
+                  "family-wise error of 'any' brought back to 1 - quantile without assuming independence",
+    "min-p": "the smallest of the levels' p-values (Tippett), thresholded at the quantile of the same statistic "
+             "over the null images (each level's p-value left-one-out): exact family-wise calibration that "
+             "keeps the correlation between levels",
+    "fisher": "Fisher's -2 sum log p over the levels, thresholded at the quantile of the same statistic over "
+              "the null images: pools moderate evidence from several levels",
+}
+
+
+def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray], quantile: float) -> dict:
+    """One verdict from several levels' evidence, calibrated on the same null images.
+
+    ``scores``: level -> the synthetic images' oriented primary scores; ``null``: level -> the
+    null images' oriented scores, row i being the same null image at every level. Returns the
+    combined ``statistic`` (higher = stronger evidence), its ``p``-value and the ``flags`` of
+    the synthetic images, the null images' ``null_flags`` (each judged against the others: their
+    share is the combined holdout floor) and the quantile each level's threshold used.
+    A missing score (no candidate at that level) counts as no evidence (p = 1).
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown combination rule {rule!r}; choose one of {', '.join(RULES)}")
+    names = list(scores)
+    synth_p = np.stack([np.nan_to_num(p_values(scores[name], null[name]), nan=1.0) for name in names])
+    if rule in ("any", "bonferroni"):
+        level_quantile = quantile if rule == "any" else 1 - (1 - quantile) / len(names)
+        flags = np.logical_or.reduce([exceeds(scores[name], threshold(null[name], level_quantile)) for name in names])
+        null_flags = np.logical_or.reduce([leave_one_out_flags(null[name], level_quantile) for name in names])
+        smallest = synth_p.min(axis=0)
+        return {"statistic": -np.log10(smallest), "p": np.minimum(1.0, len(names) * smallest), "flags": flags,
+                "null_flags": null_flags, "level_quantile": level_quantile}
+    null_p = np.stack([leave_one_out_p_values(null[name]) for name in names])
+    if rule == "min-p":
+        statistic, null_statistic = -np.log10(synth_p.min(axis=0)), -np.log10(null_p.min(axis=0))
+    else:
+        statistic, null_statistic = -2 * np.log(synth_p).sum(axis=0), -2 * np.log(null_p).sum(axis=0)
+    limit = threshold(null_statistic, quantile, measure=rule)
+    return {"statistic": statistic, "p": p_values(statistic, null_statistic), "flags": exceeds(statistic, limit),
+            "null_flags": leave_one_out_flags(null_statistic, quantile), "level_quantile": quantile}

@@ -47,6 +47,7 @@ class ScanConfig:
     levels: tuple[str, ...] = ("voxel",)
     k: int = 5
     quantile: float = 0.99
+    combine: str = "any"  # how the levels' evidence becomes one verdict (calibrate.RULES)
     dar_quantile: float = 0.95
     grid: tuple[int, ...] | None = None
     intensity: str = "auto"
@@ -79,6 +80,8 @@ class ScanConfig:
         for name, value in (("--quantile", self.quantile), ("dar_quantile", self.dar_quantile)):
             if not 0 < value < 1:
                 raise ReplicheckError(f"{name} must be between 0 and 1 (exclusive), got {value}")
+        if self.combine not in calibrate.RULES:
+            raise ReplicheckError(f"--combine must be one of {', '.join(calibrate.RULES)}, got {self.combine!r}")
         if self.intensity not in INTENSITIES:
             raise ReplicheckError(f"--intensity must be one of {', '.join(INTENSITIES)}, got {self.intensity!r}")
         if self.max_shift < 0:
@@ -295,6 +298,7 @@ class _Assembler:
         self.hits: dict[str, dict[str, Hits]] = {}  # level -> search -> its hits (for union_candidates)
         self.flags: dict[str, np.ndarray] = {}
         self.reasons: dict[str, list[str]] = {}
+        self.evidence: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # oriented synthetic, null scores; nearest rows
         self.warnings: list[str] = []
         self.has_holdout = "holdout" in collections
         if not self.has_holdout:
@@ -404,6 +408,7 @@ class _Assembler:
         mem_scores = calibrate.oriented(memorized.values[primary][:, 0], higher)
         null_scores = calibrate.oriented(null.values[primary][:, 0], higher)
         memorized_flags = calibrate.exceeds(mem_scores, mem_limit)
+        self.evidence[name] = (synth_scores, null_scores, nearest_rows)
         copies_per_training = np.bincount(nearest_rows[flags & (nearest_rows >= 0)], minlength=len(train_items))
         self.training[f"{name}_nearest_synthetic"] = _ids(synth_items, memorized.rows[:, 0])
         self.training[f"{name}_score"] = memorized.values[primary][:, 0]
@@ -442,19 +447,53 @@ class _Assembler:
             },
         }
 
+    def _copied_training(self, replica: np.ndarray) -> np.ndarray:
+        """Training images copied by a replica: each flagged synthetic image counts against its
+        nearest training image at the level whose evidence is strongest (smallest p-value).
+        Adds the count per training image to training.csv as ``replica_copies``."""
+        names = list(self.flags)
+        p = np.stack([np.nan_to_num(self.synthetic[f"{name}_p"].to_numpy(dtype=np.float64), nan=np.inf)
+                      for name in names])
+        rows = np.stack([self.evidence[name][2] for name in names])
+        nearest = rows[np.argmin(p, axis=0), np.arange(p.shape[1])]
+        chosen = nearest[replica & (nearest >= 0)]
+        copies = np.bincount(chosen, minlength=len(self.training))
+        self.training["replica_copies"] = copies
+        return copies > 0
+
     def finish(self) -> ScanResult:
         names = list(self.flags)
-        replica = np.logical_or.reduce([self.flags[name] for name in names])
+        quantile = self.config.quantile
+        scores = {name: self.evidence[name][0] for name in names}
+        nulls = {name: self.evidence[name][1] for name in names}
+        verdicts = {rule: calibrate.combine(rule, scores, nulls, quantile) for rule in calibrate.RULES}
+        chosen = verdicts[self.config.combine]
+        replica = chosen["flags"]
+        self.synthetic["combined_score"] = chosen["statistic"]
+        self.synthetic["combined_p"] = chosen["p"]
         self.synthetic["replica"] = replica
-        self.synthetic["reason"] = ["; ".join(filter(None, parts)) for parts in zip(*(self.reasons[n] for n in names))]
-        copied = np.zeros(len(self.training), dtype=bool)
-        for name in names:
-            copied |= self.training[f"{name}_copies"].to_numpy() > 0
+        if len(names) > 1:  # every rule's verdict, so that a rule can be compared or chosen after the scan
+            for rule, verdict in verdicts.items():
+                column = f"combined_{rule.replace('-', '_')}"
+                self.synthetic[column] = verdict["statistic"]
+                self.synthetic[f"{column}_p"] = verdict["p"]
+                self.synthetic[f"{column}_flag"] = verdict["flags"]
+        level_reasons = [[part for part in parts if part] for parts in zip(*(self.reasons[n] for n in names))]
+        self.synthetic["reason"] = [
+            "; ".join(parts) if flag and parts else
+            (f"{self.config.combine}: combined p={p:.3g} over {', '.join(names)}" if flag else "; ".join(parts))
+            for flag, parts, p in zip(replica, level_reasons, chosen["p"])
+        ]
+        copied = self._copied_training(replica)
         combined = calibrate.rate(replica)
-        floors = [self.level_summaries[name]["holdout_floor"]["rate"] for name in names]
+        floor = calibrate.rate(chosen["null_flags"])
+        rules = {rule: {"description": calibrate.RULES[rule], "level_quantile": verdict["level_quantile"],
+                        "n_copies": calibrate.rate(verdict["flags"]).as_dict(),
+                        "holdout_floor": calibrate.rate(verdict["null_flags"]).as_dict()}
+                 for rule, verdict in verdicts.items()}
         summary = {
             "replicheck_version": __version__,
-            "headline": _headline(combined, int(copied.sum()), max(floors)),
+            "headline": _headline(combined, int(copied.sum()), floor.rate),
             "inputs": {role: _input_summary(c) for role, c in self.collections.items()},
             "preprocessing": describe(self.settings, {role: c.methods for role, c in self.collections.items()}),
             "calibration": {
@@ -466,11 +505,19 @@ class _Assembler:
             "levels": self.level_summaries,
             "agreement": calibrate.agreement(self.flags),
             "combined": {
-                "rule": "a synthetic image is a replica when any level flags it (RELICT reports levels separately; "
-                        "the rule is provisional until the labelled benchmark ranks alternatives)",
+                "rule": self.config.combine,
+                "description": calibrate.RULES[self.config.combine],
                 "n_copies": combined.as_dict(),
                 "replica_training_images": int(copied.sum()),
-                "holdout_floor": max(floors),
+                "holdout_floor": floor.rate,
+                "holdout_floor_rate": floor.as_dict(),
+                "rules": rules,
+            },
+            "likelihood": {
+                "what": "share of synthetic images flagged as replicas, with Wilson 95% intervals: per level and "
+                        "combined (RELICT's data-set level likelihood of replicas)",
+                **{name: self.level_summaries[name]["n_copies"] for name in names},
+                "combined": combined.as_dict(),
             },
             "settings": {**asdict(self.config), "levels": list(self.config.levels)},
             "versions": _versions(),

@@ -35,6 +35,9 @@ def detection(labels: pd.DataFrame, score: np.ndarray, flag: np.ndarray) -> dict
     out["recall_ci95"] = list(wilson(tp, tp + fn))
     p, r = out["precision"], out["recall"]
     out["f1"] = 2 * p * r / (p + r) if p + r > 0 else (0.0 if tp + fp + fn else math.nan)
+    negatives = int((~positive).sum())
+    tn = negatives - fp
+    out["balanced_accuracy"] = ((out["recall"] + tn / negatives) / 2) if tp + fn and negatives else math.nan
     for kind in ("novel", "similar"):
         members = labels["class"].to_numpy() == kind
         flagged = int((flag & members).sum())

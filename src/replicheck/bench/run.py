@@ -58,6 +58,16 @@ def level_detector(level: str, embedder: str = "deepssim") -> Detector:
                                 f"taken over the k nearest by the level's primary measure")
 
 
+def combined_detector(levels: tuple[str, ...]) -> Detector:
+    """One scan with every level; one row per rule that turns the levels' evidence into a verdict."""
+    from ..calibrate import RULES
+
+    return Detector("combined", {"levels": tuple(levels)},
+                    tuple((f"combined: {rule}", "combined", rule.replace("-", "_"), True) for rule in RULES),
+                    description=f"replicheck scan --levels {','.join(levels)} --combine RULE; one row per rule "
+                                f"(ranked by the rule's combined statistic)")
+
+
 METHODS = {
     "ssim-search": Detector("ssim-search", {"voxel_measure": "ssim"},
                             (("voxel, SSIM search: ssim", "voxel", "ssim", True),),
@@ -94,6 +104,7 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
     if unknown:
         raise ReplicheckError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
     detectors = ([level_detector(level, config.embedder) for level in config.levels]
+                 + ([combined_detector(config.levels)] if len(config.levels) > 1 else [])
                  + [METHODS[m] for m in config.methods] + list(BASELINES))
     out.mkdir(parents=True, exist_ok=True)
     rows, families, curves = [], [], {}
@@ -237,10 +248,14 @@ def _natural_copies(options: dict, out: Path) -> dict | None:
     result = scan(manifests["training"], manifests["synthetic"], manifests["holdout"], slices=True, **natural_options)
     table = result.synthetic.set_index("id")
     levels = result.summary["levels"]
-    by_measure = {f"{level}:{m}": sum(demo.copy_found(table, copy, original, f"{level}_{m}_flag", f"{level}_{m}_nearest")
-                                      for copy, original in demo.KNOWN_COPIES)
-                  for level in levels for m in levels[level]["measures"]}
     first = next(iter(levels))
+    columns = {f"{level}:{m}": (f"{level}_{m}_flag", f"{level}_{m}_nearest")
+               for level in levels for m in levels[level]["measures"]}
+    if len(levels) > 1:  # a combined verdict's match: the first level's nearest image
+        columns.update({f"combined:{c}": (f"combined_{c}_flag", f"{first}_nearest")
+                        for c in (rule.replace("-", "_") for rule in result.summary["combined"]["rules"])})
+    by_measure = {key: sum(demo.copy_found(table, copy, original, flag, nearest) for copy, original in demo.KNOWN_COPIES)
+                  for key, (flag, nearest) in columns.items()}
     return {"copies": len(demo.KNOWN_COPIES), "found": by_measure[f"{first}:{levels[first]['primary_measure']}"],
             "by_measure": by_measure}
 

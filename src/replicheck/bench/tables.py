@@ -20,9 +20,9 @@ def markdown(results: dict) -> str:
         f"Thresholds: the {config['quantile']:g} quantile of holdout → training scores (no label used); "
         f"nominal FPR {1 - config['quantile']:.0%}.",
         "",
-        "| detector | ROC AUC | AP | TPR @1% FPR | TPR @5% FPR | precision | recall | F1 | FPR novel | "
-        "FPR similar | DeepSSIM macro F1 | natural copies | wall | peak memory |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| detector | ROC AUC | AP | TPR @1% FPR | TPR @5% FPR | precision | recall | F1 | balanced accuracy | "
+        "FPR novel | FPR similar | DeepSSIM macro F1 | natural copies | wall | peak memory |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []
     for row in results["metrics"]:
@@ -34,7 +34,8 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {row['detector']}{mark} | {_num(row['roc_auc'])} | {_num(row['average_precision'])} | "
             f"{_num(row['tpr_at_1pct_fpr'])} | {_num(row['tpr_at_5pct_fpr'])} | {_num(row['precision'])} | "
-            f"{_num(row['recall'])} | {_num(row['f1'])} | {_pct(row['fpr_novel'])} | {_pct(row['fpr_similar'])} | "
+            f"{_num(row['recall'])} | {_num(row['f1'])} | {_num(row.get('balanced_accuracy', math.nan))} | "
+            f"{_pct(row['fpr_novel'])} | {_pct(row['fpr_similar'])} | "
             f"{_num(row['deepssim_macro_f1'])} | {natural} | {row['wall_s']:.0f} s | {row['peak_rss_gib']:.2f} GiB |")
     lines += [""] + [f"[{i}] {note}" for i, note in enumerate(notes, 1)] + ([""] if notes else [])
     lines += family_table(results)

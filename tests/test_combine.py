@@ -1,0 +1,86 @@
+"""The levels' evidence combined into one verdict (calibrate.combine), against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from replicheck import calibrate
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 100, 1001])
+@pytest.mark.parametrize("quantile", [0.5, 0.95, 0.99])
+def test_leave_one_out_flags_equal_deleting_each_score(n, quantile):
+    rng = np.random.default_rng(n)
+    null = rng.normal(size=n)
+    null[: n // 3] = np.round(null[: n // 3], 1)  # ties
+    expected = [null[i] > np.quantile(np.delete(null, i), quantile) for i in range(n)]
+    assert calibrate.leave_one_out_flags(null, quantile).tolist() == expected
+
+
+def test_leave_one_out_p_values_equal_deleting_each_score():
+    rng = np.random.default_rng(3)
+    null = np.round(rng.normal(size=200), 1)
+    expected = [calibrate.p_values(null[i:i + 1], np.delete(null, i))[0] for i in range(null.size)]
+    np.testing.assert_allclose(calibrate.leave_one_out_p_values(null), expected, rtol=0, atol=1e-15)
+    assert calibrate.leave_one_out_p_values(np.array([1.0, np.nan]))[1] == 1.0
+
+
+def _levels(rng, n_null=400, noise=0.7):
+    """Three correlated levels' null scores (a shared 'patient likeness' plus noise each)."""
+    shared = rng.normal(size=n_null)
+    return {name: shared + rng.normal(scale=noise, size=n_null) for name in ("voxel", "feature", "segmentation")}
+
+
+def test_any_is_the_union_of_the_levels_flags_and_bonferroni_a_subset():
+    rng = np.random.default_rng(0)
+    null = _levels(rng)
+    scores = {name: rng.normal(loc=1.5, scale=1.2, size=300) for name in null}
+    union = np.logical_or.reduce([calibrate.exceeds(scores[n], calibrate.threshold(null[n], 0.95)) for n in null])
+    verdict = calibrate.combine("any", scores, null, 0.95)
+    assert verdict["flags"].tolist() == union.tolist()
+    strict = calibrate.combine("bonferroni", scores, null, 0.95)
+    assert strict["level_quantile"] == pytest.approx(1 - 0.05 / 3)
+    assert not (strict["flags"] & ~verdict["flags"]).any() and strict["flags"].sum() < verdict["flags"].sum()
+
+
+@pytest.mark.parametrize("rule", ["bonferroni", "min-p", "fisher"])
+def test_corrected_rules_flag_about_one_minus_quantile_of_new_real_images(rule):
+    """Images drawn like the null: 'any' over three levels flags far more than 1 - q, the
+    corrected rules about 1 - q (min-p and fisher are calibrated on the joint null)."""
+    rng = np.random.default_rng(1)
+    null, fresh = _levels(rng, 2000), _levels(rng, 4000)
+    share = calibrate.combine(rule, fresh, null, 0.95)["flags"].mean()
+    assert 0.03 < share < 0.065, share
+    assert calibrate.combine("any", fresh, null, 0.95)["flags"].mean() > 0.08
+    floor = calibrate.combine(rule, null, null, 0.95)["null_flags"].mean()
+    assert 0.03 < floor < 0.065, floor
+
+
+def test_min_p_catches_one_strong_level_and_fisher_pools_weak_ones():
+    rng = np.random.default_rng(2)
+    null = _levels(rng, 1000, noise=1.5)  # correlation 0.3 between levels
+    top = {name: np.quantile(values, 0.97) for name, values in null.items()}  # p about 0.03 at each level
+    one_strong = {"voxel": np.array([10.0]), "feature": np.array([0.0]), "segmentation": np.array([0.0])}
+    all_weak = {name: np.array([value]) for name, value in top.items()}
+    assert calibrate.combine("min-p", one_strong, null, 0.99)["flags"][0]
+    assert calibrate.combine("any", one_strong, null, 0.99)["flags"][0]
+    assert not calibrate.combine("min-p", all_weak, null, 0.99)["flags"][0]
+    assert not calibrate.combine("any", all_weak, null, 0.99)["flags"][0]
+    # three p of about 0.03 are strong evidence together when the levels are only weakly correlated
+    fisher = calibrate.combine("fisher", all_weak, null, 0.99)
+    assert fisher["flags"][0] and fisher["p"][0] < 0.01
+
+
+def test_a_missing_score_is_no_evidence():
+    rng = np.random.default_rng(4)
+    null = _levels(rng, 300)
+    scores = {"voxel": np.array([np.nan, 9.0]), "feature": np.array([np.nan, np.nan]),
+              "segmentation": np.array([np.nan, 0.0])}
+    for rule in calibrate.RULES:
+        verdict = calibrate.combine(rule, scores, null, 0.99)
+        assert not verdict["flags"][0] and verdict["p"][0] == 1.0
+        if rule != "fisher":  # one level far above its null is enough; Fisher also weighs the other two
+            assert verdict["flags"][1]
+    with pytest.raises(ValueError, match="unknown combination rule"):
+        calibrate.combine("vote", scores, null, 0.99)
