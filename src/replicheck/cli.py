@@ -160,10 +160,11 @@ def bench_run(
     bench: Path = typer.Argument(..., help="A folder made by replicheck bench make."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.csv, metrics.json, metrics.md, roc.png and each scan's results."),
     levels: str = typer.Option("voxel", "--levels", help="Comma-separated levels, each scanned once (one row per measure)."),
-    methods: str = typer.Option("ssim-search", "--methods", help="Comma-separated extra detectors (ssim-search); 'none' for none. Brute-force baselines always run."),
+    methods: str = typer.Option("ssim-search", "--methods", help="Comma-separated extra detectors (ssim-search); 'none' for none. Brute-force baselines: see --baselines."),
     quantile: float = typer.Option(0.99, "--quantile", help="Quantile of the holdout null used as every detector's threshold."),
     brute_force_budget: float = typer.Option(1.5e10, "--brute-force-budget", help="Voxel comparisons a brute-force baseline may spend before it runs on a stratified subset."),
     natural: bool = typer.Option(True, "--natural/--no-natural", help="Also count the natural copies of pydicom-data each detector finds."),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also run the brute-force pixel SSIM, NCC and MSE baselines."),
     embedder: str = typer.Option("deepssim", "--embedder", help="The feature level's embedder (with --levels ...,feature): a name or a model.pt."),
     masks: str = typer.Option("foreground", "--masks", help="The segmentation level's masks (with --levels ...,segmentation), as for scan --masks."),
     num_workers: int = typer.Option(2, "--num-workers", help="Threads per scan."),
@@ -175,7 +176,7 @@ def bench_run(
         chosen = [] if methods.strip().lower() == "none" else [m.strip() for m in methods.split(",") if m.strip()]
         config = RunConfig(levels=tuple(part.strip() for part in levels.split(",") if part.strip()),
                            methods=tuple(chosen), quantile=quantile, brute_force_budget=brute_force_budget,
-                           natural=natural, embedder=embedder, masks=masks, num_workers=num_workers, echo=lambda line: typer.echo(line, err=True))
+                           natural=natural, baselines=baselines, embedder=embedder, masks=masks, num_workers=num_workers, echo=lambda line: typer.echo(line, err=True))
         _check_output(out, [str(bench)])
         return run_benchmark(bench, out, config)
 

@@ -4,7 +4,8 @@ A *detector* is a ``replicheck.scan`` configuration plus the (level, measure) co
 results that are read as scores. Each level given with ``--levels`` is one detector whose every
 measure is a row; ``--methods`` adds variants (``ssim-search``); the brute-force baselines (pixel
 SSIM, NCC and MSE of every synthetic image against every training image, no alignment, no
-index) are always included. A later level appears as new rows without any change here.
+index) are included unless ``--no-baselines``. With several levels, a ``combined`` detector
+scans them together and gives one row per verdict rule (``calibrate.RULES``). A later level appears as new rows without any change here.
 
 Each detector runs in a child process, so that its wall time and peak memory (``VmHWM``) are
 its own. Exhaustive baselines run on a class-stratified subset of the synthetic and holdout
@@ -88,6 +89,7 @@ class RunConfig:
     quantile: float = 0.99
     brute_force_budget: float = BRUTE_FORCE_BUDGET
     natural: bool = True
+    baselines: bool = True  # the brute-force pixel baselines (minutes on a large benchmark)
     embedder: str = "deepssim"  # the feature level's embedder, when --levels has feature
     masks: str = "foreground"  # the segmentation level's mask source, when --levels has segmentation
     seed: int = 0
@@ -105,7 +107,7 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
         raise ReplicheckError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
     detectors = ([level_detector(level, config.embedder) for level in config.levels]
                  + ([combined_detector(config.levels)] if len(config.levels) > 1 else [])
-                 + [METHODS[m] for m in config.methods] + list(BASELINES))
+                 + [METHODS[m] for m in config.methods] + (list(BASELINES) if config.baselines else []))
     out.mkdir(parents=True, exist_ok=True)
     rows, families, curves = [], [], {}
     for number, detector in enumerate(detectors, 1):
