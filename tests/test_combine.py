@@ -44,7 +44,7 @@ def test_any_is_the_union_of_the_levels_flags_and_bonferroni_a_subset():
     assert not (strict["flags"] & ~verdict["flags"]).any() and strict["flags"].sum() < verdict["flags"].sum()
 
 
-@pytest.mark.parametrize("rule", ["bonferroni", "min-p", "fisher"])
+@pytest.mark.parametrize("rule", ["bonferroni", "min-p", "fisher", "max-z"])
 def test_corrected_rules_flag_about_one_minus_quantile_of_new_real_images(rule):
     """Images drawn like the null: 'any' over three levels flags far more than 1 - q, the
     corrected rules about 1 - q (min-p and fisher are calibrated on the joint null)."""
@@ -65,6 +65,7 @@ def test_min_p_catches_one_strong_level_and_fisher_pools_weak_ones():
     all_weak = {name: np.array([value]) for name, value in top.items()}
     assert calibrate.combine("min-p", one_strong, null, 0.99)["flags"][0]
     assert calibrate.combine("any", one_strong, null, 0.99)["flags"][0]
+    assert calibrate.combine("max-z", one_strong, null, 0.99)["flags"][0]
     assert not calibrate.combine("min-p", all_weak, null, 0.99)["flags"][0]
     assert not calibrate.combine("any", all_weak, null, 0.99)["flags"][0]
     # three p of about 0.03 are strong evidence together when the levels are only weakly correlated
@@ -84,3 +85,30 @@ def test_a_missing_score_is_no_evidence():
             assert verdict["flags"][1]
     with pytest.raises(ValueError, match="unknown combination rule"):
         calibrate.combine("vote", scores, null, 0.99)
+
+
+def test_robust_z_matches_scipy_and_max_z_ranks_beyond_the_null():
+    from scipy import stats
+
+    rng = np.random.default_rng(5)
+    null = rng.gumbel(size=501)
+    values = rng.normal(size=20)
+    expected = (values - np.median(null)) / stats.median_abs_deviation(null, scale="normal")
+    np.testing.assert_allclose(calibrate.robust_z(values, null), expected, rtol=1e-5)
+    assert calibrate.robust_z(np.array([2.0]), np.array([1.0, 1.0, 1.0, 3.0]))[0] == pytest.approx(1 / np.sqrt(0.75))
+    # two replicas beyond every null score: min-p ties them, max-z keeps their order
+    nulls = _levels(rng, 500)
+    far = {name: np.array([20.0, 40.0]) for name in nulls}
+    assert np.diff(calibrate.combine("min-p", far, nulls, 0.99)["statistic"])[0] == 0
+    assert np.diff(calibrate.combine("max-z", far, nulls, 0.99)["statistic"])[0] > 0
+
+
+def test_with_one_level_every_rule_is_the_level_s_own_flag():
+    rng = np.random.default_rng(6)
+    null = {"voxel": rng.normal(size=300)}
+    scores = {"voxel": rng.normal(loc=1.0, size=500)}
+    own = calibrate.exceeds(scores["voxel"], calibrate.threshold(null["voxel"], 0.95))
+    for rule in calibrate.RULES:
+        verdict = calibrate.combine(rule, scores, null, 0.95)
+        assert verdict["flags"].tolist() == own.tolist()
+        np.testing.assert_array_equal(verdict["p"], calibrate.p_values(scores["voxel"], null["voxel"]))

@@ -108,15 +108,18 @@ def test_builtin_foreground_on_ct_slices_with_candidates_from_the_voxel_level(ct
     # Head outlines of different patients overlap about as much: a foreground mask alone does not
     # separate copies from other patients on CT slices (the threshold is set by the holdout).
     assert levels["segmentation"]["threshold"] > 0.9
-    # the default verdict is "any level"; every rule's rate and each level's likelihood are reported
-    flags = result.synthetic["voxel_flag"].to_numpy(bool) | result.synthetic["segmentation_flag"].to_numpy(bool)
-    assert result.synthetic["replica"].tolist() == flags.tolist()
+    # the verdict is max-z by default; every rule's verdict and each level's likelihood are reported
+    synthetic = result.synthetic
     combined = result.summary["combined"]
-    assert combined["rule"] == "any" and set(combined["rules"]) == {"any", "bonferroni", "min-p", "fisher"}
-    assert combined["rules"]["any"]["n_copies"]["count"] == flags.sum() >= len(copies)
+    assert combined["rule"] == "max-z" and set(combined["rules"]) == {"any", "bonferroni", "min-p", "fisher", "max-z"}
+    assert synthetic["replica"].tolist() == synthetic["combined_max_z_flag"].tolist()
+    assert synthetic.set_index("id").loc[[f"copy_{i:04d}.npy" for i in copies], "replica"].all()
+    union = synthetic["voxel_flag"].to_numpy(bool) | synthetic["segmentation_flag"].to_numpy(bool)
+    assert synthetic["combined_any_flag"].tolist() == union.tolist()
+    assert combined["rules"]["any"]["n_copies"]["count"] == union.sum()
     likelihood = result.summary["likelihood"]
     assert likelihood["voxel"] == levels["voxel"]["n_copies"] and likelihood["combined"] == combined["n_copies"]
-    assert result.training["replica_copies"].sum() == flags.sum()
+    assert result.training["replica_copies"].sum() == synthetic["replica"].sum()
 
 
 def test_ct_segmenters_need_hounsfield_units_and_empty_masks_are_never_replicas(ctich, tmp_path):

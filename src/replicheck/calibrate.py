@@ -194,6 +194,10 @@ RULES = {
              "keeps the correlation between levels",
     "fisher": "Fisher's -2 sum log p over the levels, thresholded at the quantile of the same statistic over "
               "the null images: pools moderate evidence from several levels",
+    "max-z": "the largest of the levels' robust z-scores (score minus the null's median, over 1.4826 x its "
+             "median absolute deviation), thresholded at the quantile of the same statistic over the null "
+             "images: Tippett's rule on a continuous scale, so that it also ranks images beyond every null "
+             "score, and a level whose replicas stand far out of its null weighs most",
 }
 
 
@@ -205,11 +209,17 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
     combined ``statistic`` (higher = stronger evidence), its ``p``-value and the ``flags`` of
     the synthetic images, the null images' ``null_flags`` (each judged against the others: their
     share is the combined holdout floor) and the quantile each level's threshold used.
-    A missing score (no candidate at that level) counts as no evidence (p = 1).
+    A missing score (no candidate at that level) counts as no evidence (p = 1). With one level,
+    every rule is that level's own flag.
     """
     if rule not in RULES:
         raise ValueError(f"unknown combination rule {rule!r}; choose one of {', '.join(RULES)}")
     names = list(scores)
+    if len(names) == 1:
+        score, own = scores[names[0]], null[names[0]]
+        return {"statistic": robust_z(score, own), "p": p_values(score, own),
+                "flags": exceeds(score, threshold(own, quantile)), "null_flags": leave_one_out_flags(own, quantile),
+                "level_quantile": quantile}
     synth_p = np.stack([np.nan_to_num(p_values(scores[name], null[name]), nan=1.0) for name in names])
     if rule in ("any", "bonferroni"):
         level_quantile = quantile if rule == "any" else 1 - (1 - quantile) / len(names)
@@ -218,11 +228,35 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
         smallest = synth_p.min(axis=0)
         return {"statistic": -np.log10(smallest), "p": np.minimum(1.0, len(names) * smallest), "flags": flags,
                 "null_flags": null_flags, "level_quantile": level_quantile}
-    null_p = np.stack([leave_one_out_p_values(null[name]) for name in names])
-    if rule == "min-p":
-        statistic, null_statistic = -np.log10(synth_p.min(axis=0)), -np.log10(null_p.min(axis=0))
+    if rule == "max-z":
+        statistic = np.max([np.nan_to_num(robust_z(scores[name], null[name]), nan=-np.inf) for name in names], axis=0)
+        null_statistic = np.max([np.nan_to_num(robust_z(null[name], null[name]), nan=-np.inf) for name in names],
+                                axis=0)
     else:
-        statistic, null_statistic = -2 * np.log(synth_p).sum(axis=0), -2 * np.log(null_p).sum(axis=0)
+        null_p = np.stack([leave_one_out_p_values(null[name]) for name in names])
+        if rule == "min-p":
+            statistic, null_statistic = -np.log10(synth_p.min(axis=0)), -np.log10(null_p.min(axis=0))
+        else:
+            statistic, null_statistic = -2 * np.log(synth_p).sum(axis=0), -2 * np.log(null_p).sum(axis=0)
     limit = threshold(null_statistic, quantile, measure=rule)
     return {"statistic": statistic, "p": p_values(statistic, null_statistic), "flags": exceeds(statistic, limit),
             "null_flags": leave_one_out_flags(null_statistic, quantile), "level_quantile": quantile}
+
+
+def robust_z(values: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """How far scores lie above the null, in robust standard deviations: (x - median) / (1.4826 MAD).
+
+    Median and MAD ignore a few extreme null scores (a null image's own score barely moves them,
+    so the null can be standardised by itself). A null whose MAD is zero (over half its scores
+    equal) falls back to its standard deviation, then to 1.
+    """
+    null = np.asarray(null, dtype=np.float64)
+    null = null[np.isfinite(null)]
+    values = np.asarray(values, dtype=np.float64)
+    if null.size == 0:
+        return np.full(values.shape, np.nan)
+    centre = float(np.median(null))
+    scale = 1.4826 * float(np.median(np.abs(null - centre)))
+    if not scale > 0:
+        scale = float(null.std()) or 1.0
+    return (values - centre) / scale

@@ -47,7 +47,7 @@ class ScanConfig:
     levels: tuple[str, ...] = ("voxel",)
     k: int = 5
     quantile: float = 0.99
-    combine: str = "any"  # how the levels' evidence becomes one verdict (calibrate.RULES)
+    combine: str = "max-z"  # how the levels' evidence becomes one verdict (calibrate.RULES)
     dar_quantile: float = 0.95
     grid: tuple[int, ...] | None = None
     intensity: str = "auto"
