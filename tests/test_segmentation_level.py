@@ -195,6 +195,9 @@ def test_measures_vectors_and_options():
     assert parse_masks("ct-bone") == ("builtin", "ct_bone") and parse_masks("vessels") == ("builtin", "bright_vessels")
     assert ct_parameters("ct_bone", (40, 400)) == {"threshold": 200.0}
     assert ct_parameters("ct_bone", (300, 1600)) == {"threshold": 300.0}
+    # a brain window clips the skull at 100 HU; the skull threshold stays above blood (<= 90 HU)
+    assert ct_parameters("ct_haemorrhage", (40, 120)) == {"skull": 95.0, "head": -8.0}
+    assert ct_parameters("ct_haemorrhage", (40, 400))["skull"] == 200.0
     with pytest.raises(ValueError, match="neither a built-in segmenter"):
         parse_masks("no-such-thing")
     with pytest.raises(ReplicheckError, match="--levels segmentation: --masks 'nope'"):

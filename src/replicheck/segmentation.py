@@ -50,6 +50,7 @@ from .segment.external import ExternalSegmenter, load_mask
 BUILTIN = {"foreground": "foreground", "ct-bone": "ct_bone", "ct-haemorrhage": "ct_haemorrhage",
            "vessels": "bright_vessels"}
 CT_SEGMENTERS = ("ct_bone", "ct_haemorrhage")
+BLOOD_TOP = 90.0  # HU: upper end of segment.builtin.ct_haemorrhage's default blood range
 MASK_SUFFIXES = (".nii.gz", ".nii", ".png", ".npy")
 SEARCH_SIDE = {2: 32, 3: 16}  # pooled mask size per side for the search vectors
 DEPTH = {2: 64, 3: 32}  # candidates rescored exactly per query (Dice is cheap)
@@ -82,15 +83,17 @@ def ct_parameters(segmenter: str, ct_window: tuple[float, float]) -> dict:
     clipped by the default window (40, 400; top 240 HU), so their threshold becomes
     ``top - 0.1 x width`` (200 HU); the head threshold (-300 HU, air against tissue) becomes
     ``bottom + 0.1 x width`` (-120 HU). Blood (50-90 HU) and brain (0-80 HU) lie inside it.
-    A wider window (``--ct-window 300,1600``) keeps bone, a narrower one (``40,120``) loses it.
+    A wider window (``--ct-window 300,1600``) keeps bone, a narrower one (``40,120``) loses it;
+    there the haemorrhage segmenter's skull threshold is kept above its blood range, halfway
+    between 90 HU and the window's top (95 HU for ``40,120``; top - 0.1 x width would be 88 HU).
     """
     level, width = ct_window
     low, high = level - width / 2.0, level + width / 2.0
     dense = min(300.0, high - 0.1 * width)
     if segmenter == "ct_bone":
         return {"threshold": dense}
-    if segmenter == "ct_haemorrhage":
-        return {"skull": dense, "head": max(-300.0, low + 0.1 * width)}
+    if segmenter == "ct_haemorrhage":  # the skull must stay above the blood range (50-90 HU)
+        return {"skull": min(300.0, max(dense, (BLOOD_TOP + high) / 2.0)), "head": max(-300.0, low + 0.1 * width)}
     return {}
 
 

@@ -75,8 +75,9 @@ def ct_haemorrhage(
 
     It is not a validated haemorrhage detector; read its mask as "hyperdense tissue in the
     brain". It finds large planted blood pools reliably, but on the 2,501 CT-ICH slices at
-    128 px it marks something in 19% of haemorrhage-free slices and in only 28% of slices
-    labelled with haemorrhage ("largest": 40% and 31%; ``blood=(60, 90)``: 4% and 18%).
+    128 px, run as a scan runs it (``benchmarks/segmenters.py``, BENCHMARKS-segmentation.md),
+    it marks something in 17% of haemorrhage-free slices and in only 26% of slices labelled
+    with haemorrhage ("largest": 33% and 25%; ``blood=(60, 90)``: 4% and 14%).
     Known failure modes: below the skull vault (orbits, skull base) the largest brain-range
     component of ``"largest"`` is often face or neck muscle (50-60 HU), which is then marked;
     ``"enclosed"`` avoids that but finds nothing in slices where the skull is not closed
@@ -127,7 +128,8 @@ def bright_vessels(
     the filter response grows with contrast, so a vessel no brighter than the brightest
     tissue loses to the scalp-fat ridge against the dark skull (a tube planted in IXI T1 slices
     at the head's 99.5th percentile is mostly missed; at the slice maximum above the
-    tissue it is found); vessels thinner than the smallest sigma or wider than the largest are weak; the foreground
+    tissue, which the default percentile clip of MR normalisation never produces, so only with
+    ``--intensity minmax``, it is found); vessels thinner than the smallest sigma or wider than the largest are weak; the foreground
     mask decides what can be found.
     """
     from skimage.filters import frangi, sato
