@@ -103,6 +103,18 @@ def test_checkpoint_round_trip_embeds_identically(embedder, tmp_path):
     assert DeepSSIMEmbedder(model).digest != embedder.digest
 
 
+def test_flip_average_embeds_every_flip_alike_and_is_read_from_the_checkpoint(embedder, tmp_path):
+    batch = images((3, 32, 32), seed=5)
+    path = save_checkpoint(tmp_path / "model.pt", embedder.model, {"embedding": {"flip_average": True}})
+    averaged = load_embedder(path)
+    assert averaged.flip_average and averaged.digest != embedder.digest
+    reference = averaged.embed(batch)
+    for flipped in (batch[:, :, ::-1], batch[:, ::-1, :], batch[:, ::-1, ::-1]):
+        assert_allclose(averaged.embed(flipped), reference, atol=1e-6)
+    assert_allclose(np.linalg.norm(reference, axis=1), 1.0, rtol=1e-5)
+    assert not load_embedder(save_checkpoint(tmp_path / "plain.pt", embedder.model, {})).flip_average
+
+
 def test_digest_depends_on_input_size():
     torch.manual_seed(0)
     a = DeepSSIMNet(**TINY)

@@ -200,6 +200,7 @@ def train_deepssim_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the pairs and the augmentations."),
     subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),
     image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
+    flip_average: bool = typer.Option(True, "--flip-average/--no-flip-average", help="Embed each image as the mean over its four flips, so that a flipped copy scores like the original (4x slower to embed)."),
     device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -216,7 +217,8 @@ def train_deepssim_command(
         with progress.session():
             return train_deepssim(images, subjects, out=out, size=size, epochs=epochs, pairs_per_epoch=pairs_per_epoch,
                                   seed=seed, max_seconds=minutes * 60 if minutes else None, device=device,
-                                  description=f"replicheck train deepssim {train}", progress=progress)
+                                  flip_average=flip_average, description=f"replicheck train deepssim {train}",
+                                  progress=progress)
 
     report = _run(work)
     typer.echo(f"Saved {out} (best epoch {report['best_epoch']}): validation MAE of cosine vs SSIM "

@@ -59,6 +59,8 @@ def train_deepssim(
     seed: int = 0,
     widths: tuple[int, ...] = (16, 32, 64, 128, 256),
     dim: int = 256,
+    gem_stages: int = 2,
+    flip_average: bool = True,
     augmentation: Augmentation = Augmentation(),
     max_seconds: float | None = None,
     description: str = "",
@@ -82,6 +84,10 @@ def train_deepssim(
     lr, weight_decay, clip : AdamW settings and the gradient-norm clip (paper: 1e-3, 1e-3, 1.0).
     val_fraction : share of subjects held out for validation (at least one subject).
     val_pairs : validation pairs, stratified over the bands like the training pairs.
+    gem_stages : how many of the last stages are GeM-pooled into the embedding (multi-scale GeM).
+    flip_average : recorded in the checkpoint; the embedder then embeds each image as the mean over
+        its four flips (:class:`~replicheck.embedders.deepssim.DeepSSIMEmbedder`), so a flipped copy
+        scores exactly like the original. Validation scores the network itself, without the average.
 
     Returns
     -------
@@ -113,7 +119,7 @@ def train_deepssim(
     val_pool = _pair_pool(x, subjects, np.flatnonzero(is_val), rng)
     val_set = _stratified(val_pool, val_pairs, rng, replace=False)
 
-    model = DeepSSIMNet(input_size=size, widths=widths, dim=dim).to(device)
+    model = DeepSSIMNet(input_size=size, widths=widths, dim=dim, gem_stages=gem_stages).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
     def evaluate() -> dict:
@@ -136,6 +142,7 @@ def train_deepssim(
         "target": "skimage-semantics SSIM (7x7 uniform window) of z-scored un-augmented images, "
                   "data_range = max - min of the first image",
         "replicheck": __version__, "torch": torch.__version__,
+        "embedding": {"flip_average": bool(flip_average)},
     }
     advance = (progress or Progress()).step("training DeepSSIM", total=epochs)
     out_of_time = False

@@ -45,7 +45,6 @@ with ``meta["architecture"]`` (rebuilds the network) and ``meta["embedding"]`` (
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from pathlib import Path
 
@@ -55,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..records import InputError, ReplicheckError
-from .deepssim import read_payload, state_digest, write_payload
+from .deepssim import flip_mean, flips, read_payload, state_digest, write_payload
 
 __all__ = ["ContrastiveNet", "ContrastiveEmbedder", "nt_xent", "preprocess", "resize", "minmax",
            "flips", "save_checkpoint", "load_checkpoint", "TEMPERATURE", "DEFAULTS"]
@@ -170,12 +169,6 @@ def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
     return minmax(resize(images, size))
 
 
-def flips(ndim: int) -> list[tuple[int, ...]]:
-    """Every combination of flipped spatial axes of a (b, 1, *spatial) tensor: 2**ndim tuples for ``torch.flip``."""
-    axes = range(2, 2 + ndim)
-    return [combo for r in range(ndim + 1) for combo in itertools.combinations(axes, r)]
-
-
 class ContrastiveEmbedder:
     """The :class:`~replicheck.embedders.Embedder` around a :class:`ContrastiveNet`.
 
@@ -227,8 +220,7 @@ class ContrastiveEmbedder:
         """Pearson rows of preprocessed (b, 1, ...) inputs; the flip average when ``flip_average``."""
         if not self.flip_average:
             return self.model(x)
-        total = sum(self.model(x.flip(axes) if axes else x) for axes in flips(self.ndim))
-        return F.normalize(total, dim=1)  # a mean of centred rows is centred
+        return flip_mean(self.model, x, self.ndim)  # a mean of centred rows is centred
 
 
 def save_checkpoint(path: str | Path, model: ContrastiveNet, meta: dict, *, flip_average: bool = True) -> Path:

@@ -14,6 +14,7 @@ weights_only=True)`` reads them): ``{"format", "kind", "state_dict", "meta"}``, 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -145,25 +146,35 @@ class DeepSSIMEmbedder:
     The cost is Z forward passes per volume, and the mean assumes the two volumes' slices
     cover the same anatomy (same grid after ``preprocess``); constant slices (padding) are
     included in the mean like any other slice.
+
+    ``flip_average`` (checkpoint ``meta["embedding"]["flip_average"]``; off for checkpoints
+    without it): each image's embedding is the normalised mean over its four flips, so a flipped
+    copy embeds exactly like the original. Training already asks the cosine to ignore flips
+    (each view is flipped at random, the target is the un-augmented SSIM), so the average only
+    enforces what the network was trained to approximate; it costs four forward passes.
     """
 
     name = KIND
     version = VERSION
 
-    def __init__(self, model: DeepSSIMNet, *, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, model: DeepSSIMNet, *, flip_average: bool = False, device: str = "cpu", batch_size: int = 64):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.flip_average = bool(flip_average)
         self.batch_size = int(batch_size)
         self.input_size = model.input_size
         self.dim = model.dim
         self.digest = state_digest(model)
+        if self.flip_average:  # a different embedding of the same weights: a different digest (feature cache key)
+            self.digest = hashlib.sha256(f"{self.digest}|flip_average".encode()).hexdigest()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "cpu", batch_size: int = 64) -> "DeepSSIMEmbedder":
-        model, _ = load_checkpoint(path)
-        return cls(model, device=device, batch_size=batch_size)
+        model, meta = load_checkpoint(path)
+        flip_average = bool(meta.get("embedding", {}).get("flip_average", False))
+        return cls(model, flip_average=flip_average, device=device, batch_size=batch_size)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """(b, H, W) or (b, Z, Y, X) intensities in [0, 1] -> (b, dim) float32 unit rows."""
@@ -183,8 +194,25 @@ class DeepSSIMEmbedder:
             for start in range(0, len(slices), self.batch_size):
                 chunk = torch.from_numpy(np.ascontiguousarray(slices[start:start + self.batch_size], dtype=np.float32))
                 x = preprocess(chunk.to(self.device), self.input_size)
-                out[start:start + len(chunk)] = self.model(x).float().cpu()
+                out[start:start + len(chunk)] = self.vectors(x).float().cpu()
         return out
+
+    def vectors(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit rows of preprocessed (b, 1, s, s) inputs; with ``flip_average`` the normalised mean of
+        the embeddings of the image and its left-right, up-down and double flips."""
+        return flip_mean(self.model, x, 2) if self.flip_average else self.model(x)
+
+
+def flips(ndim: int) -> list[tuple[int, ...]]:
+    """Every combination of flipped spatial axes of a (b, 1, *spatial) tensor: 2**ndim tuples for ``torch.flip``."""
+    axes = range(2, 2 + ndim)
+    return [combo for r in range(ndim + 1) for combo in itertools.combinations(axes, r)]
+
+
+def flip_mean(model: nn.Module, x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """The normalised mean of ``model``'s rows over every flip of ``x``: exactly flip-invariant, since
+    the flips form a group (a flipped input permutes the terms of the sum)."""
+    return F.normalize(sum(model(x.flip(axes) if axes else x) for axes in flips(ndim)), dim=1)
 
 
 def state_digest(model: nn.Module) -> str:
