@@ -1,11 +1,20 @@
 """Labelled replica benchmarks on the real data in ../shared/data, written into BENCHMARKS.md.
 
-    .venv/bin/python benchmarks/replicas.py [--only 2d|3d] [--data ../shared/data] [--out bench-out/replicas]
+    .venv/bin/python benchmarks/replicas.py [--only 2d|3d|3d-anatomy|3d-masks] [--data ../shared/data]
+        [--out bench-out/replicas]
 
 For each set it runs exactly the commands printed in BENCHMARKS.md (``replicheck bench make``,
-then ``replicheck bench run``) and replaces the part of BENCHMARKS.md below the marker line with
-their tables; the speed section above the marker (``benchmarks/speed.py``) is kept. The ROC
-figures are copied to docs/ (curves only, no image of a patient).
+for some sets a step that writes the segmentation level's masks, then ``replicheck bench run``)
+and replaces the part of BENCHMARKS.md below the marker line with their tables; the speed section
+above the marker (``benchmarks/speed.py``) is kept. The ROC figures are copied to docs/ (curves
+only, no image of a patient).
+
+    .venv/bin/python benchmarks/replicas.py --write-masks skull|identity BENCH
+
+is that mask step on its own: it writes one mask per benchmark image under BENCH/masks/ and adds
+their absolute paths as a ``mask`` column to BENCH's three manifests, for ``bench run --masks
+manifest``. ``identity``: the image is its own mask (for benchmarks whose images are masks);
+``skull``: :func:`skull_mask`.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from shared_manifests import DEFAULT_DATA, all_volumes, ctich_slices  # noqa: E402
+from shared_manifests import DEFAULT_DATA, adrenal_masks, all_volumes, ctich_bone_volumes, ctich_slices  # noqa: E402
 
 MARKER = "<!-- replica benchmarks: written by benchmarks/replicas.py; everything below is replaced -->"
 SETS = {
@@ -34,7 +43,85 @@ SETS = {
            "about": "the 82 CT-ICH head CT volumes (30×128×128, 8-bit brain window) and the 50 IXI T1 brain MR "
                     "volumes (2 mm; CC BY-SA 3.0), one volume per subject, all on the CT grid 30×128×128. "
                     "Each subject has one volume, so there is no 'same patient, other image' class in 3D"},
+    # Issue #5: replicas whose intensities are swamped while the anatomy is kept (segmentation level vs voxel level).
+    "3d-anatomy": {"title": "3D: anatomy-preserving replicas (CT-ICH bone window)", "manifest": ctich_bone_volumes,
+                   "make": ["--synthetic", "120", "--mix", "0.6,0,0.4",
+                            "--families", "heavy_noise,strong_bias_field,contrast"],
+                   "masks": "skull", "run": ["--masks", "manifest", "--methods", "none"],
+                   "about": "the 82 CT-ICH head CT volumes in the bone window (30×128×128, 8-bit; HU ≈ −900 + 3200 × "
+                            "value / 255), one per patient. Replicas carry only the anatomy-preserving families: heavy "
+                            "Gaussian noise (σ 0.12, 0.2), a strong multiplicative bias field (amplitude 1.0, 1.5: "
+                            "gains e^±1.5) and a sigmoid window change (width 0.1, 0.05, centred between the median "
+                            "and the 95th percentile of the head's intensities). Segmentation level: skull masks "
+                            "written by `benchmarks/replicas.py --write-masks skull` (in-plane Gaussian σ 1 voxel, "
+                            "head by the built-in `foreground`, bone = head voxels above the Otsu threshold of the "
+                            "head, components under 0.1% of the volume dropped), read with `--masks manifest`"},
+    "3d-masks": {"title": "3D: mask replicas (AdrenalMNIST3D)", "manifest": adrenal_masks,
+                 "make": ["--synthetic", "120", "--mix", "0.6,0,0.4", "--families", "boundary_noise,exact",
+                          "--perturb-novel", "0"],
+                 "masks": "identity", "run": ["--masks", "manifest", "--methods", "none"],
+                 "about": "the 396 validation and test AdrenalMNIST3D adrenal gland masks (64³, binary; CC BY 4.0), "
+                          "each its own subject (patient ids are not given). The images are the masks, so the "
+                          "segmentation level reads each image as its own mask (`--write-masks identity`, "
+                          "`--masks manifest`). Replicas: exact copies and `boundary_noise` (the boundary moved by one "
+                          "voxel in patches covering 10%, 25% or 50% of the volume); novel masks are not perturbed "
+                          "(`--perturb-novel 0`), since a grey perturbation would not be a mask"},
 }
+BENCH_ROLES = ("training", "synthetic", "holdout")
+
+
+def skull_mask(volume):
+    """Bone of a (z, y, x) CT volume in [0, 1] with no fixed HU threshold, so that a monotone window
+    change or heavy noise moves it little: in-plane Gaussian smoothing (sigma 1 voxel), the head by
+    the built-in ``foreground``, bone = head voxels above the Otsu threshold of the smoothed head's
+    intensities, connected components under 0.1% of the volume dropped. A strong bias field still
+    moves it (one global threshold)."""
+    import numpy as np
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    from replicheck.segment import builtin
+
+    smooth = ndimage.gaussian_filter(np.asarray(volume, dtype=np.float32), (0, 1, 1))
+    head = builtin.foreground(smooth)
+    if not head.any() or np.ptp(smooth[head]) == 0:
+        return head
+    dense = head & (smooth > threshold_otsu(smooth[head]))
+    labels, _ = ndimage.label(dense, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= np.ceil(0.001 * dense.size)
+    keep[0] = False
+    return keep[labels]
+
+
+def write_masks(bench: Path, segmenter: str) -> None:
+    """A mask per benchmark image under ``bench/masks/<role>/`` and an absolute ``mask`` column in the
+    manifests (absolute, so that bench run's subset manifests elsewhere still find them)."""
+    import csv
+
+    import nibabel as nib
+    import numpy as np
+
+    for role in BENCH_ROLES:
+        manifest = bench / f"{role}.csv"
+        with manifest.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        for row in rows:
+            image = bench / row["path"]
+            if segmenter == "identity":
+                row["mask"] = str(image.resolve())
+                continue
+            loaded = nib.load(str(image))
+            volume = np.asarray(loaded.dataobj).T / np.float32(255)  # NIfTI (x, y, z) -> ours (z, y, x); 8-bit
+            mask = skull_mask(volume).astype(np.uint8)
+            target = bench / "masks" / row["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(np.ascontiguousarray(mask.T), loaded.affine), str(target))
+            row["mask"] = str(target.resolve())
+        with manifest.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["path", "id", "subject", "mask"])
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 def run(command: list[str]) -> float:
@@ -46,11 +133,14 @@ def run(command: list[str]) -> float:
 
 def section(dim: str, commands: list[list[str]], results: Path, seconds: list[float]) -> str:
     spec = SETS[dim]
+    took = dict(zip((" ".join(c[1:3]) for c in commands), seconds))
     bench = json.loads((results.parent / f"bench-{dim}" / "bench.json").read_text())
     lines = [f"### {spec['title']}", "", f"Data: {spec['about']}.", "", "```"]
     lines += [" ".join(shlex.quote(part) for part in command) for command in commands]
     lines += ["```", "",
-              f"`bench make` took {seconds[-2]:.0f} s and `bench run` {seconds[-1]:.0f} s on 2 cores. "
+              f"`bench make` took {took['bench make']:.0f} s"
+              + (f", writing the masks {seconds[2]:.0f} s" if spec.get("masks") else "")
+              + f" and `bench run` {took['bench run']:.0f} s on 2 cores. "
               f"Benchmark notes: {'; '.join(bench['notes']) or 'none'}.", "",
               (results / "metrics.md").read_text(), "",
               f"![ROC curves, {dim}](docs/bench-roc-{dim}.png)", ""]
@@ -62,7 +152,15 @@ def main() -> None:
     parser.add_argument("--only", choices=tuple(SETS))
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "replicas")
+    parser.add_argument("--write-masks", nargs=2, metavar=("SEGMENTER", "BENCH"),
+                        help="only write masks (skull or identity) for the benchmark BENCH and add its mask column")
     args = parser.parse_args()
+    if args.write_masks:
+        segmenter, bench = args.write_masks
+        if segmenter not in ("skull", "identity"):
+            parser.error(f"--write-masks: unknown segmenter {segmenter!r}; choose skull or identity")
+        write_masks(Path(bench), segmenter)
+        return
     replicheck = str(Path(sys.executable).with_name("replicheck"))
     args.out.mkdir(parents=True, exist_ok=True)
     sections = {}
@@ -77,8 +175,11 @@ def main() -> None:
             ["replicheck", "bench", "make", str(manifest.relative_to(ROOT)), "--out", str(bench.relative_to(ROOT)),
              "--seed", "0", *spec["make"], "--quiet"],
             ["replicheck", "bench", "run", str(bench.relative_to(ROOT)), "--out", str(results.relative_to(ROOT)),
-             "--levels", "voxel,feature,segmentation"],
+             "--levels", "voxel,feature,segmentation", *spec.get("run", [])],
         ]
+        if spec.get("masks"):
+            commands.insert(2, [".venv/bin/python", "benchmarks/replicas.py", "--write-masks", spec["masks"],
+                                str(bench.relative_to(ROOT))])
         seconds = [run([sys.executable if c[0] == ".venv/bin/python" else replicheck, *c[1:]]) for c in commands]
         shutil.copyfile(results / "roc.png", ROOT / "docs" / f"bench-roc-{dim}.png")
         sections[dim] = section(dim, commands, results, seconds)

@@ -4,8 +4,11 @@
     .venv/bin/python benchmarks/shared_manifests.py OUT_FOLDER [--data ../shared/data]
 
 writes OUT_FOLDER/ctich_slices.csv (2,501 CT-ICH brain-window slices of 82 patients),
-OUT_FOLDER/ixi_volumes.csv (50 IXI T1 volumes, one per subject) and OUT_FOLDER/volumes.csv
-(the 82 CT-ICH volumes and the 50 IXI volumes: 132 subjects, one volume each).
+OUT_FOLDER/ixi_volumes.csv (50 IXI T1 volumes, one per subject), OUT_FOLDER/volumes.csv
+(the 82 CT-ICH volumes and the 50 IXI volumes: 132 subjects, one volume each),
+OUT_FOLDER/ctich_bone_volumes.csv (the 82 CT-ICH volumes in the bone window) and
+OUT_FOLDER/adrenal_masks.csv (the 396 validation and test AdrenalMNIST3D gland masks, 64^3, each
+its own subject: the data set does not give patient ids).
 """
 
 from __future__ import annotations
@@ -41,6 +44,27 @@ def all_volumes(data: Path, out: Path) -> Path:
     return _write(out / "volumes.csv", [*ctich, *_ixi_rows(data)])
 
 
+def ctich_bone_volumes(data: Path, out: Path) -> Path:
+    """The 82 CT-ICH volumes in the bone window (HU = -900 + 3200 x value / 255): the skull, whose
+    shape is the patient's, is not clipped as it is in the brain window."""
+    archive = data / "ct_ich" / "ctich_128.npz"
+    with np.load(archive) as arrays:
+        patients = arrays["patient_ids"]
+    return _write(out / "ctich_bone_volumes.csv", (
+        (f"{archive.resolve()}:bone_images[{row}]", f"pct{int(p):03d}", f"pct{int(p):03d}") for row, p in enumerate(patients)))
+
+
+def adrenal_masks(data: Path, out: Path) -> Path:
+    """AdrenalMNIST3D validation and test masks (64^3, {0, 255}); one subject per mask, since the
+    left and right gland of a patient are not linked in the data set."""
+    archive = data / "adrenalmnist3d" / "adrenalmnist3d_64.npz"
+    with np.load(archive) as arrays:
+        sizes = {split: len(arrays[f"{split}_images"]) for split in ("val", "test")}
+    return _write(out / "adrenal_masks.csv", (
+        (f"{archive.resolve()}:{split}_images[{row}]", f"adr_{split}{row:03d}", f"adr_{split}{row:03d}")
+        for split, size in sizes.items() for row in range(size)))
+
+
 def _ixi_rows(data: Path):
     for volume in sorted((data / "ixi_t1_2mm").glob("*.nii.gz")):
         yield str(volume.resolve()), volume.name.removesuffix(".nii.gz"), volume.name.split("-")[0]
@@ -60,7 +84,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for path in (ctich_slices(args.data, args.out), ixi_volumes(args.data, args.out), all_volumes(args.data, args.out)):
+    for make in (ctich_slices, ixi_volumes, all_volumes, ctich_bone_volumes, adrenal_masks):
+        path = make(args.data, args.out)
         print(path)
 
 

@@ -128,7 +128,7 @@ def bench_make(
     mix: str = typer.Option("0.5,0.15,0.35", "--mix", help="Shares of the synthetic set: replicas, same patient / other image, novel."),
     synthetic: Optional[int] = typer.Option(None, "--synthetic", help="Synthetic images to make (default: the training images, at most 1000)."),
     perturb_novel: float = typer.Option(0.5, "--perturb-novel", help="Share of novel images given a mild perturbation."),
-    families: Optional[str] = typer.Option(None, "--families", help="Comma-separated perturbation families of the replicas (default: all)."),
+    families: Optional[str] = typer.Option(None, "--families", help="Comma-separated perturbation families of the replicas (default: every family except the strong ones, which must be named: heavy_noise, strong_bias_field, contrast, boundary_noise)."),
     grid: Optional[str] = typer.Option(None, "--grid", help="Grid of the written images, e.g. 128x128 (default: the source's common shape, at most 128 a side)."),
     intensity: str = typer.Option("auto", "--intensity", help="auto, ct, percentile, 8bit or minmax (as for scan)."),
     subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),

@@ -53,7 +53,7 @@ class MakeConfig:
     mix: tuple[float, float, float] = (0.5, 0.15, 0.35)  # shares of the synthetic set: replica, similar, novel
     synthetic: int | None = None  # size of the synthetic set; default: the training images, at most 1,000
     perturb_novel: float = 0.5  # share of novel images given a mild perturbation
-    families: tuple[str, ...] | None = None  # perturbation families of the replicas; default: all
+    families: tuple[str, ...] | None = None  # perturbation families of the replicas; default: perturb.DEFAULT_FAMILIES
     grid: tuple[int, ...] | None = None
     max_side: int = 128
     intensity: str = "auto"
@@ -154,7 +154,7 @@ def _plan(refs: list[ImageRef], config: MakeConfig) -> Plan:
         n_novel = len(novel_pool)
     novel = [novel_pool[i] for i in rng.permutation(len(novel_pool))[:n_novel]]
 
-    items = _replicas(training, novel_pool, config.families or tuple(perturbations.FAMILIES), wanted["replica"], rng)
+    items = _replicas(training, novel_pool, config.families or perturbations.DEFAULT_FAMILIES, wanted["replica"], rng)
     items += [{"class": "similar", "ref": ref, "family": "", "strength": -1, "donor": None} for ref in similar]
     for ref in novel:
         mild = rng.random() < config.perturb_novel
@@ -256,7 +256,8 @@ def _build(plan: Plan, settings: Preprocessing, root: Path, config: MakeConfig, 
         "subjects": {group: len(members) for group, members in plan.subjects.items()},
         "subject_lists": plan.subjects,
         "replicas_per_family": dict(Counter(table.loc[table["class"] == "replica", "family"])),
-        "families": {name: [dict(level) for level in levels] for name, levels in perturbations.FAMILIES.items()},
+        "families": {name: [dict(level) for level in perturbations.FAMILIES[name]]  # the defaults and any chosen
+                     for name in dict.fromkeys(perturbations.DEFAULT_FAMILIES + tuple(config.families or ()))},
         "notes": plan.notes,
     }
     write_json(summary, root / "bench.json")
