@@ -140,6 +140,23 @@ def test_ct_segmenters_need_hounsfield_units_and_empty_masks_are_never_replicas(
     assert not result.synthetic["segmentation_flag"].any()
 
 
+def test_8bit_exports_of_a_ct_window_segment_like_hounsfield_units(ctich, tmp_path):
+    """--intensity ct8 --ct-window 40,120 on the 8-bit brain-window slices gives the masks that
+    --intensity ct gives on the same slices in HU (the window inverted by hand)."""
+    slices = ctich["flat_brain"][::100]  # 26 slices of many patients; the segmenter marks something in a few
+    runs = {}
+    for name, images, intensity in (("ct8", slices, "ct8"), ("hu", -20.0 + 120.0 * slices.astype(np.float32) / 255, "ct")):
+        write_set(tmp_path / name / "train", {f"{i:02d}": s for i, s in enumerate(images[::2])})
+        write_set(tmp_path / name / "synth", {f"{i:02d}": s for i, s in enumerate(images[1::2])})
+        runs[name] = scan(tmp_path / name / "train", tmp_path / name / "synth", levels="segmentation",
+                          masks="ct-haemorrhage", intensity=intensity, ct_window=(40, 120), report_images=False)
+    ct8, hu = (runs[name].summary["levels"]["segmentation"]["settings"] for name in ("ct8", "hu"))
+    assert ct8["segmenter_parameters"] == hu["segmenter_parameters"] == {"skull": 95.0, "head": -8.0}
+    assert ct8["empty_masks"] == hu["empty_masks"] < len(slices)  # some blood is found, the same in both
+    np.testing.assert_allclose(runs["ct8"].synthetic["segmentation_score"], runs["hu"].synthetic["segmentation_score"],
+                               atol=1e-6)
+
+
 def test_masks_from_a_command_and_from_a_folder(ctich, tmp_path):
     slices = ctich["flat_brain"][200:212]
     write_set(tmp_path / "train", {f"{i:02d}_t": s for i, s in enumerate(slices[:8])})

@@ -6,6 +6,10 @@ Intensity normalisation (``intensity``):
 - ``percentile``: clip to the (0.5, 99.5) percentiles of the image, then scale to [0, 1]
   (MR, X-ray, ultrasound: any modality without absolute units);
 - ``8bit``: value / 255, for images already windowed to 8 bits (PNG exports, MedMNIST);
+- ``ct8``: value / 255 as well, for 8-bit exports of a CT window: the files were cut to the
+  window ``ct_window`` (level, width), so value / 255 is the position in it and the CT
+  segmenters can invert it (HU = level - width / 2 + value / 255 x width). Reading such files
+  as ``ct`` would take 0-255 for Hounsfield units;
 - ``minmax``: the image's minimum and maximum mapped to 0 and 1;
 - ``auto``: chosen per image from what the reader saw (DICOM CT with a rescale: ``ct``;
   unscaled uint8: ``8bit``; values below -500, as air in HU: ``ct``; otherwise ``percentile``).
@@ -28,8 +32,9 @@ import torch
 
 from .records import ImageRef, InputError, LoadedImage
 
-Intensity = Literal["auto", "ct", "percentile", "8bit", "minmax"]
-INTENSITIES: tuple[str, ...] = ("auto", "ct", "percentile", "8bit", "minmax")
+Intensity = Literal["auto", "ct", "percentile", "8bit", "ct8", "minmax"]
+INTENSITIES: tuple[str, ...] = ("auto", "ct", "percentile", "8bit", "ct8", "minmax")
+CT_METHODS = ("ct", "ct8")  # normalisations whose [0, 1] is the CT window ``ct_window``
 DATA_RANGE = 1.0
 
 
@@ -105,7 +110,7 @@ def normalise(array: np.ndarray, method: str, settings: Preprocessing) -> np.nda
         low, high = np.percentile(array, settings.percentiles)
         if high <= low:  # mostly one value (e.g. a black background): fall back to the full range
             low, high = float(array.min()), float(array.max())
-    elif method == "8bit":
+    elif method in ("8bit", "ct8"):
         low, high = 0.0, 255.0
     elif method == "minmax":
         low, high = float(array.min()), float(array.max())
@@ -147,4 +152,6 @@ def describe(settings: Preprocessing, methods: dict[str, Counter]) -> dict:
 def _describe(method: str, settings: Preprocessing) -> str:
     if method == "ct":
         return f"CT window (level {settings.ct_window[0]:g}, width {settings.ct_window[1]:g} HU)"
+    if method == "ct8":
+        return f"8-bit export of the CT window (level {settings.ct_window[0]:g}, width {settings.ct_window[1]:g} HU)"
     return method

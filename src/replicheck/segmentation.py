@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .preprocess import CT_METHODS
 from .records import InputError
 from .segment import builtin, similarity
 from .segment.external import ExternalSegmenter, load_mask
@@ -142,7 +143,7 @@ class SegmentationLevel:
         if self.kind == "cmd":
             with tempfile.TemporaryDirectory(prefix="replicheck-segment-") as folder:
                 path = Path(folder) / "image.nii"
-                _write_nifti(path, self._input(image, row) if row["intensity"] == "ct" else image)
+                _write_nifti(path, self._input(image, row) if row["intensity"] in CT_METHODS else image)
                 mask_path = self._external.mask(path)
                 mask = load_mask(mask_path)
             if mask.shape != grid:
@@ -163,10 +164,11 @@ class SegmentationLevel:
         """The image a built-in segmenter sees: HU for the CT segmenters (window inverted)."""
         if self.value not in CT_SEGMENTERS and self.kind == "builtin":
             return image
-        if row["intensity"] != "ct":
+        if row["intensity"] not in CT_METHODS:
             raise InputError(row["source"], f"--masks {self.spec} needs CT images in Hounsfield units, but this image was "
                                             f"normalised with {row['intensity']!r}; scan with --intensity ct (and a "
-                                            "--ct-window wide enough for the tissue, e.g. 40,400)")
+                                            "--ct-window wide enough for the tissue, e.g. 40,400), or with --intensity "
+                                            "ct8 --ct-window LEVEL,WIDTH for 8-bit exports of that CT window")
         level, width = self.ct_window
         return (level - width / 2.0) + image.astype(np.float32) * width
 
