@@ -457,9 +457,9 @@ def markdown(results: dict) -> str:
         "`preprocess.normalise`, then `SegmentationLevel.represent`, which inverts the window and moves the "
         f"thresholds inside it (`ct_parameters`: {_params(h['parameters'])}). A slice counts as \"blood found\" "
         "when its mask is not empty (the segmenter already drops components under 10 pixels), which is what a "
-        "scan treats as an image with a mask. Intervals are Wilson 95%. Raw 8-bit files cannot be scanned this "
-        "way: `--intensity auto` reads uint8 as `8bit`, which the CT segmenters refuse, and `--intensity ct` reads "
-        "the 0–255 values as HU (last row of the variants table).", "",
+        "scan treats as an image with a mask. Intervals are Wilson 95%. The 8-bit files themselves are scanned "
+        "the same way with `--intensity ct8 --ct-window 40,120`; `--intensity auto` reads uint8 as `8bit`, which the "
+        "CT segmenters refuse, and `--intensity ct` reads the 0–255 values as HU (last row of the variants table).", "",
     ]
     e2e = results["end_to_end"]
     lines += [f"End-to-end check: `{e2e.get('command', 'replicheck scan')}` on 40 of these slices (20 with blood "
@@ -615,14 +615,14 @@ def interpretation(results: dict) -> list[str]:
         f"where the skull base, petrous bone and orbits are. Raising the blood range to 60–90 HU removes most false marks "
         f"(specificity {spec(v['blood60'])}) and most true ones (sensitivity {sens(v['blood60'])}).",
         f"- **The 8-bit window is not the main loss.** Its quantisation is 0.47 HU. Its 100 HU clip puts the "
-        f"skull threshold at {h['parameters'].get('skull', float('nan')):g} HU, inside the blood range, but moving it "
+        f"skull threshold at {h['parameters'].get('skull', float('nan')):g} HU, just above the blood range; moving it "
         f"to 99 HU changes little (sensitivity {sens(v['skull99'])}, specificity {spec(v['skull99'])}). The true "
         f"skull from the bone window does not help either ({sens(v['merged1600'])}, {spec(v['merged1600'])} with the "
         "default thresholds). The segmenter "
         f"finds an intracranial region in {100 * (1 - h['no_intracranial_region']['haemorrhage_slices']['rate']):.0f}% "
         "of the haemorrhage slices, so an open skull is rarely the cause. Scanning the raw 8-bit values as HU is "
-        f"useless ({sens(v['raw'])}, {spec(v['raw'])}): brain tissue reads as skull. Convert window images to HU "
-        "first.",
+        f"useless ({sens(v['raw'])}, {spec(v['raw'])}): brain tissue reads as skull. Scan window images with "
+        "`--intensity ct8 --ct-window LEVEL,WIDTH`, which inverts the declared window.",
         f"- **3D agrees with 2D.** The per-slice decision agrees on {100 * h3['agreement']['rate']:.1f}% of the "
         f"valid slices. The {h3['only_3d']} slices marked only in 3D come from connected components that span "
         f"slices (the 10-voxel minimum counts voxels in neighbouring slices). Sensitivity and specificity hardly "

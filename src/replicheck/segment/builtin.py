@@ -76,8 +76,8 @@ def ct_haemorrhage(
     It is not a validated haemorrhage detector; read its mask as "hyperdense tissue in the
     brain". It finds large planted blood pools reliably, but on the 2,501 CT-ICH slices at
     128 px, run as a scan runs it (``benchmarks/segmenters.py``, BENCHMARKS-segmentation.md),
-    it marks something in 17% of haemorrhage-free slices and in only 26% of slices labelled
-    with haemorrhage ("largest": 33% and 25%; ``blood=(60, 90)``: 4% and 14%).
+    it marks something in 18% of haemorrhage-free slices and in only 26% of slices labelled
+    with haemorrhage ("largest": 35% and 26%; ``blood=(60, 90)``: 4% and 15%).
     Known failure modes: below the skull vault (orbits, skull base) the largest brain-range
     component of ``"largest"`` is often face or neck muscle (50-60 HU), which is then marked;
     ``"enclosed"`` avoids that but finds nothing in slices where the skull is not closed
