@@ -9,12 +9,11 @@ and replaces the part of BENCHMARKS.md below the marker line with their tables; 
 above the marker (``benchmarks/speed.py``) is kept. The ROC figures are copied to docs/ (curves
 only, no image of a patient).
 
-    .venv/bin/python benchmarks/replicas.py --write-masks skull|identity BENCH
+    .venv/bin/python benchmarks/replicas.py --write-masks identity BENCH
 
-is that mask step on its own: it writes one mask per benchmark image under BENCH/masks/ and adds
-their absolute paths as a ``mask`` column to BENCH's three manifests, for ``bench run --masks
-manifest``. ``identity``: the image is its own mask (for benchmarks whose images are masks);
-``skull``: :func:`skull_mask`.
+is that mask step on its own: it adds each image's own path as a ``mask`` column to BENCH's three
+manifests, for ``bench run --masks manifest`` on benchmarks whose images are masks. Other sets
+use a built-in segmenter (``--masks skull``).
 """
 
 from __future__ import annotations
@@ -47,15 +46,15 @@ SETS = {
     "3d-anatomy": {"title": "3D: anatomy-preserving replicas (CT-ICH bone window)", "manifest": ctich_bone_volumes,
                    "make": ["--synthetic", "120", "--mix", "0.6,0,0.4",
                             "--families", "heavy_noise,strong_bias_field,contrast"],
-                   "masks": "skull", "run": ["--masks", "manifest", "--methods", "none"],
+                   "run": ["--masks", "skull", "--methods", "none"],
                    "about": "the 82 CT-ICH head CT volumes in the bone window (30×128×128, 8-bit; HU ≈ −900 + 3200 × "
                             "value / 255), one per patient. Replicas carry only the anatomy-preserving families: heavy "
                             "Gaussian noise (σ 0.12, 0.2), a strong multiplicative bias field (amplitude 1.0, 1.5: "
                             "gains e^±1.5) and a sigmoid window change (width 0.1, 0.05, centred between the median "
-                            "and the 95th percentile of the head's intensities). Segmentation level: skull masks "
-                            "written by `benchmarks/replicas.py --write-masks skull` (in-plane Gaussian σ 1 voxel, "
-                            "head by the built-in `foreground`, bone = head voxels above the Otsu threshold of the "
-                            "head, components under 0.1% of the volume dropped), read with `--masks manifest`"},
+                            "and the 95th percentile of the head's intensities). Segmentation level: the built-in `skull` "
+                            "segmenter (`--masks skull`: in-plane Gaussian σ 1 voxel, head by `foreground`, bone = "
+                            "head voxels above the Otsu threshold of the head, components under 0.1% of the volume "
+                            "dropped), which needs no Hounsfield units"},
     "3d-masks": {"title": "3D: mask replicas (AdrenalMNIST3D)", "manifest": adrenal_masks,
                  "make": ["--synthetic", "120", "--mix", "0.6,0,0.4", "--families", "boundary_noise,exact",
                           "--perturb-novel", "0"],
@@ -70,54 +69,20 @@ SETS = {
 BENCH_ROLES = ("training", "synthetic", "holdout")
 
 
-def skull_mask(volume):
-    """Bone of a (z, y, x) CT volume in [0, 1] with no fixed HU threshold, so that a monotone window
-    change or heavy noise moves it little: in-plane Gaussian smoothing (sigma 1 voxel), the head by
-    the built-in ``foreground``, bone = head voxels above the Otsu threshold of the smoothed head's
-    intensities, connected components under 0.1% of the volume dropped. A strong bias field still
-    moves it (one global threshold)."""
-    import numpy as np
-    from scipy import ndimage
-    from skimage.filters import threshold_otsu
-
-    from replicheck.segment import builtin
-
-    smooth = ndimage.gaussian_filter(np.asarray(volume, dtype=np.float32), (0, 1, 1))
-    head = builtin.foreground(smooth)
-    if not head.any() or np.ptp(smooth[head]) == 0:
-        return head
-    dense = head & (smooth > threshold_otsu(smooth[head]))
-    labels, _ = ndimage.label(dense, structure=np.ones((3, 3, 3)))
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= np.ceil(0.001 * dense.size)
-    keep[0] = False
-    return keep[labels]
-
-
 def write_masks(bench: Path, segmenter: str) -> None:
-    """A mask per benchmark image under ``bench/masks/<role>/`` and an absolute ``mask`` column in the
-    manifests (absolute, so that bench run's subset manifests elsewhere still find them)."""
+    """An absolute ``mask`` column in the benchmark's manifests (absolute, so that bench run's subset
+    manifests elsewhere still find them). ``identity``: each image is its own mask, for benchmarks
+    whose images are masks."""
     import csv
 
-    import nibabel as nib
-    import numpy as np
-
+    if segmenter != "identity":
+        raise ValueError(f"unknown mask source {segmenter!r}; built-in segmenters are given to bench run as --masks")
     for role in BENCH_ROLES:
         manifest = bench / f"{role}.csv"
         with manifest.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         for row in rows:
-            image = bench / row["path"]
-            if segmenter == "identity":
-                row["mask"] = str(image.resolve())
-                continue
-            loaded = nib.load(str(image))
-            volume = np.asarray(loaded.dataobj).T / np.float32(255)  # NIfTI (x, y, z) -> ours (z, y, x); 8-bit
-            mask = skull_mask(volume).astype(np.uint8)
-            target = bench / "masks" / row["path"]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(np.ascontiguousarray(mask.T), loaded.affine), str(target))
-            row["mask"] = str(target.resolve())
+            row["mask"] = str((bench / row["path"]).resolve())
         with manifest.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["path", "id", "subject", "mask"])
             writer.writeheader()
@@ -152,13 +117,13 @@ def main() -> None:
     parser.add_argument("--only", choices=tuple(SETS))
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "replicas")
-    parser.add_argument("--write-masks", nargs=2, metavar=("SEGMENTER", "BENCH"),
-                        help="only write masks (skull or identity) for the benchmark BENCH and add its mask column")
+    parser.add_argument("--write-masks", nargs=2, metavar=("identity", "BENCH"),
+                        help="only add a mask column to the benchmark BENCH's manifests (identity: each image is its mask)")
     args = parser.parse_args()
     if args.write_masks:
         segmenter, bench = args.write_masks
-        if segmenter not in ("skull", "identity"):
-            parser.error(f"--write-masks: unknown segmenter {segmenter!r}; choose skull or identity")
+        if segmenter != "identity":
+            parser.error(f"--write-masks: unknown mask source {segmenter!r}; the only one is identity")
         write_masks(Path(bench), segmenter)
         return
     replicheck = str(Path(sys.executable).with_name("replicheck"))

@@ -278,6 +278,29 @@ def test_ct_bone_on_real_hu_is_a_skull_ring(ct_hu):
     assert closed.sum() > 5 * bone.sum()  # a ring enclosing much more than its own area
 
 
+def test_skull_finds_the_bone_on_any_window_and_survives_contrast_changes(ct_hu):
+    """On bone-window slices in [0, 1] (as a scan sees 8-bit exports) `skull` finds what 300 HU
+    finds, and a monotone contrast change (gamma 0.5 and 2, a sigmoid window) moves it far less
+    than it moves ct_bone's fixed threshold (Otsu is not invariant to such remaps: a few slices
+    lose much of their mask, so the medians are compared)."""
+    remaps = (lambda a: a**0.5, lambda a: a**2.0, lambda a: 1 / (1 + np.exp(-(a - 0.35) / 0.08)))
+    agree, ours, fixed = [], [], []
+    for hu in ct_hu["hu"][10::200]:
+        window = np.clip((hu + 900) / 3200, 0, 1)
+        mask, bone = builtin.skull(window), builtin.ct_bone(hu)
+        if bone.sum() < 50:
+            continue
+        agree.append(dice(mask, bone))
+        for remap in remaps:
+            changed = remap(window)
+            ours.append(dice(builtin.skull(changed), mask))
+            fixed.append(dice(builtin.ct_bone(-900 + 3200 * changed), bone))
+    assert len(ours) >= 18
+    assert np.median(agree) > 0.8 and min(agree) > 0.6
+    assert np.median(ours) > 0.9 and np.median(fixed) < 0.6
+    assert not builtin.skull(np.full((32, 32), 0.5)).any()
+
+
 def test_foreground_covers_the_head_not_the_corners(ct_hu):
     i, _ = widest_intracranial_slice(ct_hu["hu"], ct_hu["offsets"], 0)
     hu = ct_hu["hu"][i]
@@ -343,7 +366,7 @@ def test_segment_looks_up_the_registry():
     image = np.zeros((16, 16), dtype=np.float32)
     image[4:12, 4:12] = 1.0
     assert np.array_equal(builtin.segment("foreground", image), builtin.foreground(image))
-    assert set(builtin.SEGMENTERS) == {"foreground", "ct_bone", "ct_haemorrhage", "bright_vessels"}
+    assert set(builtin.SEGMENTERS) == {"foreground", "skull", "ct_bone", "ct_haemorrhage", "bright_vessels"}
     with pytest.raises(ValueError, match="ct_haemorrhage"):
         builtin.segment("lungs", image)
     with pytest.raises(ValueError, match="sato, frangi"):

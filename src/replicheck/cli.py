@@ -46,7 +46,7 @@ def scan(
     voxel_measure: str = typer.Option("ncc", "--voxel-measure", help="Measure that ranks training images and sets the voxel flag: ncc; ssim (its own search, about 4x slower); mse or psnr (rank the NCC shortlist)."),
     embedder: str = typer.Option("deepssim", "--embedder", help="Feature level: deepssim (bundled), efficientnet-lite0, astra-ct3d (extra [ct3d]); a model.pt from replicheck train; your own .ts/.onnx model or monai:NETWORK:WEIGHTS."),
     cache: Optional[str] = typer.Option(None, "--cache", help="Feature level: a folder for a persistent embedding cache (created if needed), so that images embedded by the same model in earlier scans are not embedded again."),
-    masks: str = typer.Option("foreground", "--masks", help="Segmentation level: a built-in segmenter (foreground, ct-bone, ct-haemorrhage, vessels), 'manifest' (the manifests' mask column), a folder DIR holding DIR/<training|synthetic|holdout>/<relative path> masks, or 'cmd:TEMPLATE' (a command with {input} and {output})."),
+    masks: str = typer.Option("foreground", "--masks", help="Segmentation level: a built-in segmenter (foreground, skull, ct-bone, ct-haemorrhage, vessels), 'manifest' (the manifests' mask column), a folder DIR holding DIR/<training|synthetic|holdout>/<relative path> masks, or 'cmd:TEMPLATE' (a command with {input} and {output})."),
     device: str = typer.Option("cpu", "--device", help="Torch device of the feature level's embedder (cpu, cuda)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per embedder batch."),
     max_shift: int = typer.Option(3, "--max-shift", help="Largest translation (voxels per axis) searched when aligning a pair."),

@@ -48,7 +48,7 @@ from .records import InputError
 from .segment import builtin, similarity
 from .segment.external import ExternalSegmenter, load_mask
 
-BUILTIN = {"foreground": "foreground", "ct-bone": "ct_bone", "ct-haemorrhage": "ct_haemorrhage",
+BUILTIN = {"foreground": "foreground", "skull": "skull", "ct-bone": "ct_bone", "ct-haemorrhage": "ct_haemorrhage",
            "vessels": "bright_vessels"}
 CT_SEGMENTERS = ("ct_bone", "ct_haemorrhage")
 BLOOD_TOP = 90.0  # HU: upper end of segment.builtin.ct_haemorrhage's default blood range
