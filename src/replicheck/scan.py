@@ -478,12 +478,13 @@ class _Assembler:
                 self.synthetic[column] = verdict["statistic"]
                 self.synthetic[f"{column}_p"] = verdict["p"]
                 self.synthetic[f"{column}_flag"] = verdict["flags"]
-        level_reasons = [[part for part in parts if part] for parts in zip(*(self.reasons[n] for n in names))]
-        self.synthetic["reason"] = [
-            "; ".join(parts) if flag and parts else
-            (f"{self.config.combine}: combined p={p:.3g} over {', '.join(names)}" if flag else "; ".join(parts))
-            for flag, parts, p in zip(replica, level_reasons, chosen["p"])
-        ]
+        reasons = []
+        for flag, parts, p in zip(replica, zip(*(self.reasons[n] for n in names)), chosen["p"]):
+            parts = [part for part in parts if part]
+            if flag and not parts:  # flagged by the combination, by no level alone
+                parts = [f"{self.config.combine}: combined p={p:.3g} over {', '.join(names)}"]
+            reasons.append("; ".join(parts))
+        self.synthetic["reason"] = reasons
         copied = self._copied_training(replica)
         combined = calibrate.rate(replica)
         floor = calibrate.rate(chosen["null_flags"])
