@@ -113,6 +113,7 @@ def test_builtin_foreground_on_ct_slices_with_candidates_from_the_voxel_level(ct
     combined = result.summary["combined"]
     assert combined["rule"] == "max-z" and set(combined["rules"]) == {"any", "bonferroni", "min-p", "fisher", "max-z"}
     assert synthetic["replica"].tolist() == synthetic["combined_max_z_flag"].tolist()
+    assert synthetic.loc[synthetic["replica"], "reason"].str.len().gt(0).all()  # every replica says why
     assert synthetic.set_index("id").loc[[f"copy_{i:04d}.npy" for i in copies], "replica"].all()
     union = synthetic["voxel_flag"].to_numpy(bool) | synthetic["segmentation_flag"].to_numpy(bool)
     assert synthetic["combined_any_flag"].tolist() == union.tolist()
