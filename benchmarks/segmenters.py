@@ -47,7 +47,7 @@ from scipy.stats import rankdata  # noqa: E402
 
 from replicheck.calibrate import rate  # noqa: E402
 from replicheck.preprocess import Preprocessing, normalise  # noqa: E402
-from replicheck.segmentation import SegmentationLevel  # noqa: E402
+from replicheck.segmentation import BUILTIN, SegmentationLevel  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -58,7 +58,7 @@ BRAIN_WINDOW = (40.0, 120.0)  # CT-ICH brain window: HU = -20 + 120 x value / 25
 BONE_WINDOW = (700.0, 3200.0)  # CT-ICH bone window: HU = -900 + 3200 x value / 255
 SUBTYPES = ("Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural", "Subdural")
 MIN_AREAS = (0, 10, 25, 50, 100)  # total blood pixels a slice needs to count as "blood found"
-SEGMENTERS = ("foreground", "ct-bone", "ct-haemorrhage", "vessels")
+SEGMENTERS = tuple(BUILTIN)  # every built-in --masks name
 CHUNK = 128  # images per represent() call
 START = time.perf_counter()
 
