@@ -178,17 +178,6 @@ def _bias_field(x: np.ndarray, rng: np.random.Generator, *, amplitude: float) ->
     return x * np.exp(amplitude * f), {"coefficients": [float(c) for c in coefficients]}
 
 
-def _heavy_noise(x: np.ndarray, rng: np.random.Generator, *, sigma: float) -> tuple[np.ndarray, dict]:
-    """Additive Gaussian noise as ``gaussian_noise``, at levels that swamp fine intensity detail."""
-    return _gaussian_noise(x, rng, sigma=sigma)
-
-
-def _strong_bias_field(x: np.ndarray, rng: np.random.Generator, *, amplitude: float) -> tuple[np.ndarray, dict]:
-    """The smooth multiplicative field of ``bias_field`` at amplitudes of 0.8 and 1.2: gains from
-    exp(-1.2) = 0.30 to exp(1.2) = 3.3, so one tissue takes very different values across the image."""
-    return _bias_field(x, rng, amplitude=amplitude)
-
-
 def _contrast(x: np.ndarray, rng: np.random.Generator, *, width: float) -> tuple[np.ndarray, dict]:
     """A monotone non-linear window change: the sigmoid s(v) = 1 / (1 + exp(-(v - centre) / width))
     rescaled so that 0 and 1 stay 0 and 1.
@@ -373,8 +362,8 @@ _PERTURBATIONS: dict[str, Callable[..., tuple[np.ndarray, dict]]] = {
     "jpeg2000": _jpeg2000,
     "elastic": _elastic,
     "partial_copy": _partial_copy,
-    "heavy_noise": _heavy_noise,
-    "strong_bias_field": _strong_bias_field,
+    "heavy_noise": _gaussian_noise,  # the same operations at levels that swamp intensity detail
+    "strong_bias_field": _bias_field,  # gains from exp(-1.5) = 0.22 to exp(1.5) = 4.5 at the top level
     "contrast": _contrast,
     "boundary_noise": _boundary_noise,
 }
