@@ -66,7 +66,8 @@ def skull(image: np.ndarray, *, smoothing: float = 1.0, min_fraction: float = 0.
     from skimage.filters import threshold_otsu
 
     x = _image(image)
-    x = np.where(np.isfinite(x), x, np.nanmin(x) if np.isfinite(x).any() else 0.0)
+    finite = np.isfinite(x)
+    x = np.where(finite, x, x[finite].min() if finite.any() else 0.0)
     sigma = (0.0, smoothing, smoothing) if x.ndim == 3 else (smoothing, smoothing)
     smooth = ndimage.gaussian_filter(x, sigma) if smoothing > 0 else x
     head = foreground(smooth)
