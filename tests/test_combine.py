@@ -18,6 +18,13 @@ def test_leave_one_out_flags_equal_deleting_each_score(n, quantile):
     assert calibrate.leave_one_out_flags(null, quantile).tolist() == expected
 
 
+def test_leave_one_out_flags_skip_missing_scores():
+    null = np.array([0.1, np.nan, 0.5, 0.9, np.nan, 0.3])
+    expected = calibrate.leave_one_out_flags(null[~np.isnan(null)], 0.5)
+    flags = calibrate.leave_one_out_flags(null, 0.5)
+    assert flags[~np.isnan(null)].tolist() == expected.tolist() and not flags[np.isnan(null)].any()
+
+
 def test_leave_one_out_p_values_equal_deleting_each_score():
     rng = np.random.default_rng(3)
     null = np.round(rng.normal(size=200), 1)

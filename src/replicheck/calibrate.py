@@ -129,6 +129,11 @@ def leave_one_out_flags(null: np.ndarray, quantile: float) -> np.ndarray:
     entries of the one sorted array (numpy's default 'linear' method on n - 1 values).
     """
     values = np.asarray(null, dtype=np.float64)
+    missing = np.isnan(values)
+    if missing.any():  # a missing score is never flagged and takes no part in the others' quantiles
+        flags = np.zeros(values.size, dtype=bool)
+        flags[~missing] = leave_one_out_flags(values[~missing], quantile)
+        return flags
     n = values.size
     if n < 2:
         return np.zeros(n, dtype=bool)
