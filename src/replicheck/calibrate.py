@@ -159,7 +159,7 @@ def leave_one_out_p_values(null: np.ndarray) -> np.ndarray:
     values = np.asarray(null, dtype=np.float64)
     finite = np.sort(values[~np.isnan(values)])
     at_least = finite.size - np.searchsorted(finite, values, side="left")  # counts the score itself
-    return np.where(np.isnan(values), 1.0, at_least / max(values.size, 1))
+    return np.where(np.isnan(values), 1.0, at_least / max(finite.size, 1))
 
 
 def agreement(flags: dict[str, np.ndarray]) -> dict:
