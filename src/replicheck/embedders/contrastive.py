@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..records import InputError, ReplicheckError
+from .common import embed_in_batches
 from .deepssim import flip_mean, flips, read_payload, state_digest, write_payload
 
 __all__ = ["ContrastiveNet", "ContrastiveEmbedder", "nt_xent", "preprocess", "resize", "minmax",
@@ -209,18 +210,14 @@ class ContrastiveEmbedder:
             what = "2D images (b, H, W)" if self.ndim == 2 else "volumes (b, Z, Y, X)"
             hint = "scan volumes with --slices, or train with --ndim 3" if self.ndim == 2 else "train a 2D model (--ndim 2)"
             raise ReplicheckError(f"this contrastive model embeds {what}, got a batch of shape {batch.shape}; {hint}")
-        out = torch.empty((len(batch), self.dim), dtype=torch.float32)
-        with torch.no_grad():
-            for start in range(0, len(batch), self.batch_size):
-                chunk = torch.from_numpy(np.ascontiguousarray(batch[start:start + self.batch_size], dtype=np.float32))
-                out[start:start + len(chunk)] = self.vectors(preprocess(chunk.to(self.device), self.input_size)).float().cpu()
-        return out.numpy()
+        rows = embed_in_batches(batch, self.batch_size, self.dim,
+                                lambda chunk: self.vectors(preprocess(chunk.to(self.device), self.input_size)))
+        return rows.numpy()
 
     def vectors(self, x: torch.Tensor) -> torch.Tensor:
-        """Pearson rows of preprocessed (b, 1, ...) inputs; the flip average when ``flip_average``."""
-        if not self.flip_average:
-            return self.model(x)
-        return flip_mean(self.model, x, self.ndim)  # a mean of centred rows is centred
+        """Pearson rows of preprocessed (b, 1, ...) inputs; the flip average when ``flip_average`` (a
+        mean of centred rows is centred)."""
+        return flip_mean(self.model, x, self.ndim) if self.flip_average else self.model(x)
 
 
 def save_checkpoint(path: str | Path, model: ContrastiveNet, meta: dict, *, flip_average: bool = True) -> Path:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..records import InputError
+from .common import embed_in_batches
 
 __all__ = ["DeepSSIMNet", "DeepSSIMEmbedder", "GeM", "preprocess", "save_checkpoint", "load_checkpoint"]
 
@@ -183,19 +184,11 @@ class DeepSSIMEmbedder:
             raise ValueError(f"batch must have shape (b, H, W) or (b, Z, Y, X), got {batch.shape}")
         b = batch.shape[0]
         slices = batch.reshape((-1,) + batch.shape[-2:])  # 3D: (b * Z, Y, X), volume-major
-        rows = self._embed_slices(slices)
+        rows = embed_in_batches(slices, self.batch_size, self.dim,
+                                lambda chunk: self.vectors(preprocess(chunk.to(self.device), self.input_size)))
         if batch.ndim == 4:
             rows = F.normalize(rows.view(b, batch.shape[1], -1).mean(dim=1), dim=1)
         return rows.numpy().astype(np.float32, copy=False)
-
-    def _embed_slices(self, slices: np.ndarray) -> torch.Tensor:
-        out = torch.empty((len(slices), self.dim), dtype=torch.float32)
-        with torch.no_grad():
-            for start in range(0, len(slices), self.batch_size):
-                chunk = torch.from_numpy(np.ascontiguousarray(slices[start:start + self.batch_size], dtype=np.float32))
-                x = preprocess(chunk.to(self.device), self.input_size)
-                out[start:start + len(chunk)] = self.vectors(x).float().cpu()
-        return out
 
     def vectors(self, x: torch.Tensor) -> torch.Tensor:
         """Unit rows of preprocessed (b, 1, s, s) inputs; with ``flip_average`` the normalised mean of

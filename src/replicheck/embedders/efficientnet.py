@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .common import brief, file_sha256, require, resize, slice_positions
+from .common import brief, embed_in_batches, file_sha256, require, resize, slice_positions
 from ..records import ReplicheckError
 
 __all__ = ["EfficientNetLite0Embedder", "load_network", "NAME"]
@@ -95,15 +95,13 @@ class EfficientNetLite0Embedder:
         return rows.numpy()
 
     def _embed_slices(self, slices: np.ndarray) -> torch.Tensor:
-        out = torch.empty((len(slices), DIM), dtype=torch.float32)
-        with torch.no_grad():
-            for start in range(0, len(slices), self.batch_size):
-                chunk = np.ascontiguousarray(slices[start:start + self.batch_size], dtype=np.float32)
-                x = torch.from_numpy(chunk).to(self.device).unsqueeze(1)
-                x = (2.0 * resize(x, (self.input_size, self.input_size)) - 1.0).expand(-1, 3, -1, -1)
-                features = self.model.extract_features(x).mean(dim=(2, 3))
-                out[start:start + len(chunk)] = F.normalize(features.float(), dim=1).cpu()
-        return out
+        return embed_in_batches(slices, self.batch_size, DIM, self._rows)
+
+    def _rows(self, chunk: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled, L2-normalised features of a (b, H, W) batch in [0, 1], scaled to the network's [-1, 1]."""
+        x = chunk.to(self.device).unsqueeze(1)
+        x = (2.0 * resize(x, (self.input_size, self.input_size)) - 1.0).expand(-1, 3, -1, -1)
+        return F.normalize(self.model.extract_features(x).mean(dim=(2, 3)).float(), dim=1)
 
 
 def _digest(path: str, settings: dict) -> str:

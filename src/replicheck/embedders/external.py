@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from . import EXTERNAL_SUFFIXES
-from .common import existing_file, file_sha256, brief, require, resize
+from .common import brief, embed_in_batches, existing_file, file_sha256, require, resize
 from ..records import InputError
 
 __all__ = ["ExternalEmbedder", "external_kind", "load_external", "load_torchscript", "load_onnx",
@@ -125,16 +125,17 @@ class ExternalEmbedder:
         return self._embed(batch).numpy()
 
     def _embed(self, images: np.ndarray) -> torch.Tensor:
-        out = torch.empty((len(images), self.dim), dtype=torch.float32)
-        for start in range(0, len(images), self.batch_size):
-            chunk = np.ascontiguousarray(images[start:start + self.batch_size], dtype=np.float32)
-            rows = self._forward(torch.from_numpy(chunk).unsqueeze(1), what=f"images of shape {chunk.shape[1:]}")
-            if rows.shape[1] != self.dim:
-                raise InputError(str(self.source), f"the model gives {rows.shape[1]} values per image for images of shape "
-                                 f"{chunk.shape[1:]} but {self.dim} for the probe input; its output size depends on "
-                                 f"the input size: export it with a fixed input shape or a global pooling")
-            out[start:start + len(chunk)] = F.normalize(rows, dim=1)
-        return out
+        return embed_in_batches(images, self.batch_size, self.dim, self._rows)
+
+    def _rows(self, chunk: torch.Tensor) -> torch.Tensor:
+        """Unit rows of a (b, *spatial) batch; a model whose output size changes with the input is an error."""
+        shape = tuple(chunk.shape[1:])
+        rows = self._forward(chunk.unsqueeze(1), what=f"images of shape {shape}")
+        if rows.shape[1] != self.dim:
+            raise InputError(str(self.source), f"the model gives {rows.shape[1]} values per image for images of shape "
+                             f"{shape} but {self.dim} for the probe input; its output size depends on "
+                             f"the input size: export it with a fixed input shape or a global pooling")
+        return F.normalize(rows, dim=1)
 
     def _forward(self, x: torch.Tensor, *, what: str) -> torch.Tensor:
         """(n, 1, *spatial) -> (n, d) float32 rows, not yet normalised; errors name the file."""
