@@ -206,6 +206,11 @@ RULES = {
 }
 
 
+def rule_key(rule: str) -> str:
+    """A rule's name as it appears in column names (``min-p`` -> ``min_p``: ``combined_min_p_flag``)."""
+    return rule.replace("-", "_")
+
+
 def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray], quantile: float) -> dict:
     """One verdict from several levels' evidence, calibrated on the same null images.
 

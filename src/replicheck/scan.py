@@ -474,7 +474,7 @@ class _Assembler:
         self.synthetic["replica"] = replica
         if len(names) > 1:  # every rule's verdict, so that a rule can be compared or chosen after the scan
             for rule, verdict in verdicts.items():
-                column = f"combined_{rule.replace('-', '_')}"
+                column = f"combined_{calibrate.rule_key(rule)}"
                 self.synthetic[column] = verdict["statistic"]
                 self.synthetic[f"{column}_p"] = verdict["p"]
                 self.synthetic[f"{column}_flag"] = verdict["flags"]

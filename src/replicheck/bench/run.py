@@ -5,7 +5,8 @@ results that are read as scores. Each level given with ``--levels`` is one detec
 measure is a row; ``--methods`` adds variants (``ssim-search``); the brute-force baselines (pixel
 SSIM, NCC and MSE of every synthetic image against every training image, no alignment, no
 index) are included unless ``--no-baselines``. With several levels, a ``combined`` detector
-scans them together and gives one row per verdict rule (``calibrate.RULES``). A later level appears as new rows without any change here.
+scans them together and gives one row per verdict rule (``calibrate.RULES``). A later level
+appears as new rows without any change here.
 
 Each detector runs in a child process, so that its wall time and peak memory (``VmHWM``) are
 its own. Exhaustive baselines run on a class-stratified subset of the synthetic and holdout
@@ -61,10 +62,10 @@ def level_detector(level: str, embedder: str = "deepssim") -> Detector:
 
 def combined_detector(levels: tuple[str, ...]) -> Detector:
     """One scan with every level; one row per rule that turns the levels' evidence into a verdict."""
-    from ..calibrate import RULES
+    from ..calibrate import RULES, rule_key
 
     return Detector("combined", {"levels": tuple(levels)},
-                    tuple((f"combined: {rule}", "combined", rule.replace("-", "_"), True) for rule in RULES),
+                    tuple((f"combined: {rule}", "combined", rule_key(rule), True) for rule in RULES),
                     description=f"replicheck scan --levels {','.join(levels)} --combine RULE; one row per rule "
                                 f"(ranked by the rule's combined statistic)")
 
@@ -237,6 +238,7 @@ def _child(training: str, synthetic: str, holdout: str, options: dict, out: str,
 def _natural_copies(options: dict, out: Path) -> dict | None:
     """How many of pydicom-data's lossy copies the detector finds, per measure (None without the package)."""
     from .. import demo
+    from ..calibrate import rule_key
     from ..scan import scan
 
     try:
@@ -255,7 +257,7 @@ def _natural_copies(options: dict, out: Path) -> dict | None:
                for level in levels for m in levels[level]["measures"]}
     if len(levels) > 1:  # a combined verdict's match: the first level's nearest image
         columns.update({f"combined:{c}": (f"combined_{c}_flag", f"{first}_nearest")
-                        for c in (rule.replace("-", "_") for rule in result.summary["combined"]["rules"])})
+                        for c in map(rule_key, result.summary["combined"]["rules"])})
     by_measure = {key: sum(demo.copy_found(table, copy, original, flag, nearest) for copy, original in demo.KNOWN_COPIES)
                   for key, (flag, nearest) in columns.items()}
     return {"copies": len(demo.KNOWN_COPIES), "found": by_measure[f"{first}:{levels[first]['primary_measure']}"],
