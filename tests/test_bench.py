@@ -170,7 +170,51 @@ def test_run_scores_every_detector(bench2d, tmp_path):
     assert (tmp_path / "results" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (tmp_path / "results" / "metrics.md").read_text()
     assert "| detector | ROC AUC |" in markdown and "brute force: pixel ssim [1]" in markdown
+    # the default verdict against each level, with its bootstrap interval around the observed difference
+    compared = {row["second"]: row for row in results["comparisons"]}
+    reported = {row["detector"]: row for row in results["metrics"]}
+    assert set(compared) == {"voxel: ncc", "segmentation: dice"}
+    for level, row in compared.items():
+        for name in ("roc_auc", "tpr_at_1pct_fpr", "balanced_accuracy"):
+            expected = reported["combined: max-z"][name] - reported[level][name]
+            assert row[name]["difference"] == pytest.approx(expected, abs=1e-12)
+            low, high = row[name]["ci95"]
+            assert low <= row[name]["difference"] + 1e-9 and row[name]["difference"] <= high + 1e-9
+    assert "| voxel: ncc | " in markdown and "paired bootstrap" in markdown
     assert results["metrics"] and any("ssim-search" in line for line in lines)
+
+
+def test_fast_bootstrap_metrics_equal_the_reported_ones_with_ties():
+    """The bootstrap's own AUC, TPR at 1% FPR and balanced accuracy equal ranking()/detection()
+    (sklearn), including tied scores, where sklearn's default ROC curve once dropped the best point."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n_pos, n_neg = rng.integers(2, 150), rng.integers(2, 600)
+        score = np.round(np.concatenate([rng.normal(1, 1, n_pos), rng.normal(0, 1, n_neg)]), 1)
+        positive = np.arange(n_pos + n_neg) < n_pos
+        labels = pd.DataFrame({"class": np.where(positive, "replica", "novel")})
+        reference = metrics.detection(labels, score, score > 1)
+        np.testing.assert_allclose(metrics._fast_metrics(score, score > 1, positive),
+                                   [reference["roc_auc"], reference["tpr_at_1pct_fpr"],
+                                    reference["balanced_accuracy"]], atol=1e-12)
+
+
+def test_paired_difference_separates_luck_from_a_real_gap():
+    rng = np.random.default_rng(1)
+    labels = pd.DataFrame({"class": ["replica"] * 300 + ["novel"] * 300})
+    truth = labels["class"].eq("replica").to_numpy()
+    strong = truth * 3.0 + rng.normal(size=600)
+    weak = truth * 1.0 + rng.normal(size=600)
+    gap = metrics.paired_difference(labels, (strong, strong > 1.5), (weak, weak > 1.5), draws=500)
+    assert gap["roc_auc"]["ci95"][0] > 0.1 and gap["balanced_accuracy"]["ci95"][0] > 0.1
+    # the same detector with one flag changed: the interval straddles zero
+    flags = strong > 1.5
+    nudged = flags.copy()
+    nudged[np.flatnonzero(~truth & ~flags)[0]] = True
+    luck = metrics.paired_difference(labels, (strong, nudged), (strong, flags), draws=500)
+    assert luck["roc_auc"]["difference"] == 0.0
+    low, high = luck["balanced_accuracy"]["ci95"]
+    assert luck["balanced_accuracy"]["difference"] == pytest.approx(-1 / 600) and low < 0 <= high
 
 
 def test_detection_metrics_match_hand_counts():

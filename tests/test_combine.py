@@ -51,7 +51,7 @@ def test_any_is_the_union_of_the_levels_flags_and_bonferroni_a_subset():
     assert not (strict["flags"] & ~verdict["flags"]).any() and strict["flags"].sum() < verdict["flags"].sum()
 
 
-@pytest.mark.parametrize("rule", ["bonferroni", "min-p", "fisher", "max-z"])
+@pytest.mark.parametrize("rule", ["bonferroni", "min-p", "fisher", "max-z", "max-robust-z"])
 def test_corrected_rules_flag_about_one_minus_quantile_of_new_real_images(rule):
     """Images drawn like the null: 'any' over three levels flags far more than 1 - q, the
     corrected rules about 1 - q (min-p and fisher are calibrated on the joint null)."""
@@ -94,20 +94,47 @@ def test_a_missing_score_is_no_evidence():
         calibrate.combine("vote", scores, null, 0.99)
 
 
-def test_robust_z_matches_scipy_and_max_z_ranks_beyond_the_null():
+def test_z_scores_match_numpy_and_scipy_and_max_z_ranks_beyond_the_null():
     from scipy import stats
 
     rng = np.random.default_rng(5)
     null = rng.gumbel(size=501)
     values = rng.normal(size=20)
+    np.testing.assert_allclose(calibrate.z_scores(values, null), (values - null.mean()) / null.std(), rtol=1e-10)
     expected = (values - np.median(null)) / stats.median_abs_deviation(null, scale="normal")
-    np.testing.assert_allclose(calibrate.robust_z(values, null), expected, rtol=1e-5)
-    assert calibrate.robust_z(np.array([2.0]), np.array([1.0, 1.0, 1.0, 3.0]))[0] == pytest.approx(1 / np.sqrt(0.75))
+    np.testing.assert_allclose(calibrate.z_scores(values, null, robust=True), expected, rtol=1e-5)
+    assert calibrate.z_scores(np.array([2.0]), np.array([1.0, 1.0, 1.0, 3.0]), robust=True)[0] == pytest.approx(
+        1 / np.sqrt(0.75))
+    # non-finite null scores (PSNR of identical images) are left out
+    assert calibrate.z_scores(np.array([3.0]), np.array([1.0, 2.0, np.inf]))[0] == pytest.approx(3.0)
     # two replicas beyond every null score: min-p ties them, max-z keeps their order
     nulls = _levels(rng, 500)
     far = {name: np.array([20.0, 40.0]) for name in nulls}
     assert np.diff(calibrate.combine("min-p", far, nulls, 0.99)["statistic"])[0] == 0
-    assert np.diff(calibrate.combine("max-z", far, nulls, 0.99)["statistic"])[0] > 0
+    for rule in ("max-z", "max-robust-z"):
+        assert np.diff(calibrate.combine(rule, far, nulls, 0.99)["statistic"])[0] > 0
+
+
+def test_max_z_keeps_its_power_beside_a_level_with_a_heavy_tailed_null():
+    """An uninformative level whose null has a few very high scores (5% outliers) beside an
+    informative one: robust z-scores ignore the outliers when scaling, so they dominate the null's
+    maximum and lift the threshold above the replicas; the standard deviation scales them down."""
+    rng = np.random.default_rng(0)
+
+    def images(n, shift=0.0):
+        tail = rng.normal(size=n)
+        outliers = rng.random(n) < 0.05
+        tail[outliers] += rng.exponential(6.0, size=outliers.sum())
+        return {"informative": rng.normal(size=n) + shift, "heavy-tailed": tail}
+
+    null, replicas, novel = images(400), images(400, shift=3.5), images(400)
+    scores = {name: np.concatenate([replicas[name], novel[name]]) for name in null}
+    recall, false_alarms = {}, {}
+    for rule in ("max-z", "max-robust-z"):
+        flags = calibrate.combine(rule, scores, null, 0.99)["flags"]
+        recall[rule], false_alarms[rule] = flags[:400].mean(), flags[400:].mean()
+    assert false_alarms["max-z"] <= 0.03 and false_alarms["max-robust-z"] <= 0.03
+    assert recall["max-z"] > 0.15 and recall["max-z"] > 5 * recall["max-robust-z"]
 
 
 def test_with_one_level_every_rule_is_the_level_s_own_flag():

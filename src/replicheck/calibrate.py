@@ -199,10 +199,12 @@ RULES = {
              "keeps the correlation between levels",
     "fisher": "Fisher's -2 sum log p over the levels, thresholded at the quantile of the same statistic over "
               "the null images: pools moderate evidence from several levels",
-    "max-z": "the largest of the levels' robust z-scores (score minus the null's median, over 1.4826 x its "
-             "median absolute deviation), thresholded at the quantile of the same statistic over the null "
-             "images: Tippett's rule on a continuous scale, so that it also ranks images beyond every null "
-             "score, and a level whose replicas stand far out of its null weighs most",
+    "max-z": "the largest of the levels' z-scores (score minus the null's mean, over its standard deviation), "
+             "thresholded at the quantile of the same statistic over the null images: Tippett's rule on a "
+             "continuous scale, so that it also ranks images beyond every null score; a level whose replicas stand "
+             "far out of its null weighs most, and one with a long upper tail in its null is scaled down by it",
+    "max-robust-z": "as max-z with robust z-scores (score minus the null's median, over 1.4826 x its median "
+                    "absolute deviation), which ignore the null's tail",
 }
 
 
@@ -227,7 +229,7 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
     names = list(scores)
     if len(names) == 1:
         score, own = scores[names[0]], null[names[0]]
-        return {"statistic": robust_z(score, own), "p": p_values(score, own),
+        return {"statistic": z_scores(score, own), "p": p_values(score, own),
                 "flags": exceeds(score, threshold(own, quantile)), "null_flags": leave_one_out_flags(own, quantile),
                 "level_quantile": quantile}
     synth_p = np.stack([np.nan_to_num(p_values(scores[name], null[name]), nan=1.0) for name in names])
@@ -238,10 +240,12 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
         smallest = synth_p.min(axis=0)
         return {"statistic": -np.log10(smallest), "p": np.minimum(1.0, len(names) * smallest), "flags": flags,
                 "null_flags": null_flags, "level_quantile": level_quantile}
-    if rule == "max-z":
-        statistic = np.max([np.nan_to_num(robust_z(scores[name], null[name]), nan=-np.inf) for name in names], axis=0)
-        null_statistic = np.max([np.nan_to_num(robust_z(null[name], null[name]), nan=-np.inf) for name in names],
-                                axis=0)
+    if rule in ("max-z", "max-robust-z"):
+        robust = rule == "max-robust-z"
+        statistic = np.max([np.nan_to_num(z_scores(scores[name], null[name], robust=robust), nan=-np.inf)
+                            for name in names], axis=0)
+        null_statistic = np.max([np.nan_to_num(z_scores(null[name], null[name], robust=robust), nan=-np.inf)
+                                 for name in names], axis=0)
     else:
         null_p = np.stack([leave_one_out_p_values(null[name]) for name in names])
         if rule == "min-p":
@@ -253,20 +257,26 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
             "null_flags": leave_one_out_flags(null_statistic, quantile), "level_quantile": quantile}
 
 
-def robust_z(values: np.ndarray, null: np.ndarray) -> np.ndarray:
-    """How far scores lie above the null, in robust standard deviations: (x - median) / (1.4826 MAD).
+def z_scores(values: np.ndarray, null: np.ndarray, *, robust: bool = False) -> np.ndarray:
+    """How far scores lie above the null, in its standard deviations: (x - mean) / std.
 
-    Median and MAD ignore a few extreme null scores (a null image's own score barely moves them,
-    so the null can be standardised by itself). A null whose MAD is zero (over half its scores
-    equal) falls back to its standard deviation, then to 1.
+    The combination's threshold sits in the null's upper tail, so the scale that makes levels
+    comparable there is one that sees the tail: the standard deviation grows with a few high
+    null scores and so shrinks that level's z-scores, where the median absolute deviation
+    (``robust``: (x - median) / (1.4826 MAD)) ignores them and lets a heavy-tailed level
+    dominate the maximum (docs/design.md, "Combining the levels"). Non-finite null scores are
+    left out. A null whose scale is zero falls back to its standard deviation, then to 1.
     """
     null = np.asarray(null, dtype=np.float64)
     null = null[np.isfinite(null)]
     values = np.asarray(values, dtype=np.float64)
     if null.size == 0:
         return np.full(values.shape, np.nan)
-    centre = float(np.median(null))
-    scale = 1.4826 * float(np.median(np.abs(null - centre)))
+    if robust:
+        centre = float(np.median(null))
+        scale = 1.4826 * float(np.median(np.abs(null - centre)))
+    else:
+        centre, scale = float(null.mean()), float(null.std())
     if not scale > 0:
         scale = float(null.std()) or 1.0
     return (values - centre) / scale

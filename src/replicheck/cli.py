@@ -36,7 +36,7 @@ def scan(
     levels: str = typer.Option("voxel", "--levels", help="Comma-separated levels to run."),
     k: int = typer.Option(5, "--k", help="Training neighbours kept per synthetic image."),
     quantile: float = typer.Option(0.99, "--quantile", help="Quantile of the null distribution used as threshold."),
-    combine: str = typer.Option("max-z", "--combine", help="How several levels become one verdict: max-z (default: the largest robust z-score of the levels, thresholded on the null), any (a level flags it), bonferroni (any level at a corrected quantile), min-p or fisher (combined p-values calibrated on the null). Every rule's rate is in summary.json."),
+    combine: str = typer.Option("max-z", "--combine", help="How several levels become one verdict: max-z (default: the largest z-score of the levels against the null, thresholded on the null), max-robust-z (the same with median and MAD), any (a level flags it), bonferroni (any level at a corrected quantile), min-p or fisher (combined p-values calibrated on the null). Every rule's rate is in summary.json."),
     grid: Optional[str] = typer.Option(None, "--grid", help="Analysis grid, e.g. 128x128 or 64x128x128 (z,y,x). Default: training's common shape, at most 128 a side."),
     intensity: str = typer.Option("auto", "--intensity", help="auto, ct (Hounsfield units cut to --ct-window), percentile, 8bit, ct8 (8-bit exports of the CT window --ct-window, e.g. CT PNGs; the CT segmenters can then invert the window) or minmax."),
     ct_window: str = typer.Option("40,400", "--ct-window", help="CT window level,width in HU (for --intensity ct or auto-detected CT; with ct8, the window the 8-bit files were exported with)."),

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, roc_curve
 
 from ..calibrate import wilson
@@ -52,12 +53,60 @@ def ranking(positive: np.ndarray, score: np.ndarray) -> dict:
     if positive.all() or not positive.any():
         return {"roc_auc": math.nan, "average_precision": math.nan, **{_tpr_key(x): math.nan for x in FPR_POINTS}}
     finite = _finite(score)
-    fpr, tpr, _ = roc_curve(positive, finite)
+    # every threshold: sklearn's default drops collinear points, which can hide the best point below an FPR
+    fpr, tpr, _ = roc_curve(positive, finite, drop_intermediate=False)
     return {
         "roc_auc": float(roc_auc_score(positive, finite)),
         "average_precision": float(average_precision_score(positive, finite)),
         **{_tpr_key(x): float(tpr[fpr <= x].max()) for x in FPR_POINTS},
     }
+
+
+def paired_difference(labels: pd.DataFrame, first: tuple[np.ndarray, np.ndarray],
+                      second: tuple[np.ndarray, np.ndarray], *, draws: int = 2000, seed: int = 0) -> dict:
+    """How much better detector ``first`` is than ``second`` on the same images, with 95% intervals.
+
+    ``first`` and ``second`` are (score, flag) rows aligned with ``labels``. For ROC AUC, TPR at
+    1% FPR and balanced accuracy: the observed difference (first - second) and the 2.5 and 97.5
+    percentiles of its paired bootstrap (replicas and negatives redrawn separately, both detectors
+    on the same draw; the thresholds stay as calibrated, since the holdout is not redrawn). On a
+    set with 40 negatives one image moves balanced accuracy by 0.0125; the interval says whether
+    a difference is more than that kind of luck.
+    """
+    positive = labels["class"].to_numpy() == "replica"
+    replicas, negatives = np.flatnonzero(positive), np.flatnonzero(~positive)
+    detectors = [(_finite(score), np.asarray(flag, dtype=bool)) for score, flag in (first, second)]
+
+    def difference(rows: np.ndarray) -> np.ndarray:
+        (a_score, a_flag), (b_score, b_flag) = detectors
+        split = np.isin(rows, replicas)
+        return (_fast_metrics(a_score[rows], a_flag[rows], split)
+                - _fast_metrics(b_score[rows], b_flag[rows], split))
+
+    observed = difference(np.arange(len(labels)))
+    rng = np.random.default_rng(seed)
+    samples = np.array([difference(np.concatenate([rng.choice(replicas, replicas.size),
+                                                   rng.choice(negatives, negatives.size)]))
+                        for _ in range(draws)])
+    low, high = np.percentile(samples, [2.5, 97.5], axis=0)
+    return {name: {"difference": float(observed[i]), "ci95": [float(low[i]), float(high[i])]}
+            for i, name in enumerate(COMPARED)}
+
+
+COMPARED = ("roc_auc", "tpr_at_1pct_fpr", "balanced_accuracy")
+
+
+def _fast_metrics(score: np.ndarray, flag: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """ROC AUC (Mann-Whitney, ties counted half), TPR at 1% FPR and balanced accuracy, as
+    :func:`ranking` and :func:`detection` compute them but without sklearn's overhead (the
+    bootstrap calls this thousands of times; tests/test_bench.py checks the two agree)."""
+    pos, neg = score[positive], score[~positive]
+    ranks = rankdata(np.concatenate([pos, neg]))
+    auc = (ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size)
+    allowed = int(np.floor(0.01 * neg.size + 1e-9))  # negatives that may score at or above the threshold
+    tpr = 1.0 if allowed >= neg.size else float((pos > np.sort(neg)[::-1][allowed]).mean())
+    balanced = (flag[positive].mean() + (~flag[~positive]).mean()) / 2
+    return np.array([auc, tpr, balanced])
 
 
 def roc_points(labels: pd.DataFrame, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -110,7 +110,7 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
                  + ([combined_detector(config.levels)] if len(config.levels) > 1 else [])
                  + [METHODS[m] for m in config.methods] + (list(BASELINES) if config.baselines else []))
     out.mkdir(parents=True, exist_ok=True)
-    rows, families, curves = [], [], {}
+    rows, families, curves, per_image = [], [], {}, {}
     for number, detector in enumerate(detectors, 1):
         config.echo(f"[{number}/{len(detectors)}] {detector.name}: {detector.description}")
         sets = _inputs(bench, info, labels, detector, config, out)
@@ -131,12 +131,15 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
                          **_row(sets, run, score, flag, f"{level}:{measure}", config.quantile)})
             families += [{"detector": label, **group} for group in metrics.breakdown(sets["labels"], score, flag)]
             curves[label] = metrics.roc_points(sets["labels"], score)
+            if sets["subset_note"] == "all":
+                per_image[label] = (score, flag)
     results = {"bench": str(bench), "bench_summary": {k: info[k] for k in ("counts", "grid", "format", "source")},
                "config": {"levels": list(config.levels), "methods": list(config.methods), "quantile": config.quantile,
                           "brute_force_budget": config.brute_force_budget, "seed": config.seed,
                           "embedder": config.embedder, "masks": config.masks},
                "detectors": {d.name: d.description for d in detectors},
-               "metrics": rows, "by_family": families}
+               "metrics": rows, "by_family": families,
+               "comparisons": _combined_against_levels(config, labels, per_image)}
     from .tables import markdown, roc_figure
 
     write_csv(pd.DataFrame(rows), out / "metrics.csv")
@@ -145,6 +148,26 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
     write_text(markdown(results), out / "metrics.md")
     roc_figure(curves, out / "roc.png", title=f"{info['source']} ({'x'.join(map(str, info['grid']))})")
     return results
+
+
+def _combined_against_levels(config: RunConfig, labels: pd.DataFrame, per_image: dict) -> list[dict]:
+    """The default combined verdict against each level's primary measure, with paired bootstrap
+    intervals (:func:`metrics.paired_difference`): is the combination at least as good as the
+    best level, or only within one image of it?"""
+    from ..levels import make_level
+    from ..scan import ScanConfig
+
+    scan_config = ScanConfig(embedder=config.embedder)
+    combined = f"combined: {scan_config.combine}"
+    if combined not in per_image:
+        return []
+    comparisons = []
+    for level in config.levels:
+        label = f"{level}: {make_level(level, scan_config).primary}"
+        comparisons.append({"first": combined, "second": label,
+                            **metrics.paired_difference(labels, per_image[combined], per_image[label],
+                                                        seed=config.seed)})
+    return comparisons
 
 
 def _row(sets: dict, run: dict, score: np.ndarray, flag: np.ndarray, key: str, quantile: float) -> dict:
