@@ -92,6 +92,30 @@ def test_make_is_deterministic_for_a_seed(bench2d, tmp_path):
     assert (other / "labels.csv").read_bytes() != (bench / "labels.csv").read_bytes()
 
 
+def test_misaligned_negatives_keep_their_labels_and_lose_pixel_ssim(bench2d, tmp_path):
+    """Every similar and novel image flipped or rotated: same split and same DeepSSIM classes
+    (labels come from the un-perturbed image), but pixel SSIM to the labelled pair falls."""
+    bench, manifest = bench2d
+    make_benchmark(str(manifest), tmp_path / "misaligned",
+                   MakeConfig(seed=3, synthetic=120, grid=(64, 64), misalign_negatives=1.0))
+    plain = pd.read_csv(bench / "labels.csv", keep_default_na=False).set_index("id")
+    moved = pd.read_csv(tmp_path / "misaligned" / "labels.csv", keep_default_na=False).set_index("id")
+    assert (tmp_path / "misaligned" / "training.csv").read_bytes() == (bench / "training.csv").read_bytes()
+    negatives = moved["class"] != "replica"
+    assert set(moved.loc[negatives, "family"]) <= {"flip", "rotation"} and negatives.sum() > 20
+    assert (moved.loc[negatives, "family"] == "rotation").any() and (moved.loc[negatives, "family"] == "flip").any()
+    rotated = moved[negatives & (moved["family"] == "rotation")]
+    assert rotated["params"].map(lambda p: json.loads(p)["degrees"]).max() <= 10
+    assert moved.loc[negatives, ["source", "training_pair", "deepssim_class"]].equals(
+        plain.loc[negatives, ["source", "training_pair", "deepssim_class"]])
+    # a flip moves anatomy across the midline: pixel SSIM to the labelled pair drops (small rotations of
+    # a 64-px slice cost less than the mild perturbations the plain benchmark gave half its novel images)
+    flipped = negatives & (moved["family"] == "flip")
+    assert (plain["ssim_to_pair"] - moved["ssim_to_pair"])[flipped].mean() > 0.05
+    with pytest.raises(ReplicheckError, match="--misalign-negatives"):
+        MakeConfig(misalign_negatives=1.5)
+
+
 def _digest(folder: Path) -> str:
     h = hashlib.sha256()
     for path in sorted(folder.iterdir()):

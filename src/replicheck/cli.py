@@ -128,6 +128,7 @@ def bench_make(
     mix: str = typer.Option("0.5,0.15,0.35", "--mix", help="Shares of the synthetic set: replicas, same patient / other image, novel."),
     synthetic: Optional[int] = typer.Option(None, "--synthetic", help="Synthetic images to make (default: the training images, at most 1000)."),
     perturb_novel: float = typer.Option(0.5, "--perturb-novel", help="Share of novel images given a mild perturbation."),
+    misalign_negatives: float = typer.Option(0.0, "--misalign-negatives", help="Share of similar and novel images flipped or rotated by up to 10 degrees (labelled by the un-perturbed image), for DeepSSIM's comparison with pixel SSIM on misaligned pairs."),
     families: Optional[str] = typer.Option(None, "--families", help="Comma-separated perturbation families of the replicas (default: every family except the strong ones, which must be named: heavy_noise, strong_bias_field, contrast, boundary_noise)."),
     grid: Optional[str] = typer.Option(None, "--grid", help="Grid of the written images, e.g. 128x128 (default: the source's common shape, at most 128 a side)."),
     intensity: str = typer.Option("auto", "--intensity", help="auto, ct, percentile, 8bit or minmax (as for scan)."),
@@ -141,7 +142,7 @@ def bench_make(
     def work():
         config = MakeConfig(
             seed=seed, split=_parse_shares(split, "--split"), mix=_parse_shares(mix, "--mix"), synthetic=synthetic,
-            perturb_novel=perturb_novel, families=tuple(f.strip() for f in families.split(",")) if families else None,
+            perturb_novel=perturb_novel, misalign_negatives=misalign_negatives, families=tuple(f.strip() for f in families.split(",")) if families else None,
             grid=_parse_grid(grid), intensity=intensity, subject_regex=subject_regex, image_ndim=image_ndim,
             progress=not quiet)
         return make_benchmark(source, out, config)

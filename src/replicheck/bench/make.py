@@ -43,6 +43,8 @@ from . import perturb as perturbations
 CLASSES = ("replica", "similar", "novel")
 DEEPSSIM_BANDS = (0.60, 0.85)  # SSIM of the un-perturbed pair: Different <= 0.60 < Similar <= 0.85 < Duplicate
 MILD_FAMILIES = ("gaussian_noise", "rician_noise", "blur", "gamma", "intensity_scale", "bias_field", "resample", "jpeg")
+# The misalignments DeepSSIM's paper evaluates on (flips, rotations up to 10 degrees): (family, strength).
+MISALIGNMENTS = (("flip", 0), ("flip", 1), ("rotation", 0), ("rotation", 1), ("rotation", 2))
 NOVEL_PAIR_SHORTLIST = 10  # training images (by Pearson of 32-px copies) whose SSIM picks a novel image's pair
 
 
@@ -53,6 +55,7 @@ class MakeConfig:
     mix: tuple[float, float, float] = (0.5, 0.15, 0.35)  # shares of the synthetic set: replica, similar, novel
     synthetic: int | None = None  # size of the synthetic set; default: the training images, at most 1,000
     perturb_novel: float = 0.5  # share of novel images given a mild perturbation
+    misalign_negatives: float = 0.0  # share of similar and novel images flipped or rotated by up to 10 degrees
     families: tuple[str, ...] | None = None  # perturbation families of the replicas; default: perturb.DEFAULT_FAMILIES
     grid: tuple[int, ...] | None = None
     max_side: int = 128
@@ -69,8 +72,10 @@ class MakeConfig:
                 raise ReplicheckError(f"--{name}: expected three non-negative shares that sum to 1, got {shares}")
         if min(self.split) <= 0:
             raise ReplicheckError(f"--split: every group needs a positive share of subjects, got {self.split}")
-        if not 0 <= self.perturb_novel <= 1:
-            raise ReplicheckError(f"--perturb-novel: expected a share in [0, 1], got {self.perturb_novel}")
+        for name in ("perturb_novel", "misalign_negatives"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ReplicheckError(f"--{name.replace('_', '-')}: expected a share in [0, 1], "
+                                      f"got {getattr(self, name)}")
         unknown = sorted(set(self.families or ()) - set(perturbations.FAMILIES))
         if unknown:
             raise ReplicheckError(f"--families: unknown {', '.join(unknown)}; known: {', '.join(perturbations.FAMILIES)}")
@@ -160,8 +165,23 @@ def _plan(refs: list[ImageRef], config: MakeConfig) -> Plan:
         mild = rng.random() < config.perturb_novel
         family = MILD_FAMILIES[rng.integers(len(MILD_FAMILIES))] if mild else ""
         items.append({"class": "novel", "ref": ref, "family": family, "strength": 0 if mild else -1, "donor": None})
+    _misalign(items, config)
     items = [items[i] for i in rng.permutation(len(items))]
     return Plan(training, [ref for s in groups["holdout"] for ref in by_subject[s]], items, groups, notes)
+
+
+def _misalign(items: list[dict], config: MakeConfig) -> None:
+    """Flip or rotate (up to 10 degrees) a ``misalign_negatives`` share of the similar and novel
+    images, replacing any mild perturbation. Their labels still come from the un-perturbed image,
+    so a similar image stays 'Similar' while its pixel SSIM collapses: the misaligned negatives
+    that DeepSSIM's comparison with pixel SSIM needs. A separate random stream, so a benchmark
+    made without them is unchanged."""
+    if not config.misalign_negatives:
+        return
+    rng = np.random.default_rng([config.seed, 1])
+    for item in items:
+        if item["class"] != "replica" and rng.random() < config.misalign_negatives:
+            item["family"], item["strength"] = MISALIGNMENTS[rng.integers(len(MISALIGNMENTS))]
 
 
 def _replicas(training: list[ImageRef], donors: list[ImageRef], families: tuple[str, ...], count: int,
