@@ -162,7 +162,8 @@ def main() -> None:
             "training images under one perturbation family and strength; negatives are other images of training "
             "patients ('similar') and images of unseen patients ('novel'). Every threshold is the 0.99 quantile of "
             "holdout → training scores; no label sets it. Natural copies: the 4 lossy JPEG 2000 files of "
-            "pydicom-data found (flagged with their original as nearest) out of 4.", ""]
+            "pydicom-data found (flagged with their original as nearest) out of 4. Wall times are on 2 cores, often "
+            "shared with other jobs.", ""]
     body += [kept[dim] for dim in SETS if dim in kept]
     target.write_text(head.rstrip() + "\n\n" + "\n".join(body))
     print(f"wrote {target}")
