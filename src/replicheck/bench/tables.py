@@ -93,9 +93,11 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, 
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for label, (fpr, tpr) in curves.items():
+    colours = len(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    for number, (label, (fpr, tpr)) in enumerate(curves.items()):
+        style = ("-", "--", ":")[number // colours % 3]  # colours repeat after ten detectors; line styles tell them apart
         for axis in axes:
-            axis.plot(fpr, tpr, label=label, linewidth=1.4)
+            axis.plot(fpr, tpr, label=label, linewidth=1.4, linestyle=style)
     axes[0].plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
     axes[1].set_xscale("log")
     axes[1].set_xlim(1e-3, 1)
