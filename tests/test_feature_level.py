@@ -29,7 +29,7 @@ def test_train_then_scan_with_the_feature_level(ctich, tmp_path):
     trained = runner.invoke(app, ["train", "deepssim", str(tmp_path / "train"), "--out", str(model), "--size", "32",
                                   "--epochs", "2", "--pairs-per-epoch", "128", "--subject-regex", r"^(\d+)_", "-q"])
     assert trained.exit_code == 0, trained.output
-    assert model.is_file() and "validation MAE" in trained.output
+    assert model.is_file() and "validation MAE" in trained.output and "Calibrated cosine -> SSIM" in trained.output
 
     out = tmp_path / "results"
     scanned = runner.invoke(app, ["scan", str(tmp_path / "train"), str(tmp_path / "synth"), "--holdout",
@@ -38,6 +38,8 @@ def test_train_then_scan_with_the_feature_level(ctich, tmp_path):
     assert scanned.exit_code == 0, scanned.output
     table = pd.read_csv(out / "synthetic.csv").set_index("id")
     assert {"feature_score", "feature_nearest", "feature_flag", "feature_p"} <= set(table.columns)
+    # a trained model is calibrated: its SSIM estimate is reported beside the cosine
+    assert {"feature_ssim_estimate", "feature_ssim_estimate_flag"} <= set(table.columns)
     # the score is the cosine of the two images' embeddings, computed here independently
     embedder = load_embedder(str(model))
     row = table.loc["flip%04d.npy" % copies[0]]

@@ -20,6 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Find synthetic medical images that copy a patient's training image.")
 
 EXIT_INPUT = 2
+CALIBRATION_SIZE = 128  # px: DeepSSIM's cosine -> SSIM calibration is fitted on the grid a scan uses by default
 
 
 @app.callback()
@@ -206,6 +207,7 @@ def train_deepssim_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train a DeepSSIM embedder: embedding cosine regresses pixel SSIM under augmentations."""
+    from .embedders.ssim_calibration import calibrate_checkpoint
     from .progress import Progress
     from .train_deepssim import read_training_slices, train_deepssim
 
@@ -216,15 +218,54 @@ def train_deepssim_command(
                                   f"give subject ids with a manifest's subject column or --subject-regex")
         progress = Progress(not quiet)
         with progress.session():
-            return train_deepssim(images, subjects, out=out, size=size, epochs=epochs, pairs_per_epoch=pairs_per_epoch,
-                                  seed=seed, max_seconds=minutes * 60 if minutes else None, device=device,
-                                  flip_average=flip_average, description=f"replicheck train deepssim {train}",
-                                  progress=progress)
+            report = train_deepssim(images, subjects, out=out, size=size, epochs=epochs,
+                                    pairs_per_epoch=pairs_per_epoch, seed=seed,
+                                    max_seconds=minutes * 60 if minutes else None, device=device,
+                                    flip_average=flip_average, description=f"replicheck train deepssim {train}",
+                                    progress=progress)
+        if size != CALIBRATION_SIZE:  # the calibration's SSIM is taken on the grid a scan compares
+            images, subjects = read_training_slices(train, size=CALIBRATION_SIZE, subject_regex=subject_regex,
+                                                    image_ndim=image_ndim)
+        return report | {"ssim_calibration": calibrate_checkpoint(out, images, subjects, out)}
 
     report = _run(work)
+    calibration = report["ssim_calibration"]
+    typer.echo(f"Calibrated cosine -> SSIM on {calibration['pairs']:,} nearest pairs of the training images "
+               f"(median cosine {calibration['median_cosine']:.3f}, median SSIM {calibration['median_ssim']:.3f}).")
     typer.echo(f"Saved {out} (best epoch {report['best_epoch']}): validation MAE of cosine vs SSIM "
                f"{report['val_mae_clean']:.3f} on un-augmented pairs, {report['val_mae_augmented']:.3f} on augmented "
                f"pairs (before training {report['initial']['val_mae_clean']:.3f}); {report['wall_s'] / 60:.1f} min")
+
+
+@train_app.command("calibrate")
+def train_calibrate_command(
+    model: Path = typer.Argument(..., help="A DeepSSIM checkpoint (model.pt from replicheck train deepssim)."),
+    train: str = typer.Argument(..., help="Its training images (2D, or volumes used slice by slice), with subject ids."),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write: the same weights with the calibration."),
+    subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),
+    image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
+) -> None:
+    """Fit DeepSSIM's cosine -> SSIM calibration on training images (train deepssim does it itself)."""
+    from .embedders.deepssim import load_checkpoint
+    from .embedders.ssim_calibration import calibrate_checkpoint
+    from .records import InputError
+    from .train_deepssim import read_training_slices
+
+    def work():
+        if not model.is_file():
+            raise InputError(str(model), "no such checkpoint")
+        load_checkpoint(model)  # a clear error for a missing, corrupt or foreign checkpoint before reading images
+        images, subjects = read_training_slices(train, size=CALIBRATION_SIZE, subject_regex=subject_regex,
+                                                image_ndim=image_ndim)
+        if len(set(subjects)) < 2:
+            raise ReplicheckError(f"{train}: the calibration needs at least 2 subjects (pairs of different patients); "
+                                  f"give subject ids with a manifest's subject column or --subject-regex")
+        return calibrate_checkpoint(model, images, subjects, out)
+
+    calibration = _run(work)
+    typer.echo(f"Saved {out}: cosine -> SSIM fitted on {calibration['pairs']:,} nearest pairs of {calibration['images']:,} "
+               f"training images (median cosine {calibration['median_cosine']:.3f}, median SSIM "
+               f"{calibration['median_ssim']:.3f}); scans with it report feature_ssim_estimate.")
 
 
 @train_app.command("contrastive")

@@ -24,6 +24,8 @@ class FeatureLevel:
         self.embedder = embedder
         self.cache = cache
         self.measures = {"cosine": True}
+        if getattr(embedder, "calibration", None) is not None:  # DeepSSIM's calibrated SSIM estimate, for its classes
+            self.measures["ssim_estimate"] = True
 
     def vectors(self, images: np.ndarray) -> np.ndarray:
         """(b, *grid) images -> (b, dim) unit float32 embeddings, from the cache where it has them.
@@ -52,8 +54,10 @@ class FeatureLevel:
         return np.ascontiguousarray(self.embedder.embed(images), dtype=np.float32)
 
     def rescore_vectors(self, query: np.ndarray, candidates: np.ndarray) -> dict[str, np.ndarray]:
-        cosine = candidates.astype(np.float64) @ query.astype(np.float64)
-        return {"cosine": np.clip(cosine, -1.0, 1.0)}
+        cosine = np.clip(candidates.astype(np.float64) @ query.astype(np.float64), -1.0, 1.0)
+        if "ssim_estimate" in self.measures:
+            return {"cosine": cosine, "ssim_estimate": self.embedder.estimate_ssim(cosine)}
+        return {"cosine": cosine}
 
     def rescore(self, query: np.ndarray, candidates: np.ndarray, *, keep: int | None = None) -> dict[str, np.ndarray]:
         """Cosine of freshly embedded images (the search uses :meth:`rescore_vectors` instead)."""
@@ -65,6 +69,9 @@ class FeatureLevel:
             "embedder": {"name": self.embedder.name, "version": self.embedder.version,
                          "digest": self.embedder.digest, "dim": self.embedder.dim},
             "shortlist": "inner product of L2-normalised embeddings (faiss IndexFlatIP); exact",
+            "ssim_calibration": ({key: value for key, value in self.embedder.calibration.items()
+                                  if key not in ("cosine", "ssim")}
+                                 if "ssim_estimate" in self.measures else None),
             # Called after the level's vectors are computed, so the counts cover this scan's images.
             "cache": self.cache.describe() if self.cache is not None else None,
         }

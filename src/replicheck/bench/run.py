@@ -173,7 +173,7 @@ def _combined_against_levels(config: RunConfig, labels: pd.DataFrame, per_image:
 def _row(sets: dict, run: dict, score: np.ndarray, flag: np.ndarray, key: str, quantile: float) -> dict:
     """One detector row's metrics; DeepSSIM's classes only for SSIM-scaled measures."""
     natural = run.get("natural")
-    ssim_like = key.split(":")[1] in ("ssim", "cosine")
+    ssim_like = key.split(":")[1] in ("ssim", "cosine", "ssim_estimate")
     return {
         "subset": sets["subset_note"], **metrics.detection(sets["labels"], score, flag),
         "deepssim_macro_f1": metrics.deepssim_macro_f1(sets["labels"], score) if ssim_like else math.nan,

@@ -158,7 +158,8 @@ class DeepSSIMEmbedder:
     name = KIND
     version = VERSION
 
-    def __init__(self, model: DeepSSIMNet, *, flip_average: bool = False, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, model: DeepSSIMNet, *, flip_average: bool = False, device: str = "cpu", batch_size: int = 64,
+                 calibration: dict | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
@@ -167,6 +168,7 @@ class DeepSSIMEmbedder:
         self.batch_size = int(batch_size)
         self.input_size = model.input_size
         self.dim = model.dim
+        self.calibration = calibration  # cosine -> SSIM knots (ssim_calibration); the embedding does not depend on it
         self.digest = state_digest(model)
         if self.flip_average:  # a different embedding of the same weights: a different digest (feature cache key)
             self.digest = hashlib.sha256(f"{self.digest}|flip_average".encode()).hexdigest()
@@ -175,7 +177,15 @@ class DeepSSIMEmbedder:
     def from_checkpoint(cls, path: str | Path, *, device: str = "cpu", batch_size: int = 64) -> "DeepSSIMEmbedder":
         model, meta = load_checkpoint(path)
         flip_average = bool(meta.get("embedding", {}).get("flip_average", False))
-        return cls(model, flip_average=flip_average, device=device, batch_size=batch_size)
+        return cls(model, flip_average=flip_average, device=device, batch_size=batch_size,
+                   calibration=meta.get("ssim_calibration"))
+
+    def estimate_ssim(self, cosine: np.ndarray) -> np.ndarray:
+        """DeepSSIM's SSIM estimate of each cosine: calibrated when the checkpoint carries a
+        calibration (:mod:`replicheck.embedders.ssim_calibration`), else the cosine itself."""
+        from .ssim_calibration import estimate
+
+        return np.asarray(cosine, dtype=np.float64) if self.calibration is None else estimate(self.calibration, cosine)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """(b, H, W) or (b, Z, Y, X) intensities in [0, 1] -> (b, dim) float32 unit rows."""
