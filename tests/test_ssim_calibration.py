@@ -86,7 +86,7 @@ def test_train_calibrate_command(slices, tmp_path):
                                             for i in chosen})
     out = tmp_path / "model.pt"
     runner = CliRunner()
-    result = runner.invoke(app, ["train", "calibrate", str(BUNDLED_WEIGHTS / "deepssim.pt"), str(folder),
+    result = runner.invoke(app, ["train", "calibrate", "deepssim", str(folder),  # the bundled model, by name
                                  "--subject-regex", r"^(\d+)_", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "nearest pairs" in result.output and load_embedder(str(out)).calibration is not None

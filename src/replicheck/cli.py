@@ -239,28 +239,31 @@ def train_deepssim_command(
 
 @train_app.command("calibrate")
 def train_calibrate_command(
-    model: Path = typer.Argument(..., help="A DeepSSIM checkpoint (model.pt from replicheck train deepssim)."),
+    model: Path = typer.Argument(..., help="A DeepSSIM checkpoint (model.pt from replicheck train deepssim), or deepssim for the bundled model."),
     train: str = typer.Argument(..., help="Its training images (2D, or volumes used slice by slice), with subject ids."),
     out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write: the same weights with the calibration."),
     subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),
     image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
 ) -> None:
-    """Fit DeepSSIM's cosine -> SSIM calibration on training images (train deepssim does it itself)."""
+    """Fit DeepSSIM's cosine -> SSIM calibration on training images (train deepssim does it itself);
+    with MODEL = deepssim, calibrate the bundled model on your own training images."""
+    from .embedders import BUNDLED_WEIGHTS
     from .embedders.deepssim import load_checkpoint
     from .embedders.ssim_calibration import calibrate_checkpoint
     from .records import InputError
     from .train_deepssim import read_training_slices
 
     def work():
-        if not model.is_file():
+        source = BUNDLED_WEIGHTS / "deepssim.pt" if str(model) == "deepssim" else model
+        if not source.is_file():
             raise InputError(str(model), "no such checkpoint")
-        load_checkpoint(model)  # a clear error for a missing, corrupt or foreign checkpoint before reading images
+        load_checkpoint(source)  # a clear error for a missing, corrupt or foreign checkpoint before reading images
         images, subjects = read_training_slices(train, size=CALIBRATION_SIZE, subject_regex=subject_regex,
                                                 image_ndim=image_ndim)
         if len(set(subjects)) < 2:
             raise ReplicheckError(f"{train}: the calibration needs at least 2 subjects (pairs of different patients); "
                                   f"give subject ids with a manifest's subject column or --subject-regex")
-        return calibrate_checkpoint(model, images, subjects, out)
+        return calibrate_checkpoint(source, images, subjects, out)
 
     calibration = _run(work)
     typer.echo(f"Saved {out}: cosine -> SSIM fitted on {calibration['pairs']:,} nearest pairs of {calibration['images']:,} "
