@@ -4,16 +4,16 @@ DeepSSIM regresses SSIM with an embedding cosine, and its classes (Different / S
 Duplicate at 0.60 / 0.85) read that cosine as an SSIM. Ours orders pairs well but overestimates
 their SSIM on the pairs a scan meets, the nearest ones: on the 2D CT-ICH benchmark's training
 slices the nearest pairs had a median cosine of 0.972 and a median true SSIM of 0.625 (a model
-trained on those slices), so nearly every pair fell in Duplicate (BENCHMARKS-feature.md). An isotonic regression
-of the true SSIM on the cosine, fitted on exactly such pairs of the training set (each image's
-nearest image of another subject and of its own subject, plus identical pairs at (1, 1)),
-corrects the classes without changing any ranking; no synthetic image or label is used.
+trained on those slices), so nearly every pair fell in Duplicate (BENCHMARKS-feature.md). An
+isotonic regression of the true SSIM on the cosine, fitted on exactly such pairs of the training
+set (each image's nearest image of another subject and of its own subject, plus identical pairs
+at (1, 1)), corrects the classes without changing any ranking; no synthetic image or label is used.
 
 The SSIM is DeepSSIM's target (:func:`replicheck.measures.zscored_ssim`) computed on the images
 as given, so give them on the grid a scan compares (``train calibrate`` reads them at 128 px, a
 scan's default): the estimate is then the SSIM a user would compute on the scanned images. On the
-CT benchmark, fitting at the network's 64-px input instead gave macro F1 0.607 on misaligned pairs
-against 0.664 at 128 px, where the benchmark's labels are defined. The calibration is a list of
+CT benchmark, fitting at the network's 64-px input instead gave macro F1 0.607 (stepwise fit) on misaligned pairs
+against 0.668 at 128 px, where the benchmark's labels are defined. The calibration is a list of
 knots stored in the checkpoint's ``meta["ssim_calibration"]``: the centres of the isotonic fit's
 steps, joined by straight lines, so that the map is strictly increasing (:func:`estimate`) and
 orders images as the cosine does. The steps themselves tie replicas with negatives: they cost
