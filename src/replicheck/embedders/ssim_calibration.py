@@ -12,12 +12,12 @@ at (1, 1)), corrects the classes without changing any ranking; no synthetic imag
 The SSIM is DeepSSIM's target (:func:`replicheck.measures.zscored_ssim`) computed on the images
 as given, so give them on the grid a scan compares (``train calibrate`` reads them at 128 px, a
 scan's default): the estimate is then the SSIM a user would compute on the scanned images. On the
-CT benchmark, fitting at the network's 64-px input instead gave macro F1 0.607 (stepwise fit) on misaligned pairs
-against 0.668 at 128 px, where the benchmark's labels are defined. The calibration is a list of
-knots stored in the checkpoint's ``meta["ssim_calibration"]``: the centres of the isotonic fit's
-steps, joined by straight lines, so that the map is strictly increasing (:func:`estimate`) and
-orders images as the cosine does. The steps themselves tie replicas with negatives: they cost
-TPR at 1% FPR 0.454 -> 0.360 on that benchmark.
+CT benchmark, fitting at the network's 64-px input instead gave macro F1 0.607 (stepwise fit) on
+misaligned pairs against 0.668 at 128 px, where the benchmark's labels are defined. The
+calibration is a list of knots stored in the checkpoint's ``meta["ssim_calibration"]``: the
+centres of the isotonic fit's steps, joined by straight lines, so that the map is strictly
+increasing (:func:`estimate`) and orders images as the cosine does. The steps themselves tie
+replicas with negatives: they cost TPR at 1% FPR 0.454 -> 0.360 on that benchmark.
 """
 
 from __future__ import annotations
