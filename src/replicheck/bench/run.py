@@ -47,17 +47,19 @@ class Detector:
     rows: tuple[tuple[str, str, str, bool], ...]  # (row label, level, measure, higher is more similar)
     exhaustive: bool = False  # every pair is scored (the index only orders them)
     description: str = ""
+    primary: str = ""  # a level detector's row of the level's primary measure
 
 
 def level_detector(level: str, embedder: str = "deepssim") -> Detector:
     from ..levels import make_level
     from ..scan import ScanConfig
 
-    measures = make_level(level, ScanConfig(embedder=embedder)).measures
+    made = make_level(level, ScanConfig(embedder=embedder))
     return Detector(level, {"levels": (level,)},
-                    tuple((f"{level}: {m}", level, m, higher) for m, higher in measures.items()),
+                    tuple((f"{level}: {m}", level, m, higher) for m, higher in made.measures.items()),
                     description=f"replicheck scan --levels {level} (default settings); one row per measure, each "
-                                f"taken over the k nearest by the level's primary measure")
+                                f"taken over the k nearest by the level's primary measure",
+                    primary=f"{level}: {made.primary}")
 
 
 def combined_detector(levels: tuple[str, ...]) -> Detector:
@@ -139,7 +141,7 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
                           "embedder": config.embedder, "masks": config.masks},
                "detectors": {d.name: d.description for d in detectors},
                "metrics": rows, "by_family": families,
-               "comparisons": _combined_against_levels(config, labels, per_image)}
+               "comparisons": _combined_against_levels(detectors, labels, per_image, config.seed)}
     from .tables import markdown, roc_figure
 
     write_csv(pd.DataFrame(rows), out / "metrics.csv")
@@ -150,24 +152,19 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
     return results
 
 
-def _combined_against_levels(config: RunConfig, labels: pd.DataFrame, per_image: dict) -> list[dict]:
+def _combined_against_levels(detectors: list[Detector], labels: pd.DataFrame, per_image: dict,
+                             seed: int) -> list[dict]:
     """The default combined verdict against each level's primary measure, with paired bootstrap
     intervals (:func:`metrics.paired_difference`): is the combination at least as good as the
     best level, or only within one image of it?"""
-    from ..levels import make_level
     from ..scan import ScanConfig
 
-    scan_config = ScanConfig(embedder=config.embedder)
-    combined = f"combined: {scan_config.combine}"
+    combined = f"combined: {ScanConfig.combine}"
     if combined not in per_image:
         return []
-    comparisons = []
-    for level in config.levels:
-        label = f"{level}: {make_level(level, scan_config).primary}"
-        comparisons.append({"first": combined, "second": label,
-                            **metrics.paired_difference(labels, per_image[combined], per_image[label],
-                                                        seed=config.seed)})
-    return comparisons
+    return [{"first": combined, "second": detector.primary,
+             **metrics.paired_difference(labels, per_image[combined], per_image[detector.primary], seed=seed)}
+            for detector in detectors if detector.primary]
 
 
 def _row(sets: dict, run: dict, score: np.ndarray, flag: np.ndarray, key: str, quantile: float) -> dict:

@@ -175,7 +175,12 @@ class DeepSSIMEmbedder:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "cpu", batch_size: int = 64) -> "DeepSSIMEmbedder":
-        model, meta = load_checkpoint(path)
+        return cls.from_loaded(*load_checkpoint(path), device=device, batch_size=batch_size)
+
+    @classmethod
+    def from_loaded(cls, model: DeepSSIMNet, meta: dict, *, device: str = "cpu",
+                    batch_size: int = 64) -> "DeepSSIMEmbedder":
+        """The embedder of a checkpoint already read by :func:`load_checkpoint` (its model and meta)."""
         flip_average = bool(meta.get("embedding", {}).get("flip_average", False))
         return cls(model, flip_average=flip_average, device=device, batch_size=batch_size,
                    calibration=meta.get("ssim_calibration"))

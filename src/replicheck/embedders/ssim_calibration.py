@@ -44,9 +44,10 @@ def fit(embedder, images: np.ndarray, subjects: np.ndarray, *, seed: int = 0) ->
         keep = np.sort(np.random.default_rng(seed).choice(len(images), MAX_IMAGES, replace=False))
         images, subjects = images[keep], subjects[keep]
     vectors = embedder.embed(images).astype(np.float64)
+    similarity = vectors @ vectors.T
     cosine, ssim = [], []
     for same_subject in (False, True):
-        pair_cosine, partner = _nearest(vectors, subjects, same_subject)
+        pair_cosine, partner = _nearest(similarity, subjects, same_subject)
         rows = np.flatnonzero(partner >= 0)
         cosine.append(pair_cosine[rows])
         ssim.append(np.array([measures.zscored_ssim(images[i], images[partner[i]][None])[0] for i in rows]))
@@ -76,8 +77,7 @@ def calibrate_checkpoint(model_path: str | Path, images: np.ndarray, subjects: n
     from .deepssim import DeepSSIMEmbedder, load_checkpoint, save_checkpoint
 
     model, meta = load_checkpoint(model_path)
-    embedder = DeepSSIMEmbedder.from_checkpoint(model_path)
-    calibration = fit(embedder, images, subjects)
+    calibration = fit(DeepSSIMEmbedder.from_loaded(model, meta), images, subjects)
     save_checkpoint(out, model, {key: value for key, value in meta.items() if key != "architecture"}
                     | {"ssim_calibration": calibration})
     return calibration
@@ -95,13 +95,13 @@ def _step_centres(xs: np.ndarray, ys: np.ndarray) -> tuple[list[float], list[flo
     return knots_x, knots_y
 
 
-def _nearest(vectors: np.ndarray, subjects: np.ndarray, same_subject: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: the largest cosine with another image of another subject (or of its own), and
-    that image's row (-1 when there is none)."""
-    cosine = vectors @ vectors.T
+def _nearest(similarity: np.ndarray, subjects: np.ndarray, same_subject: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per image (row of the cosine matrix ``similarity``): the largest cosine with another image
+    of another subject (or of its own), and that image's row (-1 when there is none)."""
+    n = len(similarity)
     own = subjects[:, None] == subjects[None, :]
-    allowed = (own & ~np.eye(len(vectors), dtype=bool)) if same_subject else ~own
-    cosine = np.where(allowed, cosine, -np.inf)
+    allowed = (own & ~np.eye(n, dtype=bool)) if same_subject else ~own
+    cosine = np.where(allowed, similarity, -np.inf)
     partner = cosine.argmax(axis=1)
-    best = cosine[np.arange(len(vectors)), partner]
+    best = cosine[np.arange(n), partner]
     return best, np.where(np.isfinite(best), partner, -1)
