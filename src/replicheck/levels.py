@@ -7,8 +7,9 @@ exact rescoring of the top-k, calibration against the null, flags); a level only
 - ``rescore(query, candidates)``: its measures for one query against k candidates;
 - ``measures``: measure name -> True when higher is more similar; ``primary``: the measure
   whose calibrated threshold sets the level's flag;
-- optionally ``coarse(images)`` and ``coarse_scores(query, candidates)``: a cheaper second
+- optionally ``coarse(images)`` and ``refine(grid, query, candidates, keep)``: a cheaper second
   look that re-ranks the index's shortlist before the exact rescoring (``None`` to skip);
+- optionally ``shortlist(ndim)``: how many index candidates to refine (default 256);
 - optionally ``depth(ndim, k)``: how many refined candidates to rescore exactly (default k);
 - optionally ``rescore_vectors(query_vector, candidate_vectors)``: measures computed from the
   search vectors alone (an embedding's cosine), so that no image is read back to rescore.
@@ -28,6 +29,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .records import ReplicheckError
+from .store import StoredRows
 
 
 class Level(Protocol):
@@ -51,10 +53,11 @@ class Level(Protocol):
 
     def coarse(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(b, *grid) images -> (as query, as candidate): two (b, d) arrays for
-        :meth:`coarse_scores`, or None for a level without a coarse stage."""
+        :meth:`refine`, or None for a level without a coarse stage."""
 
-    def coarse_scores(self, query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """(n,) similarity of one coarse query row with n coarse candidate rows, higher = closer."""
+    def refine(self, grid: tuple[int, ...], query: np.ndarray, candidates: StoredRows, keep: int) -> np.ndarray:
+        """Positions of the ``keep`` closest of the coarse ``candidates`` rows (read as needed) to
+        one coarse query row (images of shape ``grid``), closest first."""
 
 
 def _voxel(config) -> Level:

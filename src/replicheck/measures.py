@@ -27,11 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .ssim_kernels import ssim_many
+
 HIGHER_IS_SIMILAR = {"ncc": True, "ssim": True, "psnr": True, "mse": False}
 MEASURES = tuple(HIGHER_IS_SIMILAR)
 
 _K1, _K2 = 0.01, 0.03
-_SSIM_CHUNK_VOXELS = 2**20
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,8 @@ def compare(
     ncc_ = _pearson(flat_q, flat_c).numpy()
     ssim_ = np.full(len(c), np.nan)
     rows = np.arange(len(c)) if ssim_best is None else np.argsort(-ncc_, kind="stable")[:ssim_best]
-    # A few candidates at a time: the SSIM temporaries then stay in cache (1.6x faster in 3D).
-    step = max(1, _SSIM_CHUNK_VOXELS // q.numel())
-    for start in range(0, rows.size, step):
-        chunk = rows[start:start + step]
-        ssim_[chunk] = _ssim(q, c[torch.from_numpy(chunk)], data_range=data_range, win_size=win_size).numpy()
+    if rows.size:
+        ssim_[rows] = _ssim(q.numpy(), c.numpy()[rows], data_range=data_range, win_size=win_size)
     return PairScores(
         ncc=ncc_,
         ssim=ssim_,
@@ -165,30 +163,33 @@ def _pearson(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), 0.0)
 
 
-def _box_mean(x: torch.Tensor, win: int, ndim: int) -> torch.Tensor:
-    """Mean over every complete ``win``-wide window of the last ``ndim`` axes ('valid' region)."""
-    for axis in range(x.ndim - ndim, x.ndim):
-        x = x.unfold(axis, win, 1).sum(-1)
-    return x / float(win**ndim)
+def unit_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Rows centred and scaled to unit norm (constant rows become 0), so dot products are Pearson r."""
+    rows = rows - rows.mean(dim=1, keepdim=True)
+    norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+    return torch.where(norms > 0, rows / norms.clamp_min(1e-12), 0.0)
 
 
-def _ssim(q: torch.Tensor, c: torch.Tensor, *, data_range: float, win_size: int) -> torch.Tensor:
-    """SSIM of q (S) against each of c (k, *S), as scikit-image computes it (float32 arithmetic).
+def _ssim(q: np.ndarray, c: np.ndarray, *, data_range: float, win_size: int) -> np.ndarray:
+    """SSIM of q (S) against each of c (k, *S), as scikit-image computes it (float32 arithmetic
+    in fused loops, :func:`replicheck.ssim_kernels.ssim_many`).
 
     scikit-image filters with reflection at the borders and then drops a border of
     (win_size - 1) // 2; the 'valid' window means used here are exactly those kept voxels.
     """
-    d = q.ndim
-    n = win_size**d
-    cov_norm = n / (n - 1.0)
-    c1 = (_K1 * data_range) ** 2
-    c2 = (_K2 * data_range) ** 2
-    mq, mc = _box_mean(q, win_size, d), _box_mean(c, win_size, d)
-    vq = cov_norm * (_box_mean(q * q, win_size, d) - mq * mq)
-    vc = cov_norm * (_box_mean(c * c, win_size, d) - mc * mc)
-    vqc = cov_norm * (_box_mean(c * q, win_size, d) - mc * mq)
-    s = ((2 * mq * mc + c1) * (2 * vqc + c2)) / ((mq * mq + mc * mc + c1) * (vq + vc + c2))
-    return s.reshape(s.shape[0], -1).double().mean(dim=1)
+    if q.ndim > 3:
+        raise ValueError(f"SSIM needs 2D or 3D images, got {q.ndim} axes")
+    depth = (1,) * (3 - q.ndim)  # 2D images are 3D images one voxel deep
+    out = np.empty(len(c), dtype=np.float64)
+    ssim_many(np.ascontiguousarray(q).reshape(depth + q.shape), np.ascontiguousarray(c).reshape((len(c),) + depth + q.shape),
+              depth + (win_size,) * q.ndim, np.float32((_K1 * data_range) ** 2), np.float32((_K2 * data_range) ** 2),
+              np.float32(covariance_scale(win_size ** q.ndim)), out)
+    return out
+
+
+def covariance_scale(n: int) -> float:
+    """scikit-image's sample-covariance factor n / (n - 1) for windows of n voxels (1 for n = 1)."""
+    return n / (n - 1.0) if n > 1 else 1.0
 
 
 def _window_sums(x: torch.Tensor, length: tuple[int, ...], starts: int) -> torch.Tensor:

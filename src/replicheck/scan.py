@@ -63,8 +63,8 @@ class ScanConfig:
     batch_size: int = 64
     cache: str | None = None  # feature level: folder of a persistent embedding cache (replicheck.feature_cache)
     masks: str = "foreground"  # segmentation level: a built-in segmenter, "manifest", a mask folder or "cmd:TEMPLATE"
-    shortlist: int = 256
-    depth: int | None = None  # candidates rescored exactly; default: the level's choice (voxel: 20 or 32 in 2D, k in 3D)
+    shortlist: int | None = None  # index candidates refined per query; default: the level's choice (voxel: 256, or 1024 for an SSIM search in 2D)
+    depth: int | None = None  # candidates rescored exactly; default: the level's choice (voxel: 20, or 16 for SSIM, in 2D; k in 3D)
     skip_unreadable: bool = False
     gallery: int = 50  # top pairs shown with their pixels in report.html
     report_images: bool = True  # False: no patient pixels in report.html and no gallery.npz
@@ -319,7 +319,8 @@ class _Assembler:
         self.timings[f"{name}.represent"] = time.perf_counter() - tick
         ndim = len(self.settings.grid)
         depth = config.depth or (level.depth(ndim, config.k) if hasattr(level, "depth") else config.k)
-        search = dict(shortlist=config.shortlist, depth=depth, workers=config.num_workers, progress=progress)
+        shortlist = config.shortlist or (level.shortlist(ndim) if hasattr(level, "shortlist") else 256)
+        search = dict(shortlist=shortlist, depth=depth, workers=config.num_workers, progress=progress)
         train, synth = sides["training"], sides["synthetic"]
         union = bool(getattr(level, "union_candidates", False)) and bool(self.hits)
         extra = {kind: np.concatenate([hits[kind].rows for hits in self.hits.values()], axis=1) if union else None

@@ -29,7 +29,7 @@ from .calibrate import oriented
 from .index import Index
 from .levels import Level
 from .progress import Progress
-from .store import ArrayStore
+from .store import ArrayStore, StoredRows
 
 QUERY_CHUNK = 64
 
@@ -107,9 +107,8 @@ def nearest(
         candidates = candidates[candidates >= 0]
         query_row = query_rows[position]
         if gallery.coarse is not None and candidates.size > depth:
-            coarse = level.coarse_scores(queries.coarse_queries.read(query_row)[0],
-                                         gallery.coarse.read(gallery_rows[candidates]))
-            candidates = candidates[np.argsort(-coarse, kind="stable")[:depth]]
+            candidates = candidates[level.refine(queries.store.shape, queries.coarse_queries.read(query_row)[0],
+                                                 StoredRows(gallery.coarse, gallery_rows[candidates]), depth)]
         if position_of is not None:
             extra = position_of[extra_candidates[position]]
             extra = extra[extra >= 0]

@@ -17,13 +17,17 @@ resolution over small shifts. It costs about four times an NCC search (``docs/de
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
 import torch
 
 from . import measures
+from .coarse_ssim import CoarseSsim
+from .measures import unit_rows
 from .preprocess import DATA_RANGE
+from .store import StoredRows
 
 
 PROXY_CHUNK_VOXELS = 2**21  # images per SSIM-proxy batch: 128 of 128x128 (about 200 MB of temporaries)
@@ -59,41 +63,47 @@ class VoxelLevel:
         return torch.cat([unit, weight * proxy], dim=1).numpy()
 
     def coarse(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Half-resolution copies of (b, *grid) images for :meth:`coarse_scores`, as flat rows.
+        """Coarse copies of (b, *grid) images for :meth:`refine`, as flat rows (as a query, as a candidate).
 
-        Returns the coarse images (used as queries) and their central regions centred and scaled
-        to unit norm (used as candidates), so that a candidate's normalisation is paid once per
-        image, not once per query.
+        NCC search: the half-resolution images, and their central regions centred and scaled to
+        unit norm, so that a candidate's normalisation is paid once per image, not once per query.
+        SSIM search: each stage's coarse image, and its stored statistics
+        (:meth:`replicheck.coarse_ssim.CoarseSsim.candidate_rows`), side by side.
         """
-        small = _pooled(images, self.coarse_size or (64 if images.ndim == 3 else 32))
-        self._coarse_shape = tuple(small.shape[1:])  # read back by coarse_scores
-        self._coarse_scale = small.shape[-1] / images.shape[-1]
         if self.primary == "ssim":
-            flat = small.reshape(len(small), -1).numpy()
-            return flat, flat
+            stages = _ssim_stages(tuple(images.shape[1:]))
+            small = [_pooled(images, max(stage.grid)) for stage in stages]
+            return (torch.cat([s.reshape(len(s), -1) for s in small], dim=1).numpy(),
+                    torch.cat([stage.candidate_rows(s) for stage, s in zip(stages, small)], dim=1).numpy())
+        small = _pooled(images, self._refine_side(images.ndim - 1))
         s = _coarse_shift(tuple(small.shape[1:]))
         centre = small[(slice(None),) + tuple(slice(s, n - s) for n in small.shape[1:])].reshape(len(small), -1)
-        return small.reshape(len(small), -1).numpy(), _unit_rows(centre).numpy()
+        return small.reshape(len(small), -1).numpy(), unit_rows(centre).numpy()
 
-    def coarse_scores(self, query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """Best Pearson correlation of each coarse candidate with the coarse query over shifts.
+    def refine(self, grid: tuple[int, ...], query: np.ndarray, candidates: StoredRows, keep: int) -> np.ndarray:
+        """Positions of the ``keep`` best coarse ``candidates`` rows for one coarse ``query`` row, best first.
 
-        The query's shifted windows (at most 2 voxels per axis in 2D, 1 in 3D) are matched
-        against each candidate's normalised central region: one matrix product per query.
+        NCC search: the best Pearson correlation over shifts (at most 2 voxels per axis in 2D,
+        1 in 3D) of the query's shifted windows with each candidate's normalised central region:
+        one matrix product per query. SSIM search: SSIM at the first (coarsest) stage keeps
+        :data:`SSIM_FIRST_STAGE_KEEP` candidates, SSIM at the second orders them.
         """
-        shape = self._coarse_shape
-        s = _coarse_shift(shape)
         if self.primary == "ssim":
-            return measures.compare(query.reshape(shape), candidates.reshape(-1, *shape), data_range=DATA_RANGE,
-                                    max_shift=s, win_size=_coarse_window(shape, s, self._coarse_scale)).ssim
+            return _ssim_refine(_ssim_stages(grid), query, candidates, keep)
+        shape = _coarse_grid(grid, self._refine_side(len(grid)))
+        s = _coarse_shift(shape)
         q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).reshape(shape)
         length = [n - 2 * s for n in shape]
         windows = torch.stack([
             q[tuple(slice(o, o + m) for o, m in zip(offset, length))].reshape(-1)
             for offset in itertools.product(range(2 * s + 1), repeat=len(shape))
         ])
-        gallery = torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.float32))
-        return (_unit_rows(windows) @ gallery.T).max(dim=0).values.numpy()
+        gallery = torch.from_numpy(candidates.read())
+        scores = (unit_rows(windows) @ gallery.T).max(dim=0).values.numpy()
+        return np.argsort(-scores, kind="stable")[:keep]
+
+    def _refine_side(self, ndim: int) -> int:
+        return self.coarse_size or (64 if ndim == 2 else 32)
 
     def rescore(self, query: np.ndarray, candidates: np.ndarray, *, keep: int | None = None) -> dict[str, np.ndarray]:
         # SSIM, the costliest measure, only for the candidates that can be kept (unless primary).
@@ -104,12 +114,17 @@ class VoxelLevel:
         out["shift"] = np.array([" ".join(str(int(v)) for v in row) for row in scores.shift])
         return out
 
+    def shortlist(self, ndim: int) -> int:
+        """Index candidates per query that the refinement re-ranks (docs/design.md): an SSIM
+        proxy ranks worse than Pearson r ranks for NCC, so an SSIM search in 2D looks deeper."""
+        return 1024 if self.primary == "ssim" and ndim == 2 else 256
+
     def depth(self, ndim: int, k: int) -> int:
         """Candidates rescored at full resolution per query: enough that the refinement's top
         holds the exact nearest image for >= 99% of 2D queries (tests/test_search_accuracy.py)."""
         if ndim != 2:
             return k
-        return max(k, 32 if self.primary == "ssim" else 20)
+        return max(k, 16 if self.primary == "ssim" else 20)
 
     def describe(self) -> dict:
         return {
@@ -165,13 +180,35 @@ def _ssim_proxy(images: np.ndarray, max_side: int, win_size: int = 7) -> torch.T
     return features.flatten(1)
 
 
-def _coarse_window(shape: tuple[int, ...], shift: int, scale: float) -> int:
-    """SSIM's 7-voxel window scaled to the coarse grid (3 at half resolution), at least 3 and
-    no larger than the image allows: a 7-voxel window at half resolution spans twice the
-    anatomy and ranks the exact nearest image lower (docs/design.md)."""
-    scaled = max(3, int(7 * scale) | 1)
-    largest = min(shape) - 2 * shift
-    return max(1, min(scaled, largest if largest % 2 else largest - 1))
+SSIM_FIRST_STAGE_KEEP = 128  # candidates the coarsest SSIM stage passes to the next (docs/design.md)
+
+
+@functools.lru_cache(maxsize=8)
+def _ssim_stages(grid: tuple[int, ...]) -> tuple[CoarseSsim, ...]:
+    """The SSIM search's refinement stages for images of shape ``grid``: SSIM with a 3-voxel
+    window after the best shift of +-1 voxel at 32 pixels a side, then of +-2 at 64 (in 3D: +-1
+    at 16, then at 32 voxels a side), each no larger than the image."""
+    plan = ((32, 1), (64, 2)) if len(grid) == 2 else ((16, 1), (32, 1))
+    stages = []
+    for side, shift in plan:
+        shape = _coarse_grid(grid, side)
+        shift = max(0, min(shift, (min(shape) - 3) // 2))
+        stages.append(CoarseSsim(shape, shift, win=min(3, min(shape) - 2 * shift)))
+    return tuple(stages)
+
+
+def _ssim_refine(stages: tuple[CoarseSsim, ...], query: np.ndarray, candidates: StoredRows, keep: int) -> np.ndarray:
+    """Positions of the ``keep`` best candidates after the coarse SSIM stages, best first; each
+    stage reads its own columns of the candidates that are left, in place."""
+    query_parts = np.split(query, np.cumsum([int(np.prod(stage.grid)) for stage in stages])[:-1])
+    ends = np.cumsum([stage.row_length for stage in stages])
+    stored = candidates.store.mapped_rows()
+    positions = np.arange(len(candidates))
+    for number, (stage, q, end) in enumerate(zip(stages, query_parts, ends)):
+        scores = stage.scores(q, stored, candidates.rows[positions], start=int(end) - stage.row_length)
+        cut = keep if number == len(stages) - 1 else max(keep, SSIM_FIRST_STAGE_KEEP)
+        positions = positions[np.argsort(-scores, kind="stable")[:cut]]
+    return positions
 
 
 def _coarse_grid(grid: tuple[int, ...], max_side: int) -> tuple[int, ...]:
@@ -193,10 +230,3 @@ def _pooled(images: np.ndarray, max_side: int) -> torch.Tensor:
         return batch[:, 0]
     pool = torch.nn.functional.adaptive_avg_pool2d if len(grid) == 2 else torch.nn.functional.adaptive_avg_pool3d
     return pool(batch, shape)[:, 0]
-
-
-def _unit_rows(rows: torch.Tensor) -> torch.Tensor:
-    """Rows centred and scaled to unit norm (constant rows become 0), so dot products are Pearson r."""
-    rows = rows - rows.mean(dim=1, keepdim=True)
-    norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
-    return torch.where(norms > 0, rows / norms.clamp_min(1e-12), 0.0)
