@@ -11,8 +11,9 @@ PSNR at full analysis resolution after aligning each candidate by up to ``max_sh
 
 With SSIM as the primary measure the NCC shortlist misses the SSIM-nearest image of about one
 novel query in five, so an SSIM search uses its own cascade: the search vectors add an SSIM
-proxy (:func:`_ssim_proxy`) to the Pearson vectors, and the refinement is SSIM itself at half
-resolution over small shifts. It costs about four times an NCC search (``docs/design.md``).
+proxy (:func:`_ssim_proxy`) to the Pearson vectors, the index keeps 1,024 candidates in 2D,
+and the refinement is SSIM itself after a small shift, at 32 and then 64 pixels a side
+(:mod:`replicheck.coarse_ssim`), before 16 candidates are rescored exactly (``docs/design.md``).
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ class VoxelLevel:
             "measures": list(self.measures),
             "max_shift_voxels": self.max_shift,
             "search_size": self.search_size,
-            "refine_size": self.coarse_size or "64 (2D), 32 (3D)",
+            "refine_size": ("32 then 64 (2D), 16 then 32 (3D)" if self.primary == "ssim"
+                            else self.coarse_size or "64 (2D), 32 (3D)"),
             "ssim": {"win_size": 7, "K1": 0.01, "K2": 0.03, "data_range": DATA_RANGE, "covariance": "sample"},
             **(self._ssim_search() if self.primary == "ssim" else {
                 "shortlist": "Pearson correlation of area-downsampled images (faiss IndexFlatIP)",
@@ -146,7 +148,8 @@ class VoxelLevel:
             "shortlist": f"Pearson correlation of area-downsampled images + {SSIM_PROXY_WEIGHT} x an SSIM proxy "
                          "(local luminance and contrast-structure features pooled to 32 (2D) or 16 (3D) voxels a side; "
                          "faiss IndexFlatIP)",
-            "refine": "SSIM after the best-Pearson shift of +-2 (2D) or +-1 (3D) voxels at refine_size",
+            "refine": "SSIM (3-voxel window) after the best-Pearson shift: +-1 voxel at 32 pixels a side, keeping "
+                      f"{SSIM_FIRST_STAGE_KEEP}, then +-2 at 64 (3D: +-1 at 16, then at 32 voxels a side)",
         }
 
 
