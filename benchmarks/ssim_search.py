@@ -11,12 +11,13 @@ Pearson shift of up to 3 pixels, :func:`replicheck.measures.compare`) against al
 images, and the score of each cheaper stage against all of them:
 
 - ``index``: the faiss vectors of an SSIM search (Pearson r at 32 px + 2 x the SSIM proxy);
-- ``32 px, ±1`` and ``64 px, ±2``: the two coarse stages (:mod:`replicheck.coarse_ssim`);
+- ``32 px, ±1``, ``64 px, ±2`` and ``96 px, ±2`` (5-pixel window): the coarse stages
+  (:mod:`replicheck.coarse_ssim`, :data:`replicheck.voxel.SSIM_STAGES_2D`);
 - ``32 px, no shift`` and ``64 px, no shift``: the same without the shift, for comparison.
 
 It reports the share of queries whose exact nearest image is in each stage's top k, and the
-share that the whole cascade gets right for several (shortlist, first-stage keep, depth)
-settings. Writes ``bench-out/ssim-search.json`` and ``bench-out/ssim-search.md``.
+share that the whole cascade gets right for several settings (candidates kept after each stage;
+the last number is the depth rescored exactly). Writes ``bench-out/ssim-search.json`` and ``bench-out/ssim-search.md``.
 """
 
 from __future__ import annotations
@@ -37,11 +38,22 @@ import speed  # noqa: E402  (the data set builder of the speed benchmark)
 
 from replicheck import measures  # noqa: E402
 from replicheck.coarse_ssim import CoarseSsim  # noqa: E402
-from replicheck.voxel import SSIM_FIRST_STAGE_KEEP, VoxelLevel, _pooled  # noqa: E402
+from replicheck.voxel import SSIM_STAGES_2D, VoxelLevel, _pooled  # noqa: E402
 
 TOPS = (1, 5, 10, 16, 20, 32, 64, 128, 256, 512, 1024)
-CASCADES = [(256, None, 32), (512, 64, 16), (512, 128, 16), (1024, 64, 16), (1024, 96, 16), (1024, 128, 12),
-            (1024, 128, 16), (1024, 128, 20), (1024, 256, 16)]
+STAGES = {"32 px, ±1": (32, 1, 3), "64 px, ±2": (64, 2, 3), "96 px, ±2": (96, 2, 5),
+          "32 px, no shift": (32, 0, 3), "64 px, no shift": (64, 0, 3)}
+# (stage, candidates kept) in order; "index" keeps the shortlist.
+CASCADES = [
+    [("index", 256), ("64 px, ±2", 32)],  # the cascade before the 32 and 96 px stages
+    [("index", 1024), ("32 px, ±1", 128), ("64 px, ±2", 16)],
+    [("index", 1024), ("32 px, ±1", 128), ("64 px, ±2", 24)],
+    [("index", 1024), ("32 px, ±1", 128), ("64 px, ±2", 40), ("96 px, ±2", 8)],
+    [("index", 1024), ("32 px, ±1", 128), ("64 px, ±2", 40), ("96 px, ±2", 12)],  # the default
+    [("index", 1024), ("32 px, ±1", 128), ("64 px, ±2", 48), ("96 px, ±2", 12)],
+    [("index", 1024), ("32 px, ±1", 96), ("64 px, ±2", 40), ("96 px, ±2", 12)],
+    [("index", 1536), ("32 px, ±1", 128), ("64 px, ±2", 40), ("96 px, ±2", 12)],
+]
 
 
 def main() -> None:
@@ -56,17 +68,18 @@ def main() -> None:
     exact = _all_pairs(queries, gallery, lambda q, g: measures.compare(q, g, data_range=1.0, max_shift=3).ssim)
     speed.log(f"exact SSIM of {len(queries)} x {len(gallery)} pairs in {time.perf_counter() - tick:.0f} s")
     stages = {"index": _index_scores(queries, gallery)}
-    for side, shift in ((32, 1), (64, 2), (32, 0), (64, 0)):
-        stages[f"{side} px, " + (f"±{shift}" if shift else "no shift")] = _coarse_scores(queries, gallery, side, shift)
+    for name, (side, shift, win) in STAGES.items():
+        stages[name] = _coarse_scores(queries, gallery, side, shift, win)
     best = exact.argmax(axis=1)
     ranks = {name: _rank_of(scores, best) for name, scores in stages.items()}
+    timings = _timings(queries[:20], gallery)
     results = {
+        "timings_us_per_pair": timings,
         "command": "python benchmarks/ssim_search.py" + "".join(f" {a}" for a in sys.argv[1:]),
         "queries": len(queries), "gallery": len(gallery), "machine": speed.machine(),
         "in_top": {name: {str(k): float(np.mean(rank < k)) for k in TOPS} for name, rank in ranks.items()},
-        "cascades": [{"shortlist": s, "first_stage_keep": a, "depth": d,
-                      "top1": _cascade(stages, exact, s, a, d)} for s, a, d in CASCADES],
-        "first_stage_keep_default": SSIM_FIRST_STAGE_KEEP,
+        "cascades": [{"stages": cascade, "top1": _cascade(stages, exact, cascade)} for cascade in CASCADES],
+        "default_stages": SSIM_STAGES_2D,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ssim-search.json").write_text(json.dumps(results, indent=1))
@@ -105,12 +118,43 @@ def _index_scores(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     return level.vectors(queries) @ level.vectors(gallery).T
 
 
-def _coarse_scores(queries: np.ndarray, gallery: np.ndarray, side: int, shift: int) -> np.ndarray:
-    stage = CoarseSsim((side, side), shift, win=3)
+def _coarse_scores(queries: np.ndarray, gallery: np.ndarray, side: int, shift: int, win: int) -> np.ndarray:
+    stage = CoarseSsim((side, side), shift, win=win)
     rows = stage.candidate_rows(_pooled(gallery, side)).numpy()
     small = _pooled(queries, side).numpy()
     everything = np.arange(len(rows))
     return _all_pairs(small, rows, lambda q, r: stage.scores(q, r, everything))
+
+
+def _timings(queries: np.ndarray, gallery: np.ndarray) -> dict:
+    """CPU microseconds per pair on one thread: each coarse stage (1,024 stored candidates),
+    and measures.compare at the same grid (the arithmetic a stage replaces) and at full size."""
+    out = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for side, shift, win, _ in SSIM_STAGES_2D:
+            stage = CoarseSsim((side, side), shift, win=win)
+            rows = stage.candidate_rows(_pooled(gallery[:1024], side)).numpy()
+            small, coarse_gallery = _pooled(queries, side).numpy(), _pooled(gallery[:1024], side).numpy()
+            everything = np.arange(len(rows))
+            stage.scores(small[0], rows, everything[:2])  # compile or load the kernels outside the clock
+            out[f"{side} px, ±{shift}: coarse stage"] = _per_pair(lambda q: stage.scores(q, rows, everything), small, len(rows))
+            out[f"{side} px, ±{shift}: measures.compare"] = _per_pair(
+                lambda q: measures.compare(q, coarse_gallery, data_range=1.0, max_shift=shift, win_size=win).ssim,
+                small, len(rows))
+        out["128 px, ±3: measures.compare (the exact rescoring), 12 candidates"] = _per_pair(
+            lambda q: measures.compare(q, gallery[:12], data_range=1.0, max_shift=3).ssim, queries, 12)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _per_pair(score, queries: np.ndarray, pairs: int) -> float:
+    tick = time.process_time()
+    for query in queries:
+        score(query)
+    return (time.process_time() - tick) / (len(queries) * pairs) * 1e6
 
 
 def _rank_of(scores: np.ndarray, best: np.ndarray) -> np.ndarray:
@@ -119,15 +163,14 @@ def _rank_of(scores: np.ndarray, best: np.ndarray) -> np.ndarray:
     return (scores > own).sum(axis=1)
 
 
-def _cascade(stages: dict, exact: np.ndarray, shortlist: int, first_keep: int | None, depth: int) -> float:
-    """Share of queries whose cascade pick (index -> 32 px, ±1 -> 64 px, ±2 -> exact) is the exact nearest;
-    ``first_keep`` None: no 32 px stage (the cascade before this benchmark)."""
+def _cascade(stages: dict, exact: np.ndarray, cascade: list) -> float:
+    """Share of queries whose cascade pick (each stage keeps its best, the last ones are rescored
+    exactly) is the exact nearest training image."""
     hits = 0
     for i in range(len(exact)):
-        candidates = np.argsort(-stages["index"][i], kind="stable")[:shortlist]
-        if first_keep is not None:
-            candidates = candidates[np.argsort(-stages["32 px, ±1"][i, candidates], kind="stable")[:first_keep]]
-        candidates = candidates[np.argsort(-stages["64 px, ±2"][i, candidates], kind="stable")[:depth]]
+        candidates = np.arange(exact.shape[1])
+        for name, keep in cascade:
+            candidates = candidates[np.argsort(-stages[name][i, candidates], kind="stable")[:keep]]
         hits += candidates[np.argmax(exact[i, candidates])] == np.argmax(exact[i])
     return hits / len(exact)
 
@@ -139,10 +182,12 @@ def _markdown(r: dict) -> str:
              "| stage | " + " | ".join(f"top {k}" for k in TOPS) + " |", "|---|" + "---:|" * len(TOPS)]
     for name, shares in r["in_top"].items():
         lines.append(f"| {name} | " + " | ".join(f"{shares[str(k)]:.3f}" for k in TOPS) + " |")
+    lines += ["", "CPU time per pair on one thread (µs):", "", "| step | µs per pair |", "|---|---:|"]
+    lines += [f"| {name} | {value:.1f} |" for name, value in r["timings_us_per_pair"].items()]
     lines += ["", "Top-1 agreement of the whole cascade with the exact search:", "",
-              "| shortlist | 32 px stage keeps | depth (rescored exactly) | top-1 agreement |", "|---:|---:|---:|---:|"]
+              "| stages (candidates kept; the last are rescored exactly) | top-1 agreement |", "|---|---:|"]
     for c in r["cascades"]:
-        lines.append(f"| {c['shortlist']} | {c['first_stage_keep'] or '— (no 32 px stage)'} | {c['depth']} | {c['top1']:.3f} |")
+        lines.append(f"| {' → '.join(f'{name}: {keep}' for name, keep in c['stages'])} | {c['top1']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

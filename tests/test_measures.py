@@ -95,6 +95,16 @@ def test_shift_search_equals_brute_force_over_translations(ctich):
     assert [tuple(row) for row in found] == expected
 
 
+def test_shift_search_equals_brute_force_in_3d(mri_volumes):
+    """3D volumes take the FFT path (2D images the direct one)."""
+    query = mri_volumes[0][::2, ::2, ::2]
+    moved = np.roll(query, (1, -2, 0), axis=(0, 1, 2)) + np.random.default_rng(2).normal(0, 0.01, query.shape)
+    candidates = np.stack([moved, mri_volumes[1][::2, ::2, ::2], mri_volumes[2][::2, ::2, ::2]]).astype(np.float32)
+    found = measures.compare(query, candidates, data_range=1.0, max_shift=2).shift
+    assert [tuple(row) for row in found] == [_brute_force_shift(query, c, 2) for c in candidates]
+    assert tuple(found[0]) == (1, -2, 0)
+
+
 def test_shifted_copy_scores_like_an_unshifted_one(ctich):
     image = ctich["flat_brain"][1200].astype(np.float32) / 255.0
     shifted = np.roll(image, (2, -1), axis=(0, 1))

@@ -25,7 +25,7 @@ import torch
 
 from .measures import covariance_scale, unit_rows
 from .preprocess import DATA_RANGE
-from .ssim_kernels import moments, ssim_at_offsets
+from .kernels import moments, ssim_at_offsets
 
 _C1, _C2 = (0.01 * DATA_RANGE) ** 2, (0.03 * DATA_RANGE) ** 2
 
@@ -60,21 +60,24 @@ class CoarseSsim:
         ``store`` (an (n, width) array, usually a read-only memory map), whose candidate rows
         begin at column ``start``. Only the rows asked for are read, and only once."""
         q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).reshape(self.grid)
-        windows = torch.stack([q[tuple(slice(o, o + m) for o, m in zip(offset, self.centre))]
-                               for offset in itertools.product(range(2 * self.shift + 1), repeat=len(self.grid))])
-        q_mean, q_variance = self._moments(windows)
+        offsets = list(itertools.product(range(2 * self.shift + 1), repeat=len(self.grid)))
+        windows = torch.stack([q[tuple(slice(o, o + m) for o, m in zip(offset, self.centre))] for offset in offsets])
+        # A window's window statistics are a crop of the whole query's: computed once, not per offset.
+        whole_mean, whole_variance = (m[0] for m in self._moments(q[None]))
+        q_mean, q_variance = (torch.stack([m[tuple(slice(o, o + n) for o, n in zip(offset, self.maps))] for offset in offsets])
+                              for m in (whole_mean, whole_variance))
         length = self._sizes[0]
         rows = np.asarray(rows, dtype=np.int64)
         pearson = torch.from_numpy(store[rows, start + length:start + 2 * length])
         best = (unit_rows(windows.reshape(len(windows), -1)) @ pearson.T).argmax(dim=0).numpy()
         out = np.empty(len(rows), dtype=np.float64)
-        as_3d = (1,) * (3 - len(self.grid))  # 2D images are 3D images one voxel deep
+        depth = (1,) * (3 - len(self.grid))  # 2D images are 3D images one voxel deep
         ssim_at_offsets(store, rows, start, best,
-                         windows.reshape(len(windows), *as_3d, *self.centre).numpy(),
-                         q_mean.reshape(len(windows), *as_3d, *self.maps).numpy(),
-                         q_variance.reshape(len(windows), *as_3d, *self.maps).numpy(),
-                         (1,) * len(as_3d) + (self.win,) * len(self.grid),
-                         np.float32(_C1), np.float32(_C2), np.float32(covariance_scale(self.win ** len(self.grid))), out)
+                        windows.reshape(len(windows), *depth, *self.centre).numpy(),
+                        q_mean.reshape(len(windows), *depth, *self.maps).numpy(),
+                        q_variance.reshape(len(windows), *depth, *self.maps).numpy(),
+                        depth + (self.win,) * len(self.grid),
+                        np.float32(_C1), np.float32(_C2), np.float32(covariance_scale(self.win ** len(self.grid))), out)
         return out
 
     def _centre(self, images: torch.Tensor) -> torch.Tensor:
@@ -82,14 +85,17 @@ class CoarseSsim:
         return images[(slice(None),) + tuple(slice(s, n - s) for n in self.grid)].contiguous()
 
     def _moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Window means and sample variances (scikit-image's normalisation) of (b, *centre) images."""
+        """Window means and sample variances (scikit-image's normalisation) of (b, *shape) images."""
         depth = (1,) * (3 - len(self.grid))
-        volumes = np.ascontiguousarray(images.numpy(), dtype=np.float32).reshape((len(images),) + depth + self.centre)
+        shape = tuple(images.shape[1:])
+        maps = tuple(n - self.win + 1 for n in shape)
+        volumes = np.ascontiguousarray(images.numpy(), dtype=np.float32).reshape((len(images),) + depth + shape)
         win = depth + (self.win,) * len(self.grid)
-        along_x = np.empty(volumes.shape[1:3] + self.maps[-1:], dtype=np.float32)
-        along_y = np.empty(volumes.shape[1:2] + (depth + self.maps)[1:], dtype=np.float32)
-        mean = np.empty((len(images),) + depth + self.maps, dtype=np.float32)
+        along_x = np.empty(volumes.shape[1:3] + maps[-1:], dtype=np.float32)
+        along_y = np.empty(volumes.shape[1:2] + (depth + maps)[1:], dtype=np.float32)
+        mean = np.empty((len(images),) + depth + maps, dtype=np.float32)
         variance = np.empty_like(mean)
+        scale = np.float32(covariance_scale(self.win ** len(self.grid)))
         for i in range(len(images)):
-            moments(volumes[i], win, along_x, along_y, np.float32(covariance_scale(self.win ** len(self.grid))), mean[i], variance[i])
-        return torch.from_numpy(mean.reshape((len(images),) + self.maps)), torch.from_numpy(variance.reshape((len(images),) + self.maps))
+            moments(volumes[i], win, along_x, along_y, scale, mean[i], variance[i])
+        return torch.from_numpy(mean.reshape((len(images),) + maps)), torch.from_numpy(variance.reshape((len(images),) + maps))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .ssim_kernels import ssim_many
+from .kernels import ssim_many
 
 HIGHER_IS_SIMILAR = {"ncc": True, "ssim": True, "psnr": True, "mse": False}
 MEASURES = tuple(HIGHER_IS_SIMILAR)
@@ -166,13 +166,12 @@ def _pearson(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 def unit_rows(rows: torch.Tensor) -> torch.Tensor:
     """Rows centred and scaled to unit norm (constant rows become 0), so dot products are Pearson r."""
     rows = rows - rows.mean(dim=1, keepdim=True)
-    norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
-    return torch.where(norms > 0, rows / norms.clamp_min(1e-12), 0.0)
+    return rows.div_(torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min_(1e-12))  # 0 / 1e-12 = 0
 
 
 def _ssim(q: np.ndarray, c: np.ndarray, *, data_range: float, win_size: int) -> np.ndarray:
     """SSIM of q (S) against each of c (k, *S), as scikit-image computes it (float32 arithmetic
-    in fused loops, :func:`replicheck.ssim_kernels.ssim_many`).
+    in fused loops, :func:`replicheck.kernels.ssim_many`).
 
     scikit-image filters with reflection at the borders and then drops a border of
     (win_size - 1) // 2; the 'valid' window means used here are exactly those kept voxels.

@@ -12,8 +12,8 @@ PSNR at full analysis resolution after aligning each candidate by up to ``max_sh
 With SSIM as the primary measure the NCC shortlist misses the SSIM-nearest image of about one
 novel query in five, so an SSIM search uses its own cascade: the search vectors add an SSIM
 proxy (:func:`_ssim_proxy`) to the Pearson vectors, the index keeps 1,024 candidates in 2D,
-and the refinement is SSIM itself after a small shift, at 32 and then 64 pixels a side
-(:mod:`replicheck.coarse_ssim`), before 16 candidates are rescored exactly (``docs/design.md``).
+and the refinement is SSIM itself after a small shift, at 32, 64 and then 96 pixels a side
+(:mod:`replicheck.coarse_ssim`), before 12 candidates are rescored exactly (``docs/design.md``).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class VoxelLevel:
         (:meth:`replicheck.coarse_ssim.CoarseSsim.candidate_rows`), side by side.
         """
         if self.primary == "ssim":
-            stages = _ssim_stages(tuple(images.shape[1:]))
+            stages = [stage for stage, _ in _ssim_stages(tuple(images.shape[1:]))]
             small = [_pooled(images, max(stage.grid)) for stage in stages]
             return (torch.cat([s.reshape(len(s), -1) for s in small], dim=1).numpy(),
                     torch.cat([stage.candidate_rows(s) for stage, s in zip(stages, small)], dim=1).numpy())
@@ -86,8 +86,8 @@ class VoxelLevel:
 
         NCC search: the best Pearson correlation over shifts (at most 2 voxels per axis in 2D,
         1 in 3D) of the query's shifted windows with each candidate's normalised central region:
-        one matrix product per query. SSIM search: SSIM at the first (coarsest) stage keeps
-        :data:`SSIM_FIRST_STAGE_KEEP` candidates, SSIM at the second orders them.
+        one matrix product per query. SSIM search: SSIM after a small shift at ever finer grids
+        (:data:`SSIM_STAGES_2D`, :data:`SSIM_STAGES_3D`), each stage keeping fewer candidates.
         """
         if self.primary == "ssim":
             return _ssim_refine(_ssim_stages(grid), query, candidates, keep)
@@ -125,7 +125,7 @@ class VoxelLevel:
         holds the exact nearest image for >= 99% of 2D queries (tests/test_search_accuracy.py)."""
         if ndim != 2:
             return k
-        return max(k, 16 if self.primary == "ssim" else 20)
+        return max(k, 12 if self.primary == "ssim" else 20)
 
     def describe(self) -> dict:
         return {
@@ -148,8 +148,8 @@ class VoxelLevel:
             "shortlist": f"Pearson correlation of area-downsampled images + {SSIM_PROXY_WEIGHT} x an SSIM proxy "
                          "(local luminance and contrast-structure features pooled to 32 (2D) or 16 (3D) voxels a side; "
                          "faiss IndexFlatIP)",
-            "refine": "SSIM (3-voxel window) after the best-Pearson shift: +-1 voxel at 32 pixels a side, keeping "
-                      f"{SSIM_FIRST_STAGE_KEEP}, then +-2 at 64 (3D: +-1 at 16, then at 32 voxels a side)",
+            "refine": "SSIM after the best-Pearson shift at ever finer grids, keeping fewer candidates; (pixels "
+                      f"a side, shift, window, kept): {SSIM_STAGES_2D} in 2D, {SSIM_STAGES_3D} in 3D",
         }
 
 
@@ -183,33 +183,34 @@ def _ssim_proxy(images: np.ndarray, max_side: int, win_size: int = 7) -> torch.T
     return features.flatten(1)
 
 
-SSIM_FIRST_STAGE_KEEP = 128  # candidates the coarsest SSIM stage passes to the next (docs/design.md)
+# The SSIM search's refinement stages (docs/design.md): (pixels a side, shift, window, candidates
+# kept); the first keeps at most a quarter of the shortlist, the last one keeps the search's depth.
+SSIM_STAGES_2D = ((32, 1, 3, 128), (64, 2, 3, 40), (96, 2, 5, None))
+SSIM_STAGES_3D = ((16, 1, 3, 128), (32, 1, 3, None))
 
 
 @functools.lru_cache(maxsize=8)
-def _ssim_stages(grid: tuple[int, ...]) -> tuple[CoarseSsim, ...]:
-    """The SSIM search's refinement stages for images of shape ``grid``: SSIM with a 3-voxel
-    window after the best shift of +-1 voxel at 32 pixels a side, then of +-2 at 64 (in 3D: +-1
-    at 16, then at 32 voxels a side), each no larger than the image."""
-    plan = ((32, 1), (64, 2)) if len(grid) == 2 else ((16, 1), (32, 1))
+def _ssim_stages(grid: tuple[int, ...]) -> tuple[tuple[CoarseSsim, int | None], ...]:
+    """The SSIM search's refinement stages for images of shape ``grid``, each no larger than
+    the image, with the number of candidates each keeps (None: the search's depth)."""
     stages = []
-    for side, shift in plan:
+    for side, shift, win, keep in SSIM_STAGES_2D if len(grid) == 2 else SSIM_STAGES_3D:
         shape = _coarse_grid(grid, side)
         shift = max(0, min(shift, (min(shape) - 3) // 2))
-        stages.append(CoarseSsim(shape, shift, win=min(3, min(shape) - 2 * shift)))
+        stages.append((CoarseSsim(shape, shift, win=min(win, min(shape) - 2 * shift)), keep))
     return tuple(stages)
 
 
-def _ssim_refine(stages: tuple[CoarseSsim, ...], query: np.ndarray, candidates: StoredRows, keep: int) -> np.ndarray:
-    """Positions of the ``keep`` best candidates after the coarse SSIM stages, best first; each
+def _ssim_refine(stages, query: np.ndarray, candidates: StoredRows, depth: int) -> np.ndarray:
+    """Positions of the ``depth`` best candidates after the coarse SSIM stages, best first; each
     stage reads its own columns of the candidates that are left, in place."""
-    query_parts = np.split(query, np.cumsum([int(np.prod(stage.grid)) for stage in stages])[:-1])
-    ends = np.cumsum([stage.row_length for stage in stages])
+    query_parts = np.split(query, np.cumsum([int(np.prod(stage.grid)) for stage, _ in stages])[:-1])
+    ends = np.cumsum([stage.row_length for stage, _ in stages])
     stored = candidates.store.mapped_rows()
     positions = np.arange(len(candidates))
-    for number, (stage, q, end) in enumerate(zip(stages, query_parts, ends)):
+    for number, ((stage, keep), q, end) in enumerate(zip(stages, query_parts, ends)):
         scores = stage.scores(q, stored, candidates.rows[positions], start=int(end) - stage.row_length)
-        cut = keep if number == len(stages) - 1 else max(keep, SSIM_FIRST_STAGE_KEEP)
+        cut = depth if keep is None else max(depth, min(keep, len(positions) // 4) if number == 0 else keep)
         positions = positions[np.argsort(-scores, kind="stable")[:cut]]
     return positions
 

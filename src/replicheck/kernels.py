@@ -1,10 +1,10 @@
-"""Fused SSIM loops (numba) for one query against many candidates.
+"""Fused loops (numba) for the voxel measures of one query against many candidates.
 
 SSIM is the costliest measure of the voxel level, and its vectorised torch form makes about
 25 passes over memory per pair (products, window sums, the formula), each through a fresh
 temporary. Here each pair is one pass whose buffers stay in cache, with inner loops along the
-last axis so that they vectorise: 3-4x faster than the torch form on a 2-core CPU
-(``docs/design.md``). Both kernels take 3D arrays; 2D images are 3D images one voxel deep.
+last axis so that they vectorise (``docs/design.md``). The kernels take 3D arrays; 2D images
+are 3D images one voxel deep.
 
 The results are checked against ``skimage.metrics.structural_similarity`` in
 ``tests/test_measures.py`` and ``tests/test_coarse_ssim.py``.
@@ -112,9 +112,10 @@ def ssim_at_offsets(store, rows, start, best, qx, qm, qv, win, c1, c2, covarianc
     every j, into ``out``; the candidate's statistics are read in place from ``store``.
 
     ``qx`` (offsets, D, H, W): the query's windows; ``qm``, ``qv`` (offsets, d, h, w): their
-    window means and sample variances. A candidate row holds, from column ``start``, its central
-    region (D*H*W), its Pearson row (not used here), and its window means and sample variances
-    (d*h*w each) (:meth:`replicheck.coarse_ssim.CoarseSsim.candidate_rows`).
+    window means and sample variances (contiguous copies: crops of the whole query's would be
+    strided views, which vectorise worse and made this 40% slower). A candidate row holds, from
+    column ``start``, its central region (D*H*W), its Pearson row (not used here), and its window
+    means and sample variances (d*h*w each) (:meth:`replicheck.coarse_ssim.CoarseSsim.candidate_rows`).
     """
     _, D, H, W = qx.shape
     _, d, h, w = qm.shape
