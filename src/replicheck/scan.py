@@ -64,7 +64,7 @@ class ScanConfig:
     cache: str | None = None  # feature level: folder of a persistent embedding cache (replicheck.feature_cache)
     masks: str = "foreground"  # segmentation level: a built-in segmenter, "manifest", a mask folder or "cmd:TEMPLATE"
     shortlist: int | None = None  # index candidates refined per query; default: the level's choice (voxel: 256, or 1024 for an SSIM search in 2D)
-    depth: int | None = None  # candidates rescored exactly; default: the level's choice (voxel: 20, or 16 for SSIM, in 2D; k in 3D)
+    depth: int | None = None  # candidates rescored exactly; default: the level's choice (voxel: 20, or 12 for SSIM, in 2D; k in 3D)
     skip_unreadable: bool = False
     gallery: int = 50  # top pairs shown with their pixels in report.html
     report_images: bool = True  # False: no patient pixels in report.html and no gallery.npz

@@ -41,25 +41,17 @@ class ArrayStore:
         self._map = None
         return self._rows - 1
 
-    def read(self, rows, columns: slice | None = None) -> np.ndarray:
-        """Arrays of ``rows`` stacked: shape (len(rows), *shape).
-
-        ``columns``: a slice of each (flat) row instead of the whole row, so that only its
-        bytes are read: shape (len(rows), width).
-        """
+    def read(self, rows) -> np.ndarray:
+        """Arrays of ``rows`` stacked: shape (len(rows), *shape)."""
         rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
         if rows.size and (rows.min() < 0 or rows.max() >= self._rows):
             raise IndexError(f"rows outside a store of {self._rows} rows")
-        size = int(np.prod(self.shape))
-        first, stop, _ = (columns or slice(None)).indices(size)
-        shape = self.shape if columns is None else (max(0, stop - first),)
         if self.mapped and rows.size:
-            return np.array(self.mapped_rows()[rows, first:stop]).reshape((len(rows),) + shape)
-        out = np.empty((len(rows),) + shape, dtype=np.float32)
+            return np.array(self.mapped_rows()[rows]).reshape((len(rows),) + self.shape)
+        out = np.empty((len(rows),) + self.shape, dtype=np.float32)
         flat = out.reshape(len(rows), -1)
-        width = flat.shape[1] * 4
         for i, row in enumerate(rows):
-            flat[i] = np.frombuffer(os.pread(self._fd, width, int(row) * self._row_bytes + first * 4), dtype=np.float32)
+            flat[i] = np.frombuffer(os.pread(self._fd, self._row_bytes, int(row) * self._row_bytes), dtype=np.float32)
         return out
 
     def mapped_rows(self) -> np.ndarray:
@@ -86,8 +78,8 @@ class ArrayStore:
 
 @dataclass
 class StoredRows:
-    """Some rows of a store, read when asked and only in part if asked: a refinement reads its
-    later stages' columns only for the candidates that survive the earlier stages."""
+    """Some rows of a store, read only when asked: an SSIM refinement reads each stage's part
+    of a row, in place, only for the candidates that survive the earlier stages."""
 
     store: ArrayStore
     rows: np.ndarray
@@ -95,6 +87,5 @@ class StoredRows:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def read(self, positions=None, columns: slice | None = None) -> np.ndarray:
-        rows = self.rows if positions is None else self.rows[positions]
-        return self.store.read(rows, columns)
+    def read(self) -> np.ndarray:
+        return self.store.read(self.rows)
