@@ -967,7 +967,7 @@ def _ssim_scan_section(ssim: dict, ncc: dict) -> list[str]:
     return [
         "The same data scanned with `voxel_measure=\"ssim\"` (`--voxel-measure ssim`: SSIM ranks the training",
         "images and sets the flag; the index adds an SSIM proxy to its vectors and keeps 1,024 candidates, SSIM at",
-        "32, 64 and then 96 pixels a side after a small shift refines them to 12, `docs/design.md`). Its top-1 agreement",
+        "32, 64 and then 96 pixels a side after a small shift refines them to 10, `docs/design.md`). Its top-1 agreement",
         "with a brute-force SSIM search is the `SSIM (scan with voxel_measure=\"ssim\")` row above:",
         "",
         "| measure | goal | NCC scan (default) | SSIM scan | result (SSIM scan) |",

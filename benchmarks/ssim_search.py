@@ -49,9 +49,10 @@ CASCADES = [
     [("index", 1024), ("32 px, ±1", 128), ("64 px, ±2", 16)],
     [("index", 1024), ("32 px, ±1", 128), ("64 px, ±2", 24)],
     [("index", 1024), ("32 px, ±1", 128), ("64 px, ±2", 40), ("96 px, ±2", 8)],
-    [("index", 1024), ("32 px, ±1", 128), ("64 px, ±2", 40), ("96 px, ±2", 12)],  # the default
-    [("index", 1024), ("32 px, ±1", 128), ("64 px, ±2", 48), ("96 px, ±2", 12)],
+    [("index", 1024), ("32 px, ±1", 128), ("64 px, ±2", 40), ("96 px, ±2", 12)],
+    [("index", 1024), ("32 px, ±1", 96), ("64 px, ±2", 40), ("96 px, ±2", 10)],  # the default
     [("index", 1024), ("32 px, ±1", 96), ("64 px, ±2", 40), ("96 px, ±2", 12)],
+    [("index", 768), ("32 px, ±1", 128), ("64 px, ±2", 40), ("96 px, ±2", 12)],
     [("index", 1536), ("32 px, ±1", 128), ("64 px, ±2", 40), ("96 px, ±2", 12)],
 ]
 
@@ -143,8 +144,8 @@ def _timings(queries: np.ndarray, gallery: np.ndarray) -> dict:
             out[f"{side} px, ±{shift}: measures.compare"] = _per_pair(
                 lambda q: measures.compare(q, coarse_gallery, data_range=1.0, max_shift=shift, win_size=win).ssim,
                 small, len(rows))
-        out["128 px, ±3: measures.compare (the exact rescoring), 12 candidates"] = _per_pair(
-            lambda q: measures.compare(q, gallery[:12], data_range=1.0, max_shift=3).ssim, queries, 12)
+        out["128 px, ±3: measures.compare (the exact rescoring), 10 candidates"] = _per_pair(
+            lambda q: measures.compare(q, gallery[:10], data_range=1.0, max_shift=3).ssim, queries, 10)
     finally:
         torch.set_num_threads(threads)
     return out

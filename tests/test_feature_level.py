@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +12,7 @@ from typer.testing import CliRunner
 from conftest import split_patients, write_set
 from replicheck.cli import app
 from replicheck.embedders import load_embedder
+from replicheck.embedders.deepssim import deepssim_class
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +43,10 @@ def test_train_then_scan_with_the_feature_level(ctich, tmp_path):
     assert {"feature_score", "feature_nearest", "feature_flag", "feature_p"} <= set(table.columns)
     # a trained model is calibrated: its SSIM estimate is reported beside the cosine
     assert {"feature_ssim_estimate", "feature_ssim_estimate_flag"} <= set(table.columns)
+    # ... and DeepSSIM's class of each image's nearest training image, from that estimate
+    assert list(table["feature_deepssim_class"]) == [deepssim_class(v) for v in table["feature_ssim_estimate"]]
+    counts = json.loads((out / "summary.json").read_text())["levels"]["feature"]["label_counts"]["deepssim_class"]
+    assert sum(counts.values()) == len(table) and set(counts) <= {"Different", "Similar", "Duplicate"}
     # the score is the cosine of the two images' embeddings, computed here independently
     embedder = load_embedder(str(model))
     row = table.loc["flip%04d.npy" % copies[0]]

@@ -77,6 +77,11 @@ def test_calibrated_checkpoint_keeps_the_weights_and_adds_the_measure(slices, fi
     vectors = calibrated.embed(images[:5])
     scores = level.rescore_vectors(vectors[0], vectors)
     np.testing.assert_allclose(scores["ssim_estimate"], ssim_calibration.estimate(calibration, scores["cosine"]))
+    # DeepSSIM's classes come from the calibrated estimate, or from the cosine of an uncalibrated model
+    best = {"cosine": np.array([0.99, 0.95, 0.5]), "ssim_estimate": np.array([0.9, 0.7, 0.3])}
+    assert list(level.labels(best)["deepssim_class"]) == ["Duplicate", "Similar", "Different"]
+    assert list(FeatureLevel(plain).labels({"cosine": best["cosine"]})["deepssim_class"]) == \
+        ["Duplicate", "Duplicate", "Different"]
 
 
 def test_train_calibrate_command(slices, tmp_path):

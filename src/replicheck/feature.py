@@ -63,6 +63,18 @@ class FeatureLevel:
         """Cosine of freshly embedded images (the search uses :meth:`rescore_vectors` instead)."""
         return self.rescore_vectors(self.vectors(query[None])[0], self.vectors(candidates))
 
+    def labels(self, best: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per synthetic image, DeepSSIM's class of its nearest training image (Different /
+        Similar / Duplicate at SSIM 0.60 / 0.85) from the level's best values per measure: from
+        the calibrated SSIM estimate when the model has one, else from the cosine read as an
+        SSIM (the paper's reading, which runs high: docs/design.md). Other embedders: none."""
+        if not hasattr(self.embedder, "estimate_ssim"):
+            return {}
+        from .embedders.deepssim import deepssim_class
+
+        values = best["ssim_estimate" if "ssim_estimate" in self.measures else "cosine"]
+        return {"deepssim_class": np.array([deepssim_class(float(v)) for v in values], dtype=object)}
+
     def describe(self) -> dict:
         return {
             "primary_measure": "cosine",

@@ -16,6 +16,8 @@ exact rescoring of the top-k, calibration against the null, flags); a level only
 - optionally ``represent(images, rows)``: the level's own representation of a batch of
   analysis-grid images (``rows``: their table rows with source, role, mask, ...), computed once
   per image and stored; vectors, coarse rows and rescoring then work on it (segmentation masks);
+- optionally ``labels(best)``: extra per-synthetic-image columns (e.g. DeepSSIM's class) from the
+  level's best value per measure, counted in summary.json;
 - optionally ``union_candidates = True``: the level runs after the others and also rescores the
   nearest images they found.
 

@@ -64,7 +64,7 @@ class ScanConfig:
     cache: str | None = None  # feature level: folder of a persistent embedding cache (replicheck.feature_cache)
     masks: str = "foreground"  # segmentation level: a built-in segmenter, "manifest", a mask folder or "cmd:TEMPLATE"
     shortlist: int | None = None  # index candidates refined per query; default: the level's choice (voxel: 256, or 1024 for an SSIM search in 2D)
-    depth: int | None = None  # candidates rescored exactly; default: the level's choice (voxel: 20, or 12 for SSIM, in 2D; k in 3D)
+    depth: int | None = None  # candidates rescored exactly; default: the level's choice (voxel: 20, or 10 for SSIM, in 2D; k in 3D)
     skip_unreadable: bool = False
     gallery: int = 50  # top pairs shown with their pixels in report.html
     report_images: bool = True  # False: no patient pixels in report.html and no gallery.npz
@@ -392,6 +392,10 @@ class _Assembler:
         }
         for detail in sorted(set(found.values) - set(level.measures)):
             columns[f"{name}_{detail}"] = found.values[detail][:, 0]
+        label_columns = level.labels({m: self.synthetic[f"{name}_{m}"].to_numpy() for m in level.measures}) \
+            if hasattr(level, "labels") else {}
+        for label, values in label_columns.items():
+            columns[f"{name}_{label}"] = values
         self.synthetic = pd.concat([self.synthetic, pd.DataFrame(columns, index=self.synthetic.index)], axis=1)
         self.flags[name] = flags
         self.reasons[name] = [
@@ -437,6 +441,8 @@ class _Assembler:
                 "null": "training -> holdout" if self.has_holdout else null_source,
             },
             "measures": measures_summary,
+            "label_counts": {label: {str(k): int(v) for k, v in pd.Series(values).value_counts().sort_index().items()}
+                             for label, values in label_columns.items()},
             "dar_threshold": _unoriented(dar.value, higher),
             "dar": {
                 "threshold": _unoriented(dar.value, higher),

@@ -13,7 +13,7 @@ With SSIM as the primary measure the NCC shortlist misses the SSIM-nearest image
 novel query in five, so an SSIM search uses its own cascade: the search vectors add an SSIM
 proxy (:func:`_ssim_proxy`) to the Pearson vectors, the index keeps 1,024 candidates in 2D,
 and the refinement is SSIM itself after a small shift, at 32, 64 and then 96 pixels a side
-(:mod:`replicheck.coarse_ssim`), before 12 candidates are rescored exactly (``docs/design.md``).
+(:mod:`replicheck.coarse_ssim`), before 10 candidates are rescored exactly (``docs/design.md``).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class VoxelLevel:
         holds the exact nearest image for >= 99% of 2D queries (tests/test_search_accuracy.py)."""
         if ndim != 2:
             return k
-        return max(k, 12 if self.primary == "ssim" else 20)
+        return max(k, 10 if self.primary == "ssim" else 20)
 
     def describe(self) -> dict:
         return {
@@ -203,7 +203,7 @@ def _window_moments(images: np.ndarray, win: int) -> tuple[torch.Tensor, torch.T
 
 # The SSIM search's refinement stages (docs/design.md): (pixels a side, shift, window, candidates
 # kept); the first keeps at most a quarter of the shortlist, the last one keeps the search's depth.
-SSIM_STAGES_2D = ((32, 1, 3, 128), (64, 2, 3, 40), (96, 2, 5, None))
+SSIM_STAGES_2D = ((32, 1, 3, 96), (64, 2, 3, 40), (96, 2, 5, None))
 SSIM_STAGES_3D = ((16, 1, 3, 128), (32, 1, 3, None))
 
 

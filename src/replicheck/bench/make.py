@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__, measures
+from ..embedders.deepssim import deepssim_class
 from ..images import discover, stream
 from ..preprocess import Preprocessing, choose_grid, prepare
 from ..progress import Progress
@@ -41,7 +42,6 @@ from ..store import ArrayStore
 from . import perturb as perturbations
 
 CLASSES = ("replica", "similar", "novel")
-DEEPSSIM_BANDS = (0.60, 0.85)  # SSIM of the un-perturbed pair: Different <= 0.60 < Similar <= 0.85 < Duplicate
 MILD_FAMILIES = ("gaussian_noise", "rician_noise", "blur", "gamma", "intensity_scale", "bias_field", "resample", "jpeg")
 # The misalignments DeepSSIM's paper evaluates on (flips, rotations up to 10 degrees): (family, strength).
 MISALIGNMENTS = (("flip", 0), ("flip", 1), ("rotation", 0), ("rotation", 1), ("rotation", 2))
@@ -339,14 +339,6 @@ def _label(ident: str, path: str, item: dict, original: np.ndarray, image: np.nd
         "deepssim_ssim": round(unperturbed_ssim, 6),
         "deepssim_class": deepssim_class(unperturbed_ssim),
     }
-
-
-def deepssim_class(ssim: float) -> str:
-    """DeepSSIM's three classes by SSIM: Different (<= 0.60), Similar (<= 0.85), Duplicate."""
-    low, high = DEEPSSIM_BANDS
-    if not np.isfinite(ssim):  # no SSIM (a constant image): nothing in common to call similar
-        return "Different"
-    return "Different" if ssim <= low else ("Similar" if ssim <= high else "Duplicate")
 
 
 def _quantised(image: np.ndarray) -> np.ndarray:

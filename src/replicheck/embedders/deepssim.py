@@ -34,6 +34,17 @@ KIND = "deepssim"
 VERSION = "1"  # preprocessing + architecture code; bump when either changes what embed() returns
 
 
+DEEPSSIM_BANDS = (0.60, 0.85)  # SSIM: Different <= 0.60 < Similar <= 0.85 < Duplicate (METHODS.md section 2)
+
+
+def deepssim_class(ssim: float) -> str:
+    """DeepSSIM's three classes by SSIM: Different (<= 0.60), Similar (<= 0.85), Duplicate."""
+    low, high = DEEPSSIM_BANDS
+    if not np.isfinite(ssim):  # no SSIM (a constant image): nothing in common to call similar
+        return "Different"
+    return "Different" if ssim <= low else ("Similar" if ssim <= high else "Duplicate")
+
+
 class GeM(nn.Module):
     """Generalised-mean pooling over all spatial positions, with a learnable exponent p.
 
