@@ -5,11 +5,11 @@ pixels a side in 2D) before the exact rescoring (``docs/design.md``). At a coars
 shift matters more than the resolution: SSIM without a shift at 64 pixels ranks the exact
 (±3 pixel aligned) SSIM-nearest image worse than SSIM at 32 pixels with a ±1 pixel shift.
 
-Everything that depends on one image only (its central region, that region centred and scaled
-to unit norm for the Pearson correlation, its window means and variances) is computed once per
-image and stored as the image's candidate row. Per pair only the shift (one matrix product per
-query over all candidates) and the cross term of SSIM remain, in float32 and in chunks that
-stay in cache: about 20x faster than :func:`replicheck.measures.compare` at the same size.
+Everything that depends on one image only (its central region and that region's window means
+and variances) is computed once per image and stored as the image's candidate row. Per pair
+only the shift (one matrix product per query over all candidates) and the cross term of SSIM
+remain, in fused loops (:mod:`replicheck.kernels`) that read the row in place: 5-10x faster
+than :func:`replicheck.measures.compare` at the same size (``benchmarks/ssim_search.py``).
 
 The query is the side that moves: its windows at every offset of ``shift`` voxels per axis are
 compared with each candidate's central region (:func:`replicheck.measures.compare` moves the
@@ -41,19 +41,19 @@ class CoarseSsim:
         self.grid, self.shift, self.win = tuple(grid), shift, win
         self.centre = centre
         self.maps = tuple(n - win + 1 for n in centre)
-        self._sizes = (int(np.prod(centre)),) * 2 + (int(np.prod(self.maps)),) * 2
+        self._sizes = (int(np.prod(centre)),) + (int(np.prod(self.maps)),) * 2
 
     @property
     def row_length(self) -> int:
         return sum(self._sizes)
 
     def candidate_rows(self, images: torch.Tensor) -> torch.Tensor:
-        """(b, *grid) images -> (b, row_length) rows: central region, its unit Pearson row,
-        window means and window variances."""
+        """(b, *grid) images -> (b, row_length) rows: central region, window means and window
+        variances."""
         centre = self._centre(images)
         mean, variance = self._moments(centre)
         flat = centre.reshape(len(centre), -1)
-        return torch.cat([flat, unit_rows(flat), mean.flatten(1), variance.flatten(1)], dim=1)
+        return torch.cat([flat, mean.flatten(1), variance.flatten(1)], dim=1)
 
     def scores(self, query: np.ndarray, store: np.ndarray, rows: np.ndarray, start: int = 0) -> np.ndarray:
         """(m,) SSIM of the (*grid) ``query`` with each of the m images stored in ``rows`` of
@@ -68,8 +68,10 @@ class CoarseSsim:
                               for m in (whole_mean, whole_variance))
         length = self._sizes[0]
         rows = np.asarray(rows, dtype=np.int64)
-        pearson = torch.from_numpy(store[rows, start + length:start + 2 * length])
-        best = (unit_rows(windows.reshape(len(windows), -1)) @ pearson.T).argmax(dim=0).numpy()
+        # Pearson r of a zero-mean unit window w with a candidate c is (c . w) / |c - mean(c)|: the
+        # denominator is the same for every window, so the argmax needs only the raw products.
+        centres = torch.from_numpy(store[rows, start:start + length])
+        best = (unit_rows(windows.reshape(len(windows), -1)) @ centres.T).argmax(dim=0).numpy()
         out = np.empty(len(rows), dtype=np.float64)
         depth = (1,) * (3 - len(self.grid))  # 2D images are 3D images one voxel deep
         ssim_at_offsets(store, rows, start, best,

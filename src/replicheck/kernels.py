@@ -114,8 +114,8 @@ def ssim_at_offsets(store, rows, start, best, qx, qm, qv, win, c1, c2, covarianc
     ``qx`` (offsets, D, H, W): the query's windows; ``qm``, ``qv`` (offsets, d, h, w): their
     window means and sample variances (contiguous copies: crops of the whole query's would be
     strided views, which vectorise worse and made this 40% slower). A candidate row holds, from
-    column ``start``, its central region (D*H*W), its Pearson row (not used here), and its window
-    means and sample variances (d*h*w each) (:meth:`replicheck.coarse_ssim.CoarseSsim.candidate_rows`).
+    column ``start``, its central region (D*H*W) and its window means and sample variances
+    (d*h*w each) (:meth:`replicheck.coarse_ssim.CoarseSsim.candidate_rows`).
     """
     _, D, H, W = qx.shape
     _, d, h, w = qm.shape
@@ -131,6 +131,6 @@ def ssim_at_offsets(store, rows, start, best, qx, qm, qv, win, c1, c2, covarianc
         o = best[j]
         np.multiply(qx[o], row[start:start + length].reshape((D, H, W)), product)
         window_sums(product, win, along_x, along_y, cross)
-        means = row[start + 2 * length:start + 2 * length + size].reshape((d, h, w))
-        variances = row[start + 2 * length + size:start + 2 * length + 2 * size].reshape((d, h, w))
+        means = row[start + length:start + length + size].reshape((d, h, w))
+        variances = row[start + length + size:start + length + 2 * size].reshape((d, h, w))
         out[j] = ssim_mean(qm[o], qv[o], means, variances, cross, inverse, c1, c2, covariance_scale)
