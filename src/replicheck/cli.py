@@ -44,7 +44,7 @@ def scan(
     slices: bool = typer.Option(False, "--slices", help="Cut volumes into 2D axial slices and compare slices."),
     subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject (patient) id."),
     image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
-    voxel_measure: str = typer.Option("ncc", "--voxel-measure", help="Measure that ranks training images and sets the voxel flag: ncc; ssim (its own search, about 1.6x slower); mse or psnr (rank the NCC shortlist)."),
+    voxel_measure: str = typer.Option("ncc", "--voxel-measure", help="Measure that ranks training images and sets the voxel flag: ncc; ssim (its own search, about 1.4x slower); mse or psnr (rank the NCC shortlist)."),
     embedder: str = typer.Option("deepssim", "--embedder", help="Feature level: deepssim (bundled), efficientnet-lite0, astra-ct3d (extra [ct3d]); a model.pt from replicheck train; your own .ts/.onnx model or monai:NETWORK:WEIGHTS."),
     cache: Optional[str] = typer.Option(None, "--cache", help="Feature level: a folder for a persistent embedding cache (created if needed), so that images embedded by the same model in earlier scans are not embedded again."),
     masks: str = typer.Option("foreground", "--masks", help="Segmentation level: a built-in segmenter (foreground, skull, ct-bone, ct-haemorrhage, vessels), 'manifest' (the manifests' mask column), a folder DIR holding DIR/<training|synthetic|holdout>/<relative path> masks, or 'cmd:TEMPLATE' (a command with {input} and {output})."),
