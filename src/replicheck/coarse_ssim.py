@@ -23,9 +23,9 @@ import itertools
 import numpy as np
 import torch
 
+from .kernels import batch_moments, ssim_at_offsets
 from .measures import covariance_scale, unit_rows
 from .preprocess import DATA_RANGE
-from .kernels import moments, ssim_at_offsets
 
 _C1, _C2 = (0.01 * DATA_RANGE) ** 2, (0.03 * DATA_RANGE) ** 2
 
@@ -88,16 +88,5 @@ class CoarseSsim:
 
     def _moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Window means and sample variances (scikit-image's normalisation) of (b, *shape) images."""
-        depth = (1,) * (3 - len(self.grid))
-        shape = tuple(images.shape[1:])
-        maps = tuple(n - self.win + 1 for n in shape)
-        volumes = np.ascontiguousarray(images.numpy(), dtype=np.float32).reshape((len(images),) + depth + shape)
-        win = depth + (self.win,) * len(self.grid)
-        along_x = np.empty(volumes.shape[1:3] + maps[-1:], dtype=np.float32)
-        along_y = np.empty(volumes.shape[1:2] + (depth + maps)[1:], dtype=np.float32)
-        mean = np.empty((len(images),) + depth + maps, dtype=np.float32)
-        variance = np.empty_like(mean)
-        scale = np.float32(covariance_scale(self.win ** len(self.grid)))
-        for i in range(len(images)):
-            moments(volumes[i], win, along_x, along_y, scale, mean[i], variance[i])
-        return torch.from_numpy(mean.reshape((len(images),) + maps)), torch.from_numpy(variance.reshape((len(images),) + maps))
+        scale = covariance_scale(self.win ** len(self.grid))
+        return tuple(torch.from_numpy(m) for m in batch_moments(images.numpy(), self.win, scale))

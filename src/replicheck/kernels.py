@@ -84,6 +84,25 @@ def moments(volume, win, along_x, along_y, covariance_scale, mean, variance):  #
                 variance[z, y, x] = covariance_scale * (variance[z, y, x] * inverse - m * m)
 
 
+def batch_moments(images: np.ndarray, win: int, covariance_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Window means and variances (scaled by ``covariance_scale``: n / (n - 1) for scikit-image's
+    sample variance, 1 for the population's) of (b, *shape) 2D or 3D images over every complete
+    ``win``-wide window: two (b, *valid) float32 arrays."""
+    spatial = images.shape[1:]
+    depth = (1,) * (3 - len(spatial))  # 2D images are 3D images one voxel deep
+    volumes = np.ascontiguousarray(images, dtype=np.float32).reshape((len(images),) + depth + spatial)
+    grid, window = volumes.shape[1:], depth + (win,) * len(spatial)
+    valid = tuple(n - w + 1 for n, w in zip(grid, window))
+    mean = np.empty((len(images),) + valid, dtype=np.float32)
+    variance = np.empty_like(mean)
+    along_x = np.empty(grid[:2] + valid[2:], dtype=np.float32)
+    along_y = np.empty(grid[:1] + valid[1:], dtype=np.float32)
+    for i in range(len(images)):
+        moments(volumes[i], window, along_x, along_y, np.float32(covariance_scale), mean[i], variance[i])
+    shape = (len(images),) + valid[len(depth):]
+    return mean.reshape(shape), variance.reshape(shape)
+
+
 @numba.njit(**_JIT)
 def ssim_many(query, candidates, win, c1, c2, covariance_scale, out):  # pragma: no cover
     """SSIM of ``query`` (D, H, W) with each of ``candidates`` (k, D, H, W) into ``out`` (k,),

@@ -26,7 +26,7 @@ import torch
 
 from . import measures
 from .coarse_ssim import CoarseSsim
-from .kernels import moments
+from .kernels import batch_moments
 from .measures import unit_rows
 from .preprocess import DATA_RANGE
 from .store import StoredRows
@@ -167,7 +167,9 @@ def _ssim_proxy(images: np.ndarray, max_side: int, win_size: int = 7) -> torch.T
     c1, c2 = (0.01 * DATA_RANGE) ** 2, (0.03 * DATA_RANGE) ** 2
     side = min(images.shape[1:])
     win = min(win_size, side if side % 2 else side - 1)
-    mean, var = _window_moments(images, win)  # over the voxels whose window lies inside the image
+    # Over the voxels whose whole window lies inside the image, in fused loops (5x faster than avg_pool).
+    mean, var = (torch.from_numpy(m)[:, None] for m in batch_moments(images, win, covariance_scale=1.0))
+    var = var.clamp_min(0)
     half = win // 2
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
     x = x[(slice(None), slice(None)) + tuple(slice(half, n - half) for n in images.shape[1:])]
@@ -182,23 +184,6 @@ def _ssim_proxy(images: np.ndarray, max_side: int, win_size: int = 7) -> torch.T
         adaptive = torch.nn.functional.adaptive_avg_pool2d if images.ndim == 3 else torch.nn.functional.adaptive_avg_pool3d
         features = adaptive(features, shape)
     return features.flatten(1)
-
-
-def _window_moments(images: np.ndarray, win: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(b, 1, *valid) window means and (population) variances of (b, *grid) images, in fused
-    loops (:func:`replicheck.kernels.moments`; 5x faster than ``avg_pool`` on a CPU)."""
-    depth = (1,) * (4 - images.ndim)  # 2D images are 3D images one voxel deep
-    volumes = np.ascontiguousarray(images, dtype=np.float32).reshape((len(images),) + depth + images.shape[1:])
-    grid, window = volumes.shape[1:], depth + (win,) * (images.ndim - 1)
-    valid = tuple(n - w + 1 for n, w in zip(grid, window))
-    mean = np.empty((len(images),) + valid, dtype=np.float32)
-    variance = np.empty_like(mean)
-    along_x = np.empty(grid[:2] + valid[2:], dtype=np.float32)
-    along_y = np.empty(grid[:1] + valid[1:], dtype=np.float32)
-    for i in range(len(images)):
-        moments(volumes[i], window, along_x, along_y, np.float32(1.0), mean[i], variance[i])
-    shape = (len(images), 1) + valid[len(depth):]
-    return torch.from_numpy(mean).reshape(shape), torch.from_numpy(variance).reshape(shape).clamp_min_(0)
 
 
 # The SSIM search's refinement stages (docs/design.md): (pixels a side, shift, window, candidates
