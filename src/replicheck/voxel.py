@@ -134,7 +134,8 @@ class VoxelLevel:
             "measures": list(self.measures),
             "max_shift_voxels": self.max_shift,
             "search_size": self.search_size,
-            "refine_size": ("32, 64 then 96 (2D), 16 then 32 (3D)" if self.primary == "ssim"
+            "refine_size": (f"{', '.join(str(stage[0]) for stage in SSIM_STAGES_2D)} (2D), "
+                            f"{', '.join(str(stage[0]) for stage in SSIM_STAGES_3D)} (3D)" if self.primary == "ssim"
                             else self.coarse_size or "64 (2D), 32 (3D)"),
             "ssim": {"win_size": 7, "K1": 0.01, "K2": 0.03, "data_range": DATA_RANGE, "covariance": "sample"},
             **(self._ssim_search() if self.primary == "ssim" else {
