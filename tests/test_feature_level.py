@@ -47,6 +47,12 @@ def test_train_then_scan_with_the_feature_level(ctich, tmp_path):
     assert list(table["feature_deepssim_class"]) == [deepssim_class(v) for v in table["feature_ssim_estimate"]]
     counts = json.loads((out / "summary.json").read_text())["levels"]["feature"]["label_counts"]["deepssim_class"]
     assert sum(counts.values()) == len(table) and set(counts) <= {"Different", "Similar", "Duplicate"}
+    # the report shows the class counts, and the class and SSIM estimate of each pair it shows
+    page = (out / "report.html").read_text()
+    assert "DeepSSIM class of each nearest pair (SSIM from the calibrated estimate" in page
+    assert ", ".join(f"{label} {count}" for label, count in counts.items()) in page
+    for _, shown in table.iterrows():  # 15 synthetic images: the gallery shows every one
+        assert f"DeepSSIM class {shown['feature_deepssim_class']}, SSIM estimate {shown['feature_ssim_estimate']:.3g}" in page
     # the score is the cosine of the two images' embeddings, computed here independently
     embedder = load_embedder(str(model))
     row = table.loc["flip%04d.npy" % copies[0]]

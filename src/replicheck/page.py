@@ -60,6 +60,7 @@ def render(results: str | Path, *, top: int | None = None, images: bool = True,
         "curves": _curves(labels, synthetic, summary) if labels else None,
         "settings": _settings(summary),
         "difference_range": figures.DIFFERENCE_RANGE,
+        "label_names": DETAIL_NAMES,
     }
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                      undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -93,6 +94,8 @@ def flagged_table(synthetic: pd.DataFrame, summary: dict) -> dict:
         columns[f"{name} {measure}"] = flagged[f"{name}_score"]
         columns[f"{name} p"] = flagged[f"{name}_p"]
         columns[f"{name} nearest"] = flagged[f"{name}_nearest"].astype(str)
+        for label in summary["levels"][name].get("label_counts", {}):
+            columns[f"{name} {DETAIL_NAMES.get(label, label)}"] = flagged[f"{name}_{label}"].astype(str)
     types, data, dictionaries = [], [], {}
     for position, column in enumerate(columns.values()):
         if pd.api.types.is_numeric_dtype(column):
@@ -145,7 +148,8 @@ def _level(name: str, summary: dict, synthetic: pd.DataFrame, null: pd.DataFrame
                              measure=measure, level=name, null_label=null_label)
     return {"name": name, "measure": measure, "summary": level, "histogram": figures.data_uri(plot),
             "higher": level["measures"][measure]["higher_is_similar"], "null_label": null_label,
-            "has_null": null is not None}
+            "has_null": null is not None, "label_counts": level.get("label_counts") or {},
+            "deepssim_source": "from the calibrated estimate" if "ssim_estimate" in level["measures"] else "read from the cosine"}
 
 
 def _gallery(gallery: Gallery, synthetic: pd.DataFrame, summary: dict, top: int | None) -> list[dict]:
@@ -197,15 +201,27 @@ def _volume_views(gallery: Gallery, i: int, pair) -> dict:
 
 
 def _scores(row, summary: dict, shown: str) -> list[dict]:
-    """Every level's verdict on one synthetic image (its own nearest, score, p, flag)."""
+    """Every level's verdict on one synthetic image (its own nearest, score, p, flag, details)."""
     out = []
     for name, level in summary["levels"].items():
         measure = level["primary_measure"]
         out.append({"level": name, "measure": measure, "score": _float(row[f"{name}_score"]),
                     "p": _float(row[f"{name}_p"]), "flag": bool(row[f"{name}_flag"]),
                     "threshold": float(level["threshold"]), "nearest": str(row[f"{name}_nearest"]),
-                    "same": str(row[f"{name}_nearest"]) == shown})
+                    "same": str(row[f"{name}_nearest"]) == shown, "details": _details(row, name, level)})
     return out
+
+
+DETAIL_NAMES = {"deepssim_class": "DeepSSIM class", "ssim_estimate": "SSIM estimate"}
+
+
+def _details(row, name: str, level: dict) -> str:
+    """A level's verdicts on one image beyond its primary score: its labels (DeepSSIM's class)
+    and DeepSSIM's calibrated SSIM estimate, e.g. ``DeepSSIM class Duplicate, SSIM estimate 0.93``."""
+    parts = [f"{DETAIL_NAMES.get(label, label)} {row[f'{name}_{label}']}" for label in level.get("label_counts", {})]
+    if "ssim_estimate" in level["measures"] and level["primary_measure"] != "ssim_estimate":
+        parts.append(f"SSIM estimate {_num(_float(row[f'{name}_ssim_estimate']), 3)}")
+    return ", ".join(parts)
 
 
 def _pairs_without_images(synthetic: pd.DataFrame, summary: dict, top: int | None) -> list[dict]:
