@@ -56,11 +56,13 @@ SETS = {
                             "head voxels above the Otsu threshold of the head, components under 0.1% of the volume "
                             "dropped), which needs no Hounsfield units"},
     "3d-masks": {"title": "3D: mask replicas (AdrenalMNIST3D)", "manifest": adrenal_masks,
-                 "make": ["--synthetic", "120", "--mix", "0.6,0,0.4", "--families", "boundary_noise,exact",
+                 "make": ["--synthetic", "480", "--mix", "0.6,0,0.4", "--families", "boundary_noise,exact",
                           "--perturb-novel", "0"],
                  "masks": "identity", "run": ["--masks", "manifest", "--methods", "none"],
-                 "about": "the 396 validation and test AdrenalMNIST3D adrenal gland masks (64³, binary; CC BY 4.0), "
-                          "each its own subject (patient ids are not given). The images are the masks, so the "
+                 "about": "all 1,584 AdrenalMNIST3D adrenal gland masks of its train, validation and test splits (64³, binary; "
+                          "CC BY 4.0), "
+                          "each its own subject (patient ids are not given, so the two glands of one patient may fall into "
+                          "different groups). The images are the masks, so the "
                           "segmentation level reads each image as its own mask (`--write-masks identity`, "
                           "`--masks manifest`). Replicas: exact copies and `boundary_noise` (the boundary moved by one "
                           "voxel in patches covering 10%, 25% or 50% of the volume); novel masks are not perturbed "
