@@ -20,7 +20,7 @@ from replicheck.augment import NONE, Augmentation, _warp, augment
 from replicheck.embedders import EMBEDDERS, Embedder, load_embedder
 from replicheck.embedders.deepssim import DeepSSIMEmbedder, DeepSSIMNet, load_checkpoint, preprocess, save_checkpoint
 from replicheck.records import ReplicheckError
-from replicheck.train_deepssim import _pair_pool, train_deepssim
+from replicheck.train_deepssim import _mined_pairs, _pair_pool, train_deepssim
 
 TINY = {"input_size": 32, "widths": (4, 8, 16), "dim": 24}
 
@@ -216,6 +216,27 @@ def test_training_targets_are_skimage_ssim_of_zscored_images(ct_slices_32px):
         assert_allclose(t, structural_similarity(a, b, data_range=a.max() - a.min()), atol=1e-5)
 
 
+def test_mined_pairs_are_each_image_with_its_nearest_others_and_their_true_ssim(ct_slices_32px):
+    x, _ = ct_slices_32px
+    z = preprocess(torch.from_numpy(x[:60]), 32)
+    torch.manual_seed(0)
+    model = DeepSSIMNet(**TINY).eval()
+    members = np.arange(5, 60, 2)  # a subset: neighbours are searched among members only
+    left, right, target = _mined_pairs(model, z, members, 3, np.random.default_rng(0), batch_size=7, device="cpu")
+    with torch.no_grad():
+        emb = model(z).numpy()
+    assert len(target) == 3 * len(members) and set(left) == set(members) and set(right) <= set(members)
+    for query in members:
+        cosine = emb[members] @ emb[query]
+        cosine[members == query] = -2
+        chosen = cosine[np.searchsorted(members, right[left == query])]
+        # the 3 largest cosines of a brute force, the image itself excluded (up to float32 ties)
+        assert_allclose(np.sort(chosen), np.sort(cosine)[-3:], atol=1e-5)
+    for i, j, t in zip(left[::9], right[::9], target[::9]):
+        a, b = z[i, 0].numpy().astype(np.float64), z[j, 0].numpy().astype(np.float64)
+        assert_allclose(t, structural_similarity(a, b, data_range=a.max() - a.min()), atol=1e-5)
+
+
 def test_short_training_beats_the_untrained_network_on_held_out_patients(ct_slices_32px, tmp_path):
     x, patients = ct_slices_32px
     result = train_deepssim(x, patients, out=tmp_path / "model.pt", size=32, epochs=4, pairs_per_epoch=512,
@@ -223,6 +244,7 @@ def test_short_training_beats_the_untrained_network_on_held_out_patients(ct_slic
     assert result["val_mse"] < 0.8 * result["initial"]["val_mse"]
     assert result["best_epoch"] >= 1 and len(result["history"]) == 4
     assert 0 <= result["val_mae_clean"] < result["initial"]["val_mae_clean"]
+    assert 0 <= result["val_mae_nearest"] and abs(result["val_bias_nearest"]) <= result["val_mae_nearest"]
 
     train, val = set(result["train_subjects"]), set(result["val_subjects"])
     assert not train & val and train | val == {str(p) for p in np.unique(patients)}

@@ -203,6 +203,7 @@ def train_deepssim_command(
     subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),
     image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
     flip_average: bool = typer.Option(True, "--flip-average/--no-flip-average", help="Embed each image as the mean over its four flips, so that a flipped copy scores like the original (4x slower to embed)."),
+    hard_share: float = typer.Option(0.25, "--hard-share", min=0.0, max=0.95, help="Share of each epoch's pairs that pair a training image with its nearest others under the current network (hard-pair mining; 0 = the paper's sampling only)."),
     device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -221,7 +222,8 @@ def train_deepssim_command(
             report = train_deepssim(images, subjects, out=out, size=size, epochs=epochs,
                                     pairs_per_epoch=pairs_per_epoch, seed=seed,
                                     max_seconds=minutes * 60 if minutes else None, device=device,
-                                    flip_average=flip_average, description=f"replicheck train deepssim {train}",
+                                    flip_average=flip_average, hard_share=hard_share,
+                                    description=f"replicheck train deepssim {train}",
                                     progress=progress)
         if size != CALIBRATION_SIZE:  # the calibration's SSIM is taken on the grid a scan compares
             images, subjects = read_training_slices(train, size=CALIBRATION_SIZE, subject_regex=subject_regex,
