@@ -270,3 +270,13 @@ def test_detection_metrics_match_hand_counts():
     pairs = [(p, n) for p in score[positive] for n in score[~positive]]
     assert out["roc_auc"] == pytest.approx(np.mean([p > n for p, n in pairs]))
     assert metrics.deepssim_macro_f1(labels, np.array([0.9] * 4 + [0.1] * 4 + [0.7] * 2)) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_bench_run_quiet_prints_only_the_metrics_table(bench2d, tmp_path):
+    bench, _ = bench2d
+    result = CliRunner().invoke(app, ["bench", "run", str(bench), "--out", str(tmp_path / "r"), "--levels", "voxel",
+                                      "--methods", "none", "--no-baselines", "--no-natural", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "| voxel: ncc |" in result.output and "Results:" in result.output
+    assert "[1/1]" not in result.output and " GiB" not in result.output.split("| detector")[0]

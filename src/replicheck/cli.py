@@ -170,6 +170,7 @@ def bench_run(
     embedder: str = typer.Option("deepssim", "--embedder", help="The feature level's embedder (with --levels ...,feature): a name or a model.pt."),
     masks: str = typer.Option("foreground", "--masks", help="The segmentation level's masks (with --levels ...,segmentation), as for scan --masks."),
     num_workers: int = typer.Option(2, "--num-workers", help="Threads per scan."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-detector progress lines (the metrics table is still printed)."),
 ) -> None:
     """Scan a benchmark with every detector and score each against its labels."""
     from .bench.run import RunConfig, run_benchmark
@@ -178,7 +179,8 @@ def bench_run(
         chosen = [] if methods.strip().lower() == "none" else [m.strip() for m in methods.split(",") if m.strip()]
         config = RunConfig(levels=tuple(part.strip() for part in levels.split(",") if part.strip()),
                            methods=tuple(chosen), quantile=quantile, brute_force_budget=brute_force_budget,
-                           natural=natural, baselines=baselines, embedder=embedder, masks=masks, num_workers=num_workers, echo=lambda line: typer.echo(line, err=True))
+                           natural=natural, baselines=baselines, embedder=embedder, masks=masks, num_workers=num_workers,
+                           echo=(lambda line: None) if quiet else (lambda line: typer.echo(line, err=True)))
         _check_output(out, [str(bench)])
         return run_benchmark(bench, out, config)
 
