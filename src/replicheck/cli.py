@@ -205,7 +205,7 @@ def train_deepssim_command(
     subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),
     image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
     flip_average: bool = typer.Option(True, "--flip-average/--no-flip-average", help="Embed each image as the mean over its four flips, so that a flipped copy scores like the original (4x slower to embed)."),
-    hard_share: float = typer.Option(0.0, "--hard-share", min=0.0, max=0.95, help="Share of each epoch's pairs that pair a training image with its nearest others under the current network (hard-pair mining, e.g. 0.25; default 0: the paper's sampling only, which ranked replicas as well or better in our CT benchmark)."),
+    hard_share: float = typer.Option(0.0, "--hard-share", min=0.0, max=0.95, help="Share of each epoch's pairs that pair a training image with its nearest others under the current network (hard-pair mining, e.g. 0.25; default 0: the paper's sampling only; on CT it ranked replicas no better: BENCHMARKS-feature.md)."),
     device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
