@@ -139,6 +139,8 @@ def _read_results(results: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame | Non
 
 
 def _level(name: str, summary: dict, synthetic: pd.DataFrame, null: pd.DataFrame | None) -> dict:
+    from .embedders.deepssim import DEEPSSIM_BANDS
+
     level = summary["levels"][name]
     measure = level["primary_measure"]
     null_label = "holdout" if summary["calibration"]["null"] == "holdout" else "training, other subjects"
@@ -149,7 +151,8 @@ def _level(name: str, summary: dict, synthetic: pd.DataFrame, null: pd.DataFrame
     return {"name": name, "measure": measure, "summary": level, "histogram": figures.data_uri(plot),
             "higher": level["measures"][measure]["higher_is_similar"], "null_label": null_label,
             "has_null": null is not None, "label_counts": level.get("label_counts") or {},
-            "deepssim_source": "from the calibrated estimate" if "ssim_estimate" in level["measures"] else "read from the cosine"}
+            "deepssim_source": "from the calibrated estimate" if "ssim_estimate" in level["measures"] else "read from the cosine",
+            "deepssim_bands": "Different ≤ {:.2f} < Similar ≤ {:.2f} < Duplicate".format(*DEEPSSIM_BANDS)}
 
 
 def _gallery(gallery: Gallery, synthetic: pd.DataFrame, summary: dict, top: int | None) -> list[dict]:

@@ -100,7 +100,8 @@ def train_deepssim(
     gem_stages : how many of the last stages are GeM-pooled into the embedding (multi-scale GeM).
     hard_share, hard_neighbours : share of each epoch's pairs drawn from the mined pairs (each
         training image with its ``hard_neighbours`` nearest others under the current network);
-        ``hard_share=0`` trains on the stratified pool alone, as the paper does.
+        ``hard_share=0`` trains on the stratified pool alone, as the paper does. Mining costs one
+        forward pass per training image per epoch, plus the SSIM of the mined pairs.
     flip_average : recorded in the checkpoint; the embedder then embeds each image as the mean over
         its four flips (:class:`~replicheck.embedders.deepssim.DeepSSIMEmbedder`), so a flipped copy
         scores exactly like the original. Validation scores the network itself, without the average.
