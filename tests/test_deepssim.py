@@ -222,7 +222,7 @@ def test_mined_pairs_are_each_image_with_its_nearest_others_and_their_true_ssim(
     torch.manual_seed(0)
     model = DeepSSIMNet(**TINY).eval()
     members = np.arange(5, 60, 2)  # a subset: neighbours are searched among members only
-    left, right, target = _mined_pairs(model, z, members, 3, np.random.default_rng(0), batch_size=7, device="cpu")
+    left, right, target, scores = _mined_pairs(model, z, members, 3, np.random.default_rng(0), batch_size=7, device="cpu")
     with torch.no_grad():
         emb = model(z).numpy()
     assert len(target) == 3 * len(members) and set(left) == set(members) and set(right) <= set(members)
@@ -232,6 +232,7 @@ def test_mined_pairs_are_each_image_with_its_nearest_others_and_their_true_ssim(
         chosen = cosine[np.searchsorted(members, right[left == query])]
         # the 3 largest cosines of a brute force, the image itself excluded (up to float32 ties)
         assert_allclose(np.sort(chosen), np.sort(cosine)[-3:], atol=1e-5)
+        assert_allclose(np.sort(scores[left == query]), np.sort(chosen), atol=1e-5)  # the cosines it reports
     for i, j, t in zip(left[::9], right[::9], target[::9]):
         a, b = z[i, 0].numpy().astype(np.float64), z[j, 0].numpy().astype(np.float64)
         assert_allclose(t, structural_similarity(a, b, data_range=a.max() - a.min()), atol=1e-5)

@@ -148,11 +148,9 @@ def train_deepssim(
 
     def evaluate() -> dict:
         metrics = _evaluate(model, x, val_set, augmentation, seed=seed + 1, batch_size=batch_size, device=device)
-        nearest = _mined_pairs(model, x, val_members, 1, np.random.default_rng(seed), batch_size=batch_size, device=device)
-        with torch.no_grad():
-            cosine = np.concatenate([_cosine(model, x[nearest[0][i:i + batch_size]], x[nearest[1][i:i + batch_size]], device)
-                                     for i in range(0, len(nearest[2]), batch_size)])
-        error = cosine - nearest[2]
+        *_, target, cosine = _mined_pairs(model, x, val_members, 1, np.random.default_rng(seed),
+                                          batch_size=batch_size, device=device)
+        error = cosine - target
         # reported, not selected on (the paper selects by val_mse): the error on each validation
         # image's nearest other image, the kind of pair a scan's search scores
         return metrics | {"val_mae_nearest": float(np.mean(np.abs(error))) if len(error) else float("nan"),
@@ -184,7 +182,8 @@ def train_deepssim(
         n_hard = round(hard_share * pairs_per_epoch) if hard_neighbours > 0 else 0
         left, right, target = _stratified(train_pool, pairs_per_epoch - n_hard, rng, replace=True)
         if n_hard:
-            hard = _mined_pairs(model, x, np.flatnonzero(~is_val), hard_neighbours, rng, batch_size=batch_size, device=device)
+            hard = _mined_pairs(model, x, np.flatnonzero(~is_val), hard_neighbours, rng, batch_size=batch_size,
+                                device=device)[:3]
             pick = rng.choice(len(hard[2]), n_hard, replace=len(hard[2]) < n_hard)
             left, right, target = (np.concatenate([part, mined[pick]]) for part, mined in zip((left, right, target), hard))
         model.train()
@@ -282,9 +281,9 @@ def _pair_pool(x: torch.Tensor, subjects: np.ndarray, members: np.ndarray, rng: 
 
 def _mined_pairs(model: DeepSSIMNet, x: torch.Tensor, members: np.ndarray, k: int, rng: np.random.Generator, *,
                  batch_size: int, device: str):
-    """Pairs (left, right, SSIM target) of up to :data:`MINE_QUERIES` training images with their ``k``
-    nearest other members by the current network's cosine: the pairs whose cosine a scan's
-    nearest-neighbour search takes, and so the ones whose overestimate causes false replicas."""
+    """Pairs (left, right, SSIM target, cosine) of up to :data:`MINE_QUERIES` training images with
+    their ``k`` nearest other members by the current network's cosine: the pairs whose cosine a
+    scan's nearest-neighbour search takes, and so the ones whose overestimate causes false replicas."""
     model.eval()
     with torch.no_grad():
         emb = torch.cat([model(x[members[start:start + batch_size]].to(device)).float().cpu()
@@ -292,19 +291,21 @@ def _mined_pairs(model: DeepSSIMNet, x: torch.Tensor, members: np.ndarray, k: in
     queries = rng.choice(len(members), min(MINE_QUERIES, len(members)), replace=False)
     k = min(k, len(members) - 1)
     z = x[:, 0].numpy()
-    left, right, target = [], [], []
+    left, right, target, scores = [], [], [], []
     for start in range(0, len(queries), 1024):
         rows = queries[start:start + 1024]
         cosine = emb[rows] @ emb.T
         cosine[torch.arange(len(rows)), torch.from_numpy(rows)] = -2.0  # not the image itself
-        nearest = cosine.topk(k, dim=1).indices.numpy()
-        for row, partners in zip(rows, nearest):
+        best, nearest = cosine.topk(k, dim=1)
+        for row, partners, values in zip(rows, nearest.numpy(), best.numpy()):
             left.append(np.full(k, members[row]))
             right.append(members[partners])
             target.append(measures.zscored_ssim(z[members[row]], z[members[partners]]))
-    left, right, target = np.concatenate(left), np.concatenate(right), np.concatenate(target)
+            scores.append(values)
+    left, right, target, scores = (np.concatenate(part) for part in (left, right, target, scores))
     keep = np.isfinite(target)
-    return left[keep].astype(np.int64), right[keep].astype(np.int64), target[keep].astype(np.float32)
+    return (left[keep].astype(np.int64), right[keep].astype(np.int64), target[keep].astype(np.float32),
+            scores[keep].astype(np.float64))
 
 
 def _stratified(pool, n: int, rng: np.random.Generator, *, replace: bool):
