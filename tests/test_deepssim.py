@@ -16,9 +16,11 @@ from scipy import ndimage
 from skimage.metrics import structural_similarity
 
 from conftest import one_torch_thread
-from replicheck.augment import NONE, Augmentation, _warp, augment
+from replicheck.augment import NONE, Augmentation, _warp, augment, rotate
 from replicheck.embedders import EMBEDDERS, Embedder, load_embedder
-from replicheck.embedders.deepssim import DeepSSIMEmbedder, DeepSSIMNet, load_checkpoint, preprocess, save_checkpoint
+from replicheck.embedders.deepssim import (DeepSSIMEmbedder, DeepSSIMNet, load_checkpoint, preprocess, save_checkpoint,
+                                           view_max_cosine)
+from replicheck.embedders.whitening import fit_whitening, whiten_network
 from replicheck.records import ReplicheckError
 from replicheck.train_deepssim import _mined_pairs, _pair_pool, train_deepssim
 
@@ -258,3 +260,69 @@ def test_short_training_beats_the_untrained_network_on_held_out_patients(ct_slic
     out = embedder.embed(x[:3])
     assert out.shape == (3, 64)
     assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+
+
+# --- views and whitening (our additions) ------------------------------------------------------
+
+def test_views_are_the_image_rotated_and_re_contrasted(embedder):
+    viewed = DeepSSIMEmbedder(embedder.model, rotations=(-10.0, 5.0), gammas=(0.5,))
+    batch = images((3, 40, 36), seed=9)
+    views = viewed.embed_views(batch)
+    assert views.shape == (3, 4, TINY["dim"]) and viewed.views == 4
+    assert_allclose(np.linalg.norm(views, axis=2), 1.0, rtol=1e-5)
+    assert_array_equal(views[:, 0], viewed.embed(batch))
+    x = preprocess(torch.from_numpy(batch), TINY["input_size"])
+    with torch.no_grad():
+        assert_allclose(views[:, 1], embedder.model(rotate(x, -10.0)).numpy(), atol=1e-6)
+        assert_allclose(views[:, 2], embedder.model(rotate(x, 5.0)).numpy(), atol=1e-6)
+    assert_allclose(views[:, 3], embedder.embed(batch ** 0.5), atol=1e-6)
+    volumes = images((2, 3, 40, 36), seed=10)  # 3D: per view, the normalised mean of the slices' views
+    per_slice = viewed.embed_views(volumes.reshape(6, 40, 36)).reshape(2, 3, 4, -1).mean(axis=1)
+    assert_allclose(viewed.embed_views(volumes), per_slice / np.linalg.norm(per_slice, axis=2, keepdims=True), atol=1e-6)
+
+
+def test_views_change_the_digest_and_come_from_the_checkpoint(embedder, tmp_path):
+    path = save_checkpoint(tmp_path / "model.pt", embedder.model,
+                           {"embedding": {"rotations": [-5.0, 5.0], "gammas": [0.8, 1.25]}})
+    loaded = load_embedder(path)
+    assert loaded.rotations == (-5.0, 5.0) and loaded.gammas == (0.8, 1.25) and loaded.views == 5
+    assert loaded.digest != embedder.digest
+    assert DeepSSIMEmbedder(embedder.model, gammas=(0.8,)).digest != DeepSSIMEmbedder(embedder.model, gammas=(1.25,)).digest
+    for bad in ({"rotations": (0.0,)}, {"rotations": (5.0, 5.0)}, {"gammas": (1.0,)}, {"gammas": (-0.5,)}):
+        with pytest.raises(ValueError, match="view"):
+            DeepSSIMEmbedder(embedder.model, **bad)
+
+
+def test_view_max_cosine_is_the_best_pair_with_an_unturned_side():
+    rng = np.random.default_rng(11)
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+    query, candidates = unit(rng.normal(size=(4, 6))), unit(rng.normal(size=(7, 4, 6)))
+    expected = [max(max(query[i] @ c[0] for i in range(4)), max(query[0] @ c[j] for j in range(4))) for c in candidates]
+    assert_allclose(view_max_cosine(query, candidates), expected, rtol=1e-12)
+    for c in candidates:  # symmetric
+        assert view_max_cosine(c, query[None])[0] == pytest.approx(view_max_cosine(query, c[None])[0], abs=1e-12)
+    assert_allclose(view_max_cosine(query[:1], candidates[:, :1]), candidates[:, 0] @ query[0], rtol=1e-12)
+
+
+def test_fit_whitening_gives_unit_covariance():
+    rows = np.random.default_rng(12).normal(size=(500, 5)) @ np.diag([5.0, 2.0, 1.0, 0.5, 0.1]) + 3.0
+    mean, projection = fit_whitening(rows, shrinkage=1e-9)
+    white = (rows - mean.numpy()) @ projection.numpy()
+    assert_allclose(white.mean(axis=0), 0.0, atol=1e-4)
+    assert_allclose(np.cov(white, rowvar=False, bias=True), np.eye(5), atol=1e-4)
+    _, shrunk = fit_whitening(rows)  # shrinkage damps the weakest direction most
+    assert np.linalg.norm(shrunk.numpy(), axis=0).min() < np.linalg.norm(projection.numpy(), axis=0).min()
+
+
+def test_a_whitened_network_saves_loads_and_embeds_identically(embedder, tmp_path):
+    batch = images((40, 32, 32), seed=13)
+    model = DeepSSIMNet(**TINY)
+    model.load_state_dict(embedder.model.state_dict())
+    assert whiten_network(model, batch) == 40 and model.whitened
+    whitened = DeepSSIMEmbedder(model)
+    out = whitened.embed(batch)
+    assert np.abs(out - embedder.embed(batch)).max() > 1e-2 and whitened.digest != embedder.digest
+    assert abs(out.mean(axis=0)).max() < abs(embedder.embed(batch).mean(axis=0)).max()  # centred
+    reloaded = load_embedder(save_checkpoint(tmp_path / "white.pt", model, {}))
+    assert reloaded.model.whitened and reloaded.digest == whitened.digest
+    assert_array_equal(reloaded.embed(batch), out)

@@ -28,11 +28,16 @@ class Counting:
     def __init__(self, inner):
         self.inner = inner
         self.name, self.version, self.digest, self.dim = inner.name, inner.version, inner.digest, inner.dim
+        self.views = getattr(inner, "views", 1)
         self.images = 0
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         self.images += len(batch)
         return self.inner.embed(batch)
+
+    def embed_views(self, batch: np.ndarray) -> np.ndarray:
+        self.images += len(batch)
+        return self.inner.embed_views(batch)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +70,16 @@ def test_cached_vectors_are_the_fresh_ones_and_the_embedder_is_not_called(deepss
     assert again.describe()["cache"] == {"folder": str(tmp_path), "file": str(tmp_path / FILENAME),
                                          "key": "sha256 of the <f4 analysis-grid image",
                                          "hits": 12, "misses": 0, "written": 0}
+
+
+def test_a_multi_view_embedder_caches_all_its_views(deepssim, slices, tmp_path):
+    viewed = DeepSSIMEmbedder(deepssim.model, flip_average=True, rotations=(-5.0, 5.0), gammas=(0.8,))
+    fresh = FeatureLevel(viewed).vectors(slices[:4])
+    assert fresh.shape == (4, 4 * viewed.dim)
+    cached_level(viewed, tmp_path).vectors(slices[:4])
+    again = cached_level(viewed, tmp_path)
+    np.testing.assert_array_equal(again.vectors(slices[:4]), fresh)
+    assert again.embedder.images == 0 and again.cache.hits == 4
 
 
 def test_only_the_misses_are_embedded_each_once_and_rows_keep_their_order(deepssim, slices, tmp_path):

@@ -56,12 +56,15 @@ def test_train_then_scan_with_the_feature_level(ctich, tmp_path):
     for _, shown in table.iterrows():  # 15 synthetic images: the gallery shows every one, on both pages
         details = f"DeepSSIM class {shown['feature_deepssim_class']}, SSIM estimate {shown['feature_ssim_estimate']:.3g}"
         assert details in page and details in without_images
-    # the score is the cosine of the two images' embeddings, computed here independently
+    # the score is the cosine of the two images' best-aligned views, computed here independently
     embedder = load_embedder(str(model))
+    assert embedder.views == 9  # the default views: 4 rotations and 4 gammas besides the image
     row = table.loc["flip%04d.npy" % copies[0]]
     query = images[copies[0]][:, ::-1].astype(np.float32)[None] / 255
     nearest = np.load(tmp_path / "train" / row["feature_nearest"]).astype(np.float32)[None] / 255
-    expected = float(embedder.embed(query)[0] @ embedder.embed(nearest)[0])
+    query_views, nearest_views = embedder.embed_views(query)[0], embedder.embed_views(nearest)[0]
+    expected = max(float(query_views[i] @ nearest_views[0]) for i in range(9))
+    expected = max([expected] + [float(query_views[0] @ nearest_views[j]) for j in range(9)])
     assert row["feature_score"] == pytest.approx(expected, abs=1e-5)
     pairs = pd.read_csv(out / "pairs.csv")
     assert set(pairs["level"]) == {"voxel", "feature"}

@@ -11,6 +11,7 @@ from replicheck import measures
 from replicheck.cli import app
 from replicheck.embedders import BUNDLED_WEIGHTS, load_embedder
 from replicheck.embedders import ssim_calibration
+from replicheck.embedders.deepssim import load_checkpoint, save_checkpoint
 from replicheck.feature import FeatureLevel
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
@@ -62,15 +63,22 @@ def test_the_estimate_orders_images_as_the_cosine_does(fitted):
 
 def test_calibrated_checkpoint_keeps_the_weights_and_adds_the_measure(slices, fitted, tmp_path):
     images, subjects = slices
-    source = BUNDLED_WEIGHTS / "deepssim.pt"
+    model, meta = load_checkpoint(BUNDLED_WEIGHTS / "deepssim.pt")  # the bundled network, without a calibration
+    source = save_checkpoint(tmp_path / "plain.pt", model, {k: v for k, v in meta.items()
+                                                             if k not in ("architecture", "ssim_calibration")})
     before = source.read_bytes()
     out = tmp_path / "calibrated.pt"
-    calibration = ssim_calibration.calibrate_checkpoint(source, images[:200], subjects[:200], out)
+    calibration = ssim_calibration.calibrate_checkpoint(source, images[:200], subjects[:200], out, whiten=False)
     assert source.read_bytes() == before  # the input checkpoint is never modified
-    plain, calibrated = load_embedder("deepssim"), load_embedder(str(out))
+    plain, calibrated = load_embedder(str(source)), load_embedder(str(out))
     assert calibrated.calibration == calibration and plain.calibration is None
     assert calibrated.digest == plain.digest  # same embedding: the feature cache stays valid
     np.testing.assert_array_equal(calibrated.embed(images[:8]), plain.embed(images[:8]))
+    # by default the whitening is refitted on the same images first: another embedding, another cache key
+    ssim_calibration.calibrate_checkpoint(source, images[:200], subjects[:200], tmp_path / "whitened.pt")
+    whitened = load_embedder(str(tmp_path / "whitened.pt"))
+    assert whitened.model.whitened and whitened.digest != plain.digest
+    assert (whitened.rotations, whitened.gammas) == (plain.rotations, plain.gammas)
     assert FeatureLevel(plain).measures == {"cosine": True}
     level = FeatureLevel(calibrated)
     assert level.measures == {"cosine": True, "ssim_estimate": True}

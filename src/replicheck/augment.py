@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Augmentation", "augment"]
+__all__ = ["Augmentation", "augment", "rotate"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,13 @@ def _intensity(x: torch.Tensor, gamma: torch.Tensor, coarse: torch.Tensor, bias:
     field = torch.exp(bias * F.interpolate(coarse.to(x.dtype), size=x.shape[-2:], mode="bicubic", align_corners=True))
     u = (u * field).clamp(0, 1)
     return u * span + low
+
+
+def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """A (b, c, H, W) batch rotated by ``degrees`` about the centre (bilinear, border padding)."""
+    n = x.shape[0]
+    return _warp(x, torch.full((n,), float(degrees), dtype=torch.float64), torch.zeros((n, 2), dtype=torch.float64),
+                 torch.ones(n, dtype=torch.float64))
 
 
 def _warp(x: torch.Tensor, degrees: torch.Tensor, shift: torch.Tensor, zoom: torch.Tensor) -> torch.Tensor:

@@ -205,6 +205,8 @@ def train_deepssim_command(
     subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),
     image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
     flip_average: bool = typer.Option(True, "--flip-average/--no-flip-average", help="Embed each image as the mean over its four flips, so that a flipped copy scores like the original (4x slower to embed)."),
+    rotations: Optional[str] = typer.Option(None, "--view-rotations", help="Angles (degrees, comma-separated; default -10,-5,5,10; 'none' for no views) at which a scan also embeds each image, scoring a pair by its best-aligned views: a rotated copy is turned back (BENCHMARKS-feature.md)."),
+    gammas: Optional[str] = typer.Option(None, "--view-gammas", help="Gammas (comma-separated; default 0.6,0.8,1.25,5/3; 'none') applied to [0, 1] intensities for further views: a re-contrasted copy is mapped back. Each view costs one more embedding per image."),
     hard_share: float = typer.Option(0.0, "--hard-share", min=0.0, max=0.95, help="Share of each epoch's pairs that pair a training image with its nearest others under the current network (hard-pair mining, e.g. 0.25; default 0: the paper's sampling only; on CT it ranked replicas no better: BENCHMARKS-feature.md)."),
     device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -212,9 +214,15 @@ def train_deepssim_command(
     """Train a DeepSSIM embedder: embedding cosine regresses pixel SSIM under augmentations."""
     from .embedders.ssim_calibration import calibrate_checkpoint
     from .progress import Progress
-    from .train_deepssim import read_training_slices, train_deepssim
+    from .embedders.deepssim import check_views
+    from .train_deepssim import VIEW_GAMMAS, VIEW_ROTATIONS, read_training_slices, train_deepssim
 
     def work():
+        try:
+            views = check_views(VIEW_ROTATIONS if rotations is None else _parse_numbers(rotations, "--view-rotations"),
+                                VIEW_GAMMAS if gammas is None else _parse_numbers(gammas, "--view-gammas"))
+        except ValueError as error:
+            raise ReplicheckError(f"--view-rotations / --view-gammas: {error}") from None
         images, subjects = read_training_slices(train, size=size, subject_regex=subject_regex, image_ndim=image_ndim)
         if len(set(subjects)) < 2:
             raise ReplicheckError(f"{train}: training needs at least 2 subjects (validation is split by subject); "
@@ -225,6 +233,7 @@ def train_deepssim_command(
                                     pairs_per_epoch=pairs_per_epoch, seed=seed,
                                     max_seconds=minutes * 60 if minutes else None, device=device,
                                     flip_average=flip_average, hard_share=hard_share,
+                                    rotations=views[0], gammas=views[1],
                                     description=f"replicheck train deepssim {train}",
                                     progress=progress)
         if size != CALIBRATION_SIZE:  # the calibration's SSIM is taken on the grid a scan compares
@@ -245,12 +254,13 @@ def train_deepssim_command(
 def train_calibrate_command(
     model: Path = typer.Argument(..., help="A DeepSSIM checkpoint (model.pt from replicheck train deepssim), or deepssim for the bundled model."),
     train: str = typer.Argument(..., help="Its training images (2D, or volumes used slice by slice), with subject ids."),
-    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write: the same weights with the calibration."),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write: the same weights with the whitening and the calibration."),
     subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),
     image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
+    whiten: bool = typer.Option(True, "--whiten/--no-whiten", help="Refit the embedding's whitening on these images first (it then fits your data; --no-whiten keeps the embedding, and a feature cache, as they are)."),
 ) -> None:
-    """Fit DeepSSIM's cosine -> SSIM calibration on training images (train deepssim does it itself);
-    with MODEL = deepssim, calibrate the bundled model on your own training images."""
+    """Fit DeepSSIM's whitening and cosine -> SSIM calibration on training images (train deepssim
+    does it itself); with MODEL = deepssim, adapt the bundled model to your own training images."""
     from .embedders import BUNDLED_WEIGHTS
     from .embedders.deepssim import load_checkpoint
     from .embedders.ssim_calibration import calibrate_checkpoint
@@ -267,10 +277,10 @@ def train_calibrate_command(
         if len(set(subjects)) < 2:
             raise ReplicheckError(f"{train}: the calibration needs at least 2 subjects (pairs of different patients); "
                                   f"give subject ids with a manifest's subject column or --subject-regex")
-        return calibrate_checkpoint(source, images, subjects, out)
+        return calibrate_checkpoint(source, images, subjects, out, whiten=whiten)
 
     calibration = _run(work)
-    typer.echo(f"Saved {out}: cosine -> SSIM fitted on {calibration['pairs']:,} nearest pairs of {calibration['images']:,} "
+    typer.echo(f"Saved {out}: {'whitening refitted; ' if whiten else ''}cosine -> SSIM fitted on {calibration['pairs']:,} nearest pairs of {calibration['images']:,} "
                f"training images (median cosine {calibration['median_cosine']:.3f}, median SSIM "
                f"{calibration['median_ssim']:.3f}); scans with it report feature_ssim_estimate.")
 
@@ -324,6 +334,16 @@ def _run(work):
         except KeyboardInterrupt:
             typer.secho("interrupted; no results were written", err=True)
             raise typer.Exit(130) from None
+
+
+def _parse_numbers(text: str, option: str) -> tuple[float, ...]:
+    """A comma-separated list of numbers ('none' or '' for none)."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ReplicheckError(f"{option}: expected comma-separated numbers such as -10,-5,5,10 (or none), got {text!r}") from None
 
 
 def _parse_grid(text: str | None) -> tuple[int, ...] | None:

@@ -6,6 +6,12 @@ level rescores candidates from the search vectors (``rescore_vectors``) and neve
 back. Which network embeds is the embedder's business (:mod:`replicheck.embedders`); with a
 :class:`~replicheck.feature_cache.FeatureCache` an image already embedded by the same network in an
 earlier scan is looked up instead of embedded again.
+
+An embedder with several views per image (``views > 1``, ``embed_views``: DeepSSIM's rotations)
+gives each image one search vector that concatenates its V unit views, divided by sqrt(V). The
+index's inner product is then the mean cosine of like views, a shortlist; the level rescores the
+shortlist by the cosine of the best-aligned views
+(:func:`~replicheck.embedders.deepssim.view_max_cosine`), which undoes a rotation of the copy.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ import numpy as np
 
 from .embedders import Embedder
 from .feature_cache import FeatureCache, image_hashes
+
+
+VIEW_DEPTH = 32  # shortlist rescored by the best-aligned views (several views per image)
 
 
 class FeatureLevel:
@@ -50,11 +59,32 @@ class FeatureLevel:
             vectors[missing] = fresh[[position[keys[row]] for row in missing]]
         return vectors
 
+    def depth(self, ndim: int, k: int) -> int:
+        """Candidates rescored per query: the k nearest when the index's score is the measure; with
+        several views, :data:`VIEW_DEPTH` from the like-view shortlist, since a rotated copy's
+        source can rank below other images there until its views are aligned."""
+        return k if self.views == 1 else max(k, VIEW_DEPTH)
+
+    @property
+    def views(self) -> int:
+        return int(getattr(self.embedder, "views", 1))
+
     def _embed(self, images: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self.embedder.embed(images), dtype=np.float32)
+        if self.views == 1:
+            return np.ascontiguousarray(self.embedder.embed(images), dtype=np.float32)
+        rows = self.embedder.embed_views(images)  # (b, V, d) unit rows
+        return np.ascontiguousarray(rows.reshape(len(rows), -1) / np.sqrt(self.views), dtype=np.float32)
 
     def rescore_vectors(self, query: np.ndarray, candidates: np.ndarray) -> dict[str, np.ndarray]:
-        cosine = np.clip(candidates.astype(np.float64) @ query.astype(np.float64), -1.0, 1.0)
+        if self.views == 1:
+            cosine = candidates.astype(np.float64) @ query.astype(np.float64)
+        else:
+            from .embedders.deepssim import view_max_cosine
+
+            scale = np.sqrt(self.views)
+            cosine = view_max_cosine(query.reshape(self.views, -1) * scale,
+                                     candidates.reshape(len(candidates), self.views, -1) * scale)
+        cosine = np.clip(cosine, -1.0, 1.0)
         if "ssim_estimate" in self.measures:
             return {"cosine": cosine, "ssim_estimate": self.embedder.estimate_ssim(cosine)}
         return {"cosine": cosine}
@@ -80,7 +110,10 @@ class FeatureLevel:
             "primary_measure": "cosine",
             "embedder": {"name": self.embedder.name, "version": self.embedder.version,
                          "digest": self.embedder.digest, "dim": self.embedder.dim},
-            "shortlist": "inner product of L2-normalised embeddings (faiss IndexFlatIP); exact",
+            "shortlist": ("inner product of L2-normalised embeddings (faiss IndexFlatIP); exact" if self.views == 1 else
+                          f"mean cosine of like views of {self.views} (faiss IndexFlatIP), rescored by the "
+                          f"best-aligned views"),
+            "rotations": list(getattr(self.embedder, "rotations", (0.0,))),
             "ssim_calibration": ({key: value for key, value in self.embedder.calibration.items()
                                   if key not in ("cosine", "ssim")}
                                  if "ssim_estimate" in self.measures else None),

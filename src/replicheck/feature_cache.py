@@ -83,7 +83,7 @@ class FeatureCache:
         self.path = self.folder / FILENAME
         self.namespace = {"name": str(embedder.name), "version": str(embedder.version),
                           "digest": str(embedder.digest)}
-        self.dim = int(embedder.dim)
+        self.dim = int(embedder.dim) * int(getattr(embedder, "views", 1))  # a multi-view embedder: its views side by side
         self.hits = self.misses = self.written = 0
         try:
             self.folder.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from . import __version__, measures
 from .augment import Augmentation, augment
-from .embedders.deepssim import DeepSSIMNet, preprocess, save_checkpoint, zscore
+from .embedders.deepssim import DeepSSIMNet, check_views, preprocess, save_checkpoint, zscore
 from .progress import Progress
 
 __all__ = ["train_deepssim", "BANDS"]
@@ -50,6 +50,8 @@ BANDS = (0.3, 0.6, 0.85)  # SSIM band edges: < 0.3, 0.3-0.6, 0.6-0.85, > 0.85
 NEIGHBOURS = 3  # next slices of the same subject paired with each image
 SAME_SUBJECT = 2  # other slices of the same subject paired with each image
 RANDOM = 4  # random images paired with each image
+VIEW_ROTATIONS = (-10.0, -5.0, 5.0, 10.0)  # the embedder's rotated views, degrees (DeepSSIMEmbedder)
+VIEW_GAMMAS = (0.6, 0.8, 1.25, 5 / 3)  # its gamma views: steps of about 1.25 either way, up to 5/3
 MINE_QUERIES = 4096  # training images whose nearest neighbours are mined per epoch (all when fewer)
 
 
@@ -72,6 +74,8 @@ def train_deepssim(
     dim: int = 256,
     gem_stages: int = 2,
     flip_average: bool = True,
+    rotations: tuple[float, ...] = VIEW_ROTATIONS,
+    gammas: tuple[float, ...] = VIEW_GAMMAS,
     hard_share: float = 0.0,
     hard_neighbours: int = 4,
     augmentation: Augmentation = Augmentation(),
@@ -105,6 +109,10 @@ def train_deepssim(
     flip_average : recorded in the checkpoint; the embedder then embeds each image as the mean over
         its four flips (:class:`~replicheck.embedders.deepssim.DeepSSIMEmbedder`), so a flipped copy
         scores exactly like the original. Validation scores the network itself, without the average.
+    rotations, gammas : recorded in the checkpoint; the embedder's extra views (degrees; gammas
+        applied to [0, 1] intensities): a scan scores each pair by its best-aligned views, so a
+        rotated or re-contrasted copy is turned back (:class:`~replicheck.embedders.deepssim.DeepSSIMEmbedder`).
+        Empty for one view.
 
     Returns
     -------
@@ -129,6 +137,7 @@ def train_deepssim(
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if not 0 <= hard_share < 1:
         raise ValueError(f"hard_share must be in [0, 1), got {hard_share}")
+    rotations, gammas = check_views(rotations, gammas)
     out = Path(out)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -174,7 +183,7 @@ def train_deepssim(
         "target": "skimage-semantics SSIM (7x7 uniform window) of z-scored un-augmented images, "
                   "data_range = max - min of the first image",
         "replicheck": __version__, "torch": torch.__version__,
-        "embedding": {"flip_average": bool(flip_average)},
+        "embedding": {"flip_average": bool(flip_average), "rotations": list(rotations), "gammas": list(gammas)},
     }
     advance = (progress or Progress()).step("training DeepSSIM", total=epochs)
     out_of_time = False

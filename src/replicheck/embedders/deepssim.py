@@ -24,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import rotate
 from ..records import InputError
 from .common import embed_in_batches
 
-__all__ = ["DeepSSIMNet", "DeepSSIMEmbedder", "GeM", "preprocess", "save_checkpoint", "load_checkpoint"]
+__all__ = ["DeepSSIMNet", "DeepSSIMEmbedder", "GeM", "preprocess", "view_max_cosine",
+           "save_checkpoint", "load_checkpoint"]
 
 FORMAT = "replicheck-embedder-1"
 KIND = "deepssim"
@@ -79,6 +81,10 @@ class DeepSSIMNet(nn.Module):
     maps them to ``dim``. With the defaults (widths 16-256, 5 stages) it has 1.2 M parameters
     and costs about 70 M multiply-adds per 64 px image. ``input_size`` is the side length that
     :class:`DeepSSIMEmbedder` resizes images to; the network itself accepts any size >= 2^stages.
+
+    ``whitened`` networks end with a PCA whitening of the unit embedding fitted on training
+    images (:meth:`set_whitening`, :mod:`replicheck.embedders.whitening`; our addition), held
+    as buffers so that checkpoints and digests carry it.
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class DeepSSIMNet(nn.Module):
         dim: int = 256,
         gem_stages: int = 2,
         gem_p: float = 3.0,
+        whitened: bool = False,
     ):
         super().__init__()
         widths = tuple(int(w) for w in widths)
@@ -98,7 +105,7 @@ class DeepSSIMNet(nn.Module):
             raise ValueError(f"input_size must be at least {2 ** (len(widths) - 1)} for {len(widths)} stages, got {input_size}")
         self.config = {
             "input_size": int(input_size), "widths": list(widths), "dim": int(dim),
-            "gem_stages": int(gem_stages), "gem_p": float(gem_p),
+            "gem_stages": int(gem_stages), "gem_p": float(gem_p), "whitened": False,
         }
         self.input_size = int(input_size)
         stages, c_in = [], 1
@@ -109,15 +116,35 @@ class DeepSSIMNet(nn.Module):
         self.pools = nn.ModuleList(GeM(gem_p) for _ in range(gem_stages))
         self.head = nn.Linear(sum(widths[-gem_stages:]), dim)
         self.dim = int(dim)
+        if whitened:
+            self.set_whitening(torch.zeros(dim), torch.eye(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def whitened(self) -> bool:
+        return self.config["whitened"]
+
+    def set_whitening(self, mean: torch.Tensor, projection: torch.Tensor) -> None:
+        """End the network with ``normalize((e - mean) @ projection)`` of its unit embedding ``e``."""
+        if tuple(mean.shape) != (self.dim,) or tuple(projection.shape) != (self.dim, self.dim):
+            raise ValueError(f"whitening must be a ({self.dim},) mean and a ({self.dim}, {self.dim}) projection, "
+                             f"got {tuple(mean.shape)} and {tuple(projection.shape)}")
+        device = self.head.weight.device
+        self.register_buffer("whiten_mean", mean.detach().to(device, torch.float32).clone())
+        self.register_buffer("whiten_projection", projection.detach().to(device, torch.float32).clone())
+        self.config["whitened"] = True
+
+    def forward(self, x: torch.Tensor, *, whiten: bool = True) -> torch.Tensor:
+        """Unit embeddings of (b, 1, s, s) inputs; ``whiten=False`` skips the whitening (to fit it)."""
         pooled = []
         first_pooled = len(self.stages) - len(self.pools)
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i >= first_pooled:
                 pooled.append(self.pools[i - first_pooled](x))
-        return F.normalize(self.head(torch.cat(pooled, dim=1)), dim=1)
+        embedding = F.normalize(self.head(torch.cat(pooled, dim=1)), dim=1)
+        if self.whitened and whiten:
+            embedding = F.normalize((embedding - self.whiten_mean) @ self.whiten_projection, dim=1)
+        return embedding
 
 
 def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -164,15 +191,27 @@ class DeepSSIMEmbedder:
     copy embeds exactly like the original. Training already asks the cosine to ignore flips
     (each view is flipped at random, the target is the un-augmented SSIM), so the average only
     enforces what the network was trained to approximate; it costs four forward passes.
+
+    **Views** (our addition; checkpoint ``meta["embedding"]["rotations"]`` in degrees and
+    ``["gammas"]``; none for checkpoints without them): :meth:`embed_views` embeds each image as
+    given (view 0, :meth:`embed`), rotated by each angle, and with each gamma applied to its
+    [0, 1] intensities, and the feature level scores a pair by its best-aligned views
+    (:func:`view_max_cosine`). Why: a network trained to ignore rotations up to 10 degrees and
+    gamma 0.5-1.5 still lets such a copy fall below the closest real neighbours; turning or
+    re-contrasting the copy back by the nearest of a few steps leaves a change it does ignore
+    (BENCHMARKS-feature.md). It costs one embedding (times four with ``flip_average``) per view.
     """
 
     name = KIND
     version = VERSION
 
-    def __init__(self, model: DeepSSIMNet, *, flip_average: bool = False, device: str = "cpu", batch_size: int = 64,
+    def __init__(self, model: DeepSSIMNet, *, flip_average: bool = False, rotations: tuple[float, ...] = (),
+                 gammas: tuple[float, ...] = (), device: str = "cpu", batch_size: int = 64,
                  calibration: dict | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.rotations, self.gammas = check_views(rotations, gammas)
+        self.views = 1 + len(self.rotations) + len(self.gammas)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.flip_average = bool(flip_average)
@@ -183,6 +222,8 @@ class DeepSSIMEmbedder:
         self.digest = state_digest(model)
         if self.flip_average:  # a different embedding of the same weights: a different digest (feature cache key)
             self.digest = hashlib.sha256(f"{self.digest}|flip_average".encode()).hexdigest()
+        if self.views > 1:
+            self.digest = hashlib.sha256(f"{self.digest}|rotations={self.rotations}|gammas={self.gammas}".encode()).hexdigest()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "cpu", batch_size: int = 64) -> "DeepSSIMEmbedder":
@@ -192,9 +233,10 @@ class DeepSSIMEmbedder:
     def from_loaded(cls, model: DeepSSIMNet, meta: dict, *, device: str = "cpu",
                     batch_size: int = 64) -> "DeepSSIMEmbedder":
         """The embedder of a checkpoint already read by :func:`load_checkpoint` (its model and meta)."""
-        flip_average = bool(meta.get("embedding", {}).get("flip_average", False))
-        return cls(model, flip_average=flip_average, device=device, batch_size=batch_size,
-                   calibration=meta.get("ssim_calibration"))
+        embedding = meta.get("embedding", {})
+        return cls(model, flip_average=bool(embedding.get("flip_average", False)),
+                   rotations=tuple(embedding.get("rotations", ())), gammas=tuple(embedding.get("gammas", ())),
+                   device=device, batch_size=batch_size, calibration=meta.get("ssim_calibration"))
 
     def estimate_ssim(self, cosine: np.ndarray) -> np.ndarray:
         """DeepSSIM's SSIM estimate of each cosine: calibrated when the checkpoint carries a
@@ -205,21 +247,65 @@ class DeepSSIMEmbedder:
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """(b, H, W) or (b, Z, Y, X) intensities in [0, 1] -> (b, dim) float32 unit rows."""
+        return self._embed(batch, [(None, None)])[:, 0]
+
+    def embed_views(self, batch: np.ndarray) -> np.ndarray:
+        """(b, H, W) or (b, Z, Y, X) -> (b, views, dim) float32 unit rows: the image as given
+        (:meth:`embed`), then rotated by each of ``rotations``, then under each of ``gammas``."""
+        return self._embed(batch, [(None, None)] + [(angle, None) for angle in self.rotations]
+                           + [(None, gamma) for gamma in self.gammas])
+
+    def _embed(self, batch: np.ndarray, views: list[tuple[float | None, float | None]]) -> np.ndarray:
         batch = np.asarray(batch)
         if batch.ndim not in (3, 4):
             raise ValueError(f"batch must have shape (b, H, W) or (b, Z, Y, X), got {batch.shape}")
-        b = batch.shape[0]
+        b, v = batch.shape[0], len(views)
+
+        def rows(chunk: torch.Tensor) -> torch.Tensor:
+            chunk = chunk.to(self.device)
+            x = preprocess(chunk, self.input_size)
+            out = []
+            for angle, gamma in views:
+                if gamma is not None:
+                    out.append(self.vectors(preprocess(chunk.clamp(0.0, 1.0).pow(gamma), self.input_size)))
+                else:
+                    out.append(self.vectors(rotate(x, angle) if angle is not None else x))
+            return torch.cat(out, dim=1)
+
         slices = batch.reshape((-1,) + batch.shape[-2:])  # 3D: (b * Z, Y, X), volume-major
-        rows = embed_in_batches(slices, self.batch_size, self.dim,
-                                lambda chunk: self.vectors(preprocess(chunk.to(self.device), self.input_size)))
-        if batch.ndim == 4:
-            rows = F.normalize(rows.view(b, batch.shape[1], -1).mean(dim=1), dim=1)
-        return rows.numpy().astype(np.float32, copy=False)
+        out = embed_in_batches(slices, self.batch_size, v * self.dim, rows).view(len(slices), v, self.dim)
+        if batch.ndim == 4:  # per view, the normalised mean over the volume's slices
+            out = F.normalize(out.view(b, batch.shape[1], v, self.dim).mean(dim=1), dim=2)
+        return out.numpy().astype(np.float32, copy=False)
 
     def vectors(self, x: torch.Tensor) -> torch.Tensor:
         """Unit rows of preprocessed (b, 1, s, s) inputs; with ``flip_average`` the normalised mean of
         the embeddings of the image and its left-right, up-down and double flips."""
         return flip_mean(self.model, x, 2) if self.flip_average else self.model(x)
+
+
+def check_views(rotations, gammas) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Rotations (degrees, not 0) and gammas (positive, not 1) as float tuples, each without repeats."""
+    rotations, gammas = tuple(float(a) for a in rotations), tuple(float(g) for g in gammas)
+    if 0.0 in rotations or len(set(rotations)) != len(rotations) or not all(np.isfinite(rotations)):
+        raise ValueError(f"view rotations must be distinct non-zero angles, got {rotations}")
+    if 1.0 in gammas or len(set(gammas)) != len(gammas) or not all(np.isfinite(g) and g > 0 for g in gammas):
+        raise ValueError(f"view gammas must be distinct positive values other than 1, got {gammas}")
+    return rotations, gammas
+
+
+def view_max_cosine(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Cosine of the best-aligned views: for a query's (V, d) view rows and (m, V, d) candidates'
+    views, the largest cosine of view 0 of one image with any view of the other, per candidate.
+
+    A view is undone on either side (query view i against candidate view 0, or query view 0 against
+    candidate view j), so the score is symmetric. With one view it is the plain cosine.
+    """
+    query = np.asarray(query, dtype=np.float64)
+    candidates = np.asarray(candidates, dtype=np.float64)
+    turned_query = candidates[:, 0, :] @ query.T  # (m, V): candidate as given, query turned
+    turned_candidate = candidates @ query[0]  # (m, V): query as given, candidate turned
+    return np.maximum(turned_query.max(axis=1), turned_candidate.max(axis=1))
 
 
 def flips(ndim: int) -> list[tuple[int, ...]]:
@@ -302,6 +388,7 @@ def load_checkpoint(path: str | Path) -> tuple[DeepSSIMNet, dict]:
     model = DeepSSIMNet(
         input_size=arch["input_size"], widths=tuple(arch["widths"]), dim=arch["dim"],
         gem_stages=arch["gem_stages"], gem_p=arch["gem_p"],
+        whitened=arch.get("whitened", False),
     )
     model.load_state_dict(payload["state_dict"])
     return model.eval(), meta

@@ -43,8 +43,7 @@ def fit(embedder, images: np.ndarray, subjects: np.ndarray, *, seed: int = 0) ->
     if len(images) > MAX_IMAGES:
         keep = np.sort(np.random.default_rng(seed).choice(len(images), MAX_IMAGES, replace=False))
         images, subjects = images[keep], subjects[keep]
-    vectors = embedder.embed(images).astype(np.float64)
-    similarity = vectors @ vectors.T
+    similarity = _similarity(embedder, images)
     cosine, ssim = [], []
     for same_subject in (False, True):
         pair_cosine, partner = _nearest(similarity, subjects, same_subject)
@@ -71,16 +70,31 @@ def estimate(calibration: dict, cosine: np.ndarray) -> np.ndarray:
     return np.interp(cosine, calibration["cosine"], calibration["ssim"])
 
 
-def calibrate_checkpoint(model_path: str | Path, images: np.ndarray, subjects: np.ndarray, out: str | Path) -> dict:
-    """Fit the calibration of the DeepSSIM checkpoint ``model_path`` and write it, with the same
-    weights, to ``out`` (which may be the same file; written atomically)."""
+def calibrate_checkpoint(model_path: str | Path, images: np.ndarray, subjects: np.ndarray, out: str | Path, *,
+                         whiten: bool = True) -> dict:
+    """Fit the whitening (with ``whiten``, :mod:`replicheck.embedders.whitening`) and then the
+    calibration of the DeepSSIM checkpoint ``model_path`` on ``images``, and write both, with the
+    same weights, to ``out`` (which may be the same file; written atomically)."""
     from .deepssim import DeepSSIMEmbedder, load_checkpoint, save_checkpoint
+    from .whitening import whiten_network
 
     model, meta = load_checkpoint(model_path)
+    whitening = {"images": whiten_network(model, images)} if whiten else meta.get("whitening")
     calibration = fit(DeepSSIMEmbedder.from_loaded(model, meta), images, subjects)
     save_checkpoint(out, model, {key: value for key, value in meta.items() if key != "architecture"}
-                    | {"ssim_calibration": calibration})
+                    | {"ssim_calibration": calibration, "whitening": whitening})
     return calibration
+
+
+def _similarity(embedder, images: np.ndarray) -> np.ndarray:
+    """The scan's cosine between every two of ``images``: the plain cosine, or with several views
+    per image (DeepSSIM's rotations) that of the best-aligned views (``view_max_cosine``)."""
+    if getattr(embedder, "views", 1) == 1:
+        vectors = embedder.embed(images).astype(np.float64)
+        return vectors @ vectors.T
+    views = embedder.embed_views(images).astype(np.float64)  # (n, V, d)
+    turned = np.max([views[:, i] @ views[:, 0].T for i in range(views.shape[1])], axis=0)  # [a, b]: a turned
+    return np.maximum(turned, turned.T)
 
 
 def _step_centres(xs: np.ndarray, ys: np.ndarray) -> tuple[list[float], list[float]]:
