@@ -326,3 +326,17 @@ def test_a_whitened_network_saves_loads_and_embeds_identically(embedder, tmp_pat
     reloaded = load_embedder(save_checkpoint(tmp_path / "white.pt", model, {}))
     assert reloaded.model.whitened and reloaded.digest == whitened.digest
     assert_array_equal(reloaded.embed(batch), out)
+
+
+@pytest.mark.parametrize("option, value, message", [("--view-rotations", "0,5", "non-zero angles"),
+                                                    ("--view-gammas", "1.25,1.25", "distinct positive"),
+                                                    ("--view-gammas", "bright", "comma-separated numbers")])
+def test_bad_views_are_a_clear_error_before_any_image_is_read(tmp_path, option, value, message):
+    from typer.testing import CliRunner
+
+    from replicheck.cli import app
+
+    result = CliRunner().invoke(app, ["train", "deepssim", str(tmp_path / "missing"), "--out", str(tmp_path / "m.pt"),
+                                      option, value])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "m.pt").exists()

@@ -7,11 +7,11 @@ back. Which network embeds is the embedder's business (:mod:`replicheck.embedder
 :class:`~replicheck.feature_cache.FeatureCache` an image already embedded by the same network in an
 earlier scan is looked up instead of embedded again.
 
-An embedder with several views per image (``views > 1``, ``embed_views``: DeepSSIM's rotations)
+An embedder with several views per image (``views > 1``, ``embed_views``: DeepSSIM's rotations and gammas)
 gives each image one search vector that concatenates its V unit views, divided by sqrt(V). The
 index's inner product is then the mean cosine of like views, a shortlist; the level rescores the
 shortlist by the cosine of the best-aligned views
-(:func:`~replicheck.embedders.deepssim.view_max_cosine`), which undoes a rotation of the copy.
+(:func:`~replicheck.embedders.deepssim.view_max_cosine`), which undoes a rotation or a gamma of the copy.
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ class FeatureLevel:
             "shortlist": ("inner product of L2-normalised embeddings (faiss IndexFlatIP); exact" if self.views == 1 else
                           f"mean cosine of like views of {self.views} (faiss IndexFlatIP), rescored by the "
                           f"best-aligned views"),
-            "rotations": list(getattr(self.embedder, "rotations", (0.0,))),
+            "views": ({"rotations": list(self.embedder.rotations), "gammas": list(self.embedder.gammas)}
+                      if self.views > 1 else None),
             "ssim_calibration": ({key: value for key, value in self.embedder.calibration.items()
                                   if key not in ("cosine", "ssim")}
                                  if "ssim_estimate" in self.measures else None),

@@ -88,7 +88,7 @@ def calibrate_checkpoint(model_path: str | Path, images: np.ndarray, subjects: n
 
 def _similarity(embedder, images: np.ndarray) -> np.ndarray:
     """The scan's cosine between every two of ``images``: the plain cosine, or with several views
-    per image (DeepSSIM's rotations) that of the best-aligned views (``view_max_cosine``)."""
+    per image (DeepSSIM's rotations and gammas) that of the best-aligned views (``view_max_cosine``)."""
     if getattr(embedder, "views", 1) == 1:
         vectors = embedder.embed(images).astype(np.float64)
         return vectors @ vectors.T
