@@ -214,15 +214,11 @@ def train_deepssim_command(
     """Train a DeepSSIM embedder: embedding cosine regresses pixel SSIM under augmentations."""
     from .embedders.ssim_calibration import calibrate_checkpoint
     from .progress import Progress
-    from .embedders.deepssim import check_views
     from .train_deepssim import VIEW_GAMMAS, VIEW_ROTATIONS, read_training_slices, train_deepssim
 
     def work():
-        try:
-            views = check_views(VIEW_ROTATIONS if rotations is None else _parse_numbers(rotations, "--view-rotations"),
-                                VIEW_GAMMAS if gammas is None else _parse_numbers(gammas, "--view-gammas"))
-        except ValueError as error:
-            raise ReplicheckError(f"--view-rotations / --view-gammas: {error}") from None
+        views = _views(VIEW_ROTATIONS if rotations is None else _parse_numbers(rotations, "--view-rotations"),
+                       VIEW_GAMMAS if gammas is None else _parse_numbers(gammas, "--view-gammas"))
         images, subjects = read_training_slices(train, size=size, subject_regex=subject_regex, image_ndim=image_ndim)
         if len(set(subjects)) < 2:
             raise ReplicheckError(f"{train}: training needs at least 2 subjects (validation is split by subject); "
@@ -258,6 +254,8 @@ def train_calibrate_command(
     subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),
     image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
     whiten: bool = typer.Option(True, "--whiten/--no-whiten", help="Refit the embedding's whitening on these images first (it then fits your data; --no-whiten keeps the embedding, and a feature cache, as they are)."),
+    rotations: Optional[str] = typer.Option(None, "--view-rotations", help="Replace the model's rotated views (degrees, comma-separated; 'none': no rotated views, faster). Default: keep them."),
+    gammas: Optional[str] = typer.Option(None, "--view-gammas", help="Replace the model's gamma views (comma-separated; 'none'). Default: keep them."),
 ) -> None:
     """Fit DeepSSIM's whitening and cosine -> SSIM calibration on training images (train deepssim
     does it itself); with MODEL = deepssim, adapt the bundled model to your own training images."""
@@ -271,13 +269,17 @@ def train_calibrate_command(
         source = BUNDLED_WEIGHTS / "deepssim.pt" if str(model) == "deepssim" else model
         if not source.is_file():
             raise InputError(str(model), "no such checkpoint")
-        load_checkpoint(source)  # a clear error for a missing, corrupt or foreign checkpoint before reading images
+        _, meta = load_checkpoint(source)  # a clear error for a missing, corrupt or foreign checkpoint before reading images
+        kept, views = meta.get("embedding", {}), None
+        if rotations is not None or gammas is not None:
+            views = _views(kept.get("rotations", ()) if rotations is None else _parse_numbers(rotations, "--view-rotations"),
+                           kept.get("gammas", ()) if gammas is None else _parse_numbers(gammas, "--view-gammas"))
         images, subjects = read_training_slices(train, size=CALIBRATION_SIZE, subject_regex=subject_regex,
                                                 image_ndim=image_ndim)
         if len(set(subjects)) < 2:
             raise ReplicheckError(f"{train}: the calibration needs at least 2 subjects (pairs of different patients); "
                                   f"give subject ids with a manifest's subject column or --subject-regex")
-        return calibrate_checkpoint(source, images, subjects, out, whiten=whiten)
+        return calibrate_checkpoint(source, images, subjects, out, whiten=whiten, views=views)
 
     calibration = _run(work)
     typer.echo(f"Saved {out}: {'whitening refitted; ' if whiten else ''}cosine -> SSIM fitted on {calibration['pairs']:,} nearest pairs of {calibration['images']:,} "
@@ -334,6 +336,16 @@ def _run(work):
         except KeyboardInterrupt:
             typer.secho("interrupted; no results were written", err=True)
             raise typer.Exit(130) from None
+
+
+def _views(rotations, gammas) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """DeepSSIM's view rotations and gammas, checked; a bad value is a one-line error."""
+    from .embedders.deepssim import check_views
+
+    try:
+        return check_views(rotations, gammas)
+    except ValueError as error:
+        raise ReplicheckError(f"--view-rotations / --view-gammas: {error}") from None
 
 
 def _parse_numbers(text: str, option: str) -> tuple[float, ...]:

@@ -71,14 +71,19 @@ def estimate(calibration: dict, cosine: np.ndarray) -> np.ndarray:
 
 
 def calibrate_checkpoint(model_path: str | Path, images: np.ndarray, subjects: np.ndarray, out: str | Path, *,
-                         whiten: bool = True) -> dict:
+                         whiten: bool = True, views: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> dict:
     """Fit the whitening (with ``whiten``, :mod:`replicheck.embedders.whitening`) and then the
     calibration of the DeepSSIM checkpoint ``model_path`` on ``images``, and write both, with the
-    same weights, to ``out`` (which may be the same file; written atomically)."""
-    from .deepssim import DeepSSIMEmbedder, load_checkpoint, save_checkpoint
+    same weights, to ``out`` (which may be the same file; written atomically). ``views``
+    (rotations, gammas) replaces the checkpoint's views first, since the calibration fits the
+    score of the best-aligned views."""
+    from .deepssim import DeepSSIMEmbedder, check_views, load_checkpoint, save_checkpoint
     from .whitening import whiten_network
 
     model, meta = load_checkpoint(model_path)
+    if views is not None:
+        rotations, gammas = check_views(*views)
+        meta = meta | {"embedding": meta.get("embedding", {}) | {"rotations": list(rotations), "gammas": list(gammas)}}
     whitening = {"images": whiten_network(model, images)} if whiten else meta.get("whitening")
     calibration = fit(DeepSSIMEmbedder.from_loaded(model, meta), images, subjects)
     save_checkpoint(out, model, {key: value for key, value in meta.items() if key != "architecture"}
