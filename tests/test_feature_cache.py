@@ -95,11 +95,11 @@ def test_only_the_misses_are_embedded_each_once_and_rows_keep_their_order(deepss
 
 
 def test_a_changed_model_misses_and_never_reuses_the_old_vectors(deepssim, slices, tmp_path):
-    model, _ = load_checkpoint(BUNDLED_WEIGHTS / "deepssim.pt")
+    model, meta = load_checkpoint(BUNDLED_WEIGHTS / "deepssim.pt")
     with torch.no_grad():
         weight = next(p for p in model.parameters() if p.ndim == 4)
         weight.add_(0.05 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
-    changed = DeepSSIMEmbedder(model)
+    changed = DeepSSIMEmbedder.from_loaded(model, meta)  # same views, perturbed weights
     assert changed.digest != deepssim.digest and changed.name == deepssim.name
     original = cached_level(deepssim, tmp_path).vectors(slices)
 

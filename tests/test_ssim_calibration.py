@@ -82,7 +82,7 @@ def test_calibrated_checkpoint_keeps_the_weights_and_adds_the_measure(slices, fi
     assert FeatureLevel(plain).measures == {"cosine": True}
     level = FeatureLevel(calibrated)
     assert level.measures == {"cosine": True, "ssim_estimate": True}
-    vectors = calibrated.embed(images[:5])
+    vectors = level.vectors(images[:5])  # the level's search vectors: all views side by side
     scores = level.rescore_vectors(vectors[0], vectors)
     np.testing.assert_allclose(scores["ssim_estimate"], ssim_calibration.estimate(calibration, scores["cosine"]))
     # DeepSSIM's classes come from the calibrated estimate, or from the cosine of an uncalibrated model

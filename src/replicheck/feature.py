@@ -113,8 +113,8 @@ class FeatureLevel:
             "shortlist": ("inner product of L2-normalised embeddings (faiss IndexFlatIP); exact" if self.views == 1 else
                           f"mean cosine of like views of {self.views} (faiss IndexFlatIP), rescored by the "
                           f"best-aligned views"),
-            "views": ({"rotations": list(self.embedder.rotations), "gammas": list(self.embedder.gammas)}
-                      if self.views > 1 else None),
+            "views": ({"count": self.views, "rotations": list(getattr(self.embedder, "rotations", ())),
+                       "gammas": list(getattr(self.embedder, "gammas", ()))} if self.views > 1 else None),
             "ssim_calibration": ({key: value for key, value in self.embedder.calibration.items()
                                   if key not in ("cosine", "ssim")}
                                  if "ssim_estimate" in self.measures else None),
