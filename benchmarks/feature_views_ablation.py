@@ -1,6 +1,7 @@
 """What whitening and views each add to a DeepSSIM model, on a 2D ``bench make`` folder.
 
     .venv/bin/python benchmarks/feature_views_ablation.py BENCH MODEL.pt [--out results.json]
+        [--rotations=-10,-5,5,10] [--gammas=0.6,0.8,1.25,1.6667] [--only "whitened + views"]
 
 For the model's weights (trained on BENCH's training split; a whitening it carries is dropped), four embeddings: as the paper uses it
 (flip-averaged cosine), whitened on the training images, with the default views (rotations and
@@ -58,7 +59,12 @@ def main() -> None:
     parser.add_argument("bench", type=Path)
     parser.add_argument("model", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--rotations", help="view angles, comma-separated (default: train deepssim's)")
+    parser.add_argument("--gammas", help="view gammas, comma-separated (default: train deepssim's)")
+    parser.add_argument("--only", help="one embedding: plain, plain + views, whitened or whitened + views")
     args = parser.parse_args()
+    rotations = VIEW_ROTATIONS if args.rotations is None else tuple(float(v) for v in args.rotations.split(","))
+    gammas = VIEW_GAMMAS if args.gammas is None else tuple(float(v) for v in args.gammas.split(","))
     labels, synthetic = read(args.bench, "labels.csv")
     _, training = read(args.bench, "training.csv")
     replica = labels["replica"].to_numpy(bool)
@@ -70,11 +76,13 @@ def main() -> None:
         if whiten:  # fitted on the training images, as train deepssim and train calibrate do
             whiten_network(model, training)
         for views in (False, True):
-            embedder = DeepSSIMEmbedder(model, flip_average=True, rotations=VIEW_ROTATIONS if views else (),
-                                        gammas=VIEW_GAMMAS if views else ())
+            name = ("whitened" if whiten else "plain") + (" + views" if views else "")
+            if args.only and name != args.only:
+                continue
+            embedder = DeepSSIMEmbedder(model, flip_average=True, rotations=rotations if views else (),
+                                        gammas=gammas if views else ())
             started = time.perf_counter()
             score = best_scores(embedder, synthetic, training)
-            name = ("whitened" if whiten else "plain") + (" + views" if views else "")
             negative = ~replica
 
             def tpr(rows: np.ndarray) -> float:
