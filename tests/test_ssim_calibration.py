@@ -105,10 +105,10 @@ def test_train_calibrate_command(slices, tmp_path):
     assert "nearest pairs" in result.output and load_embedder(str(out)).calibration is not None
     # the views can be replaced (here: none, the fastest embedding) and the calibration fits them
     fast = runner.invoke(app, ["train", "calibrate", str(out), str(folder), "--subject-regex", r"^(\d+)_",
-                               "--out", str(tmp_path / "fast.pt"), "--view-rotations", "none", "--view-gammas", "0.8"])
+                               "--out", str(tmp_path / "fast.pt"), "--view-rotations", "none", "--view-gammas", "0.8,5/3"])
     assert fast.exit_code == 0, fast.output
     embedder = load_embedder(str(tmp_path / "fast.pt"))
-    assert (embedder.rotations, embedder.gammas, embedder.views) == ((), (0.8,), 2)
+    assert (embedder.rotations, embedder.gammas, embedder.views) == ((), (0.8, 5 / 3), 3)
     bad = runner.invoke(app, ["train", "calibrate", str(out), str(folder), "--out", str(tmp_path / "bad.pt"),
                               "--view-gammas", "1"])
     assert bad.exit_code == 2 and "view gammas" in bad.output and not (tmp_path / "bad.pt").exists()

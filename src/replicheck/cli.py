@@ -349,12 +349,14 @@ def _views(rotations, gammas) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def _parse_numbers(text: str, option: str) -> tuple[float, ...]:
-    """A comma-separated list of numbers ('none' or '' for none)."""
+    """A comma-separated list of numbers or fractions such as 5/3 ('none' or '' for none)."""
+    from fractions import Fraction
+
     if text.strip().lower() in ("", "none"):
         return ()
     try:
-        return tuple(float(part) for part in text.split(","))
-    except ValueError:
+        return tuple(float(Fraction(part.strip())) for part in text.split(","))
+    except (ValueError, ZeroDivisionError):
         raise ReplicheckError(f"{option}: expected comma-separated numbers such as -10,-5,5,10 (or none), got {text!r}") from None
 
 

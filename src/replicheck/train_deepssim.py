@@ -88,6 +88,11 @@ def train_deepssim(
 ) -> dict:
     """Train a :class:`~replicheck.embedders.deepssim.DeepSSIMNet` and save the best checkpoint to ``out``.
 
+    The checkpoint has no whitening and no SSIM calibration yet:
+    :func:`~replicheck.embedders.ssim_calibration.calibrate_checkpoint` fits both on the training
+    images, as the ``train deepssim`` command does next. Use it before scanning with views, which
+    without whitening ranked replicas worse than no views (BENCHMARKS-feature.md).
+
     Parameters
     ----------
     images : (n, H, W) float array with intensities in [0, 1]; rows of one subject are assumed
