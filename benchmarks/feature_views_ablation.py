@@ -50,8 +50,7 @@ def best_scores(embedder: DeepSSIMEmbedder, queries: np.ndarray, gallery: np.nda
     """Each query's largest score over the whole gallery: the cosine, or that of the best-aligned views."""
     if embedder.views == 1:
         return (embedder.embed(queries) @ embedder.embed(gallery).T).max(axis=1)
-    q, g = embedder.embed_views(queries), embedder.embed_views(gallery)
-    return np.array([view_max_cosine(row, g).max() for row in q])
+    return view_max_cosine(embedder.embed_views(queries), embedder.embed_views(gallery)).max(axis=1)
 
 
 def main() -> None:

@@ -302,6 +302,9 @@ def test_view_max_cosine_is_the_best_pair_with_an_unturned_side():
     for c in candidates:  # symmetric
         assert view_max_cosine(c, query[None])[0] == pytest.approx(view_max_cosine(query, c[None])[0], abs=1e-12)
     assert_allclose(view_max_cosine(query[:1], candidates[:, :1]), candidates[:, 0] @ query[0], rtol=1e-12)
+    matrix = view_max_cosine(candidates, candidates)  # many queries at once: one row per query, symmetric
+    assert_allclose(matrix, [view_max_cosine(c, candidates) for c in candidates], rtol=1e-12)
+    assert_allclose(matrix, matrix.T, rtol=1e-12)
 
 
 def test_fit_whitening_gives_unit_covariance():

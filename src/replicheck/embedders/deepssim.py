@@ -294,18 +294,25 @@ def check_views(rotations, gammas) -> tuple[tuple[float, ...], tuple[float, ...]
     return rotations, gammas
 
 
-def view_max_cosine(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Cosine of the best-aligned views: for a query's (V, d) view rows and (m, V, d) candidates'
-    views, the largest cosine of view 0 of one image with any view of the other, per candidate.
+def view_max_cosine(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Cosine of the best-aligned views: for (n, V, d) query views and (m, V, d) candidate views,
+    the (n, m) largest cosine of view 0 of one image with any view of the other; a single (V, d)
+    query gives (m,).
 
     A view is undone on either side (query view i against candidate view 0, or query view 0 against
-    candidate view j), so the score is symmetric. With one view it is the plain cosine.
+    candidate view j), so the score is symmetric. With one view it is the plain cosine. The
+    maximum is kept in place, so memory stays at one (n, m) array whatever V is.
     """
-    query = np.asarray(query, dtype=np.float64)
+    query = np.asarray(queries, dtype=np.float64)
     candidates = np.asarray(candidates, dtype=np.float64)
-    turned_query = candidates[:, 0, :] @ query.T  # (m, V): candidate as given, query turned
-    turned_candidate = candidates @ query[0]  # (m, V): query as given, candidate turned
-    return np.maximum(turned_query.max(axis=1), turned_candidate.max(axis=1))
+    single = query.ndim == 2
+    if single:
+        query = query[None]
+    best = query[:, 0] @ candidates[:, 0].T
+    for view in range(1, query.shape[1]):
+        np.maximum(best, query[:, view] @ candidates[:, 0].T, out=best)  # query turned
+        np.maximum(best, query[:, 0] @ candidates[:, view].T, out=best)  # candidate turned
+    return best[0] if single else best
 
 
 def flips(ndim: int) -> list[tuple[int, ...]]:

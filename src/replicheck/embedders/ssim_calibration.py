@@ -97,9 +97,10 @@ def _similarity(embedder, images: np.ndarray) -> np.ndarray:
     if getattr(embedder, "views", 1) == 1:
         vectors = embedder.embed(images).astype(np.float64)
         return vectors @ vectors.T
-    views = embedder.embed_views(images).astype(np.float64)  # (n, V, d)
-    turned = np.max([views[:, i] @ views[:, 0].T for i in range(views.shape[1])], axis=0)  # [a, b]: a turned
-    return np.maximum(turned, turned.T)
+    from .deepssim import view_max_cosine
+
+    views = embedder.embed_views(images)  # (n, V, d)
+    return view_max_cosine(views, views)
 
 
 def _step_centres(xs: np.ndarray, ys: np.ndarray) -> tuple[list[float], list[float]]:

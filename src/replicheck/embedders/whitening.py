@@ -45,6 +45,7 @@ def whiten_network(model, images: np.ndarray, *, seed: int = 0, batch_size: int 
     un-whitened embeddings of ``images`` ((n, H, W) in [0, 1]) and of their four flips, and set it.
     The flips make the covariance flip-symmetric, as the flip-averaged embedding is. Returns the
     number of images used (at most :data:`MAX_IMAGES`)."""
+    from .common import embed_in_batches
     from .deepssim import flips, preprocess
 
     images = np.asarray(images)
@@ -52,11 +53,12 @@ def whiten_network(model, images: np.ndarray, *, seed: int = 0, batch_size: int 
         images = images[np.sort(np.random.default_rng(seed).choice(len(images), MAX_IMAGES, replace=False))]
     model.eval()
     device = next(model.parameters()).device
-    rows = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32))
-            x = preprocess(chunk.to(device), model.input_size)
-            rows.extend(model(x.flip(axes) if axes else x, whiten=False).float().cpu().numpy() for axes in flips(2))
-    model.set_whitening(*fit_whitening(np.concatenate(rows)))
+    turns = flips(2)
+
+    def rows(chunk: torch.Tensor) -> torch.Tensor:  # each image's un-whitened rows, one per flip, side by side
+        x = preprocess(chunk.to(device), model.input_size)
+        return torch.cat([model(x.flip(axes) if axes else x, whiten=False) for axes in turns], dim=1)
+
+    embedded = embed_in_batches(images, batch_size, len(turns) * model.dim, rows).numpy()
+    model.set_whitening(*fit_whitening(embedded.reshape(-1, model.dim)))
     return len(images)
