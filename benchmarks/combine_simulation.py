@@ -12,14 +12,10 @@ of new real images flagged. Seconds on a laptop; no data needed.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from replicheck import calibrate  # noqa: E402
+from replicheck import calibrate
 
 RULES = ("max-z", "max-robust-z", "bonferroni", "any")
 

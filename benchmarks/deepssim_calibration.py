@@ -4,7 +4,7 @@
 
 BENCH: a ``bench make`` folder (made with ``--misalign-negatives``); MODEL: the DeepSSIM
 checkpoint the feature scan used; FEATURE_SCAN_DIR: that ``bench run``'s ``scans/feature``.
-The calibration (:mod:`replicheck.embedders.ssim_calibration`, as ``replicheck train
+The calibration (:mod:`replicheck.train.adapt`, as ``replicheck train
 calibrate`` fits it) uses the benchmark's training images alone, at their 128-px grid; it is
 applied to the scan's cosines without writing a checkpoint, so that a model one may not
 re-save (the bundled one) can be measured too. Prints the macro F1 with the raw cosine and with
@@ -14,19 +14,16 @@ the calibrated estimate, on the misaligned rows (flips, rotations <= 10 degrees)
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from misaligned_f1 import misaligned
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from misaligned_f1 import misaligned  # noqa: E402
-from replicheck.bench.metrics import deepssim_macro_f1  # noqa: E402
-from replicheck.embedders import load_embedder, ssim_calibration  # noqa: E402
+from replicheck.bench.metrics import deepssim_macro_f1
+from replicheck.embedders import load_embedder, ssim_map
+from replicheck.train import adapt
 
 
 def main() -> None:
@@ -37,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     training = pd.read_csv(args.bench / "training.csv")
     images = np.stack([np.asarray(Image.open(args.bench / p), dtype=np.float32) / 255 for p in training["path"]])
-    calibration = ssim_calibration.fit(load_embedder(args.model), images, training["subject"].to_numpy())
+    calibration = adapt.fit_ssim_map(load_embedder(args.model), images, training["subject"].to_numpy())
     print(f"calibration: {calibration['pairs']:,} nearest pairs of {calibration['images']:,} training images, median "
           f"cosine {calibration['median_cosine']:.3f}, median SSIM {calibration['median_ssim']:.3f}\n")
     labels = pd.read_csv(args.bench / "labels.csv", keep_default_na=False).set_index("id")
@@ -47,7 +44,7 @@ def main() -> None:
     print("| DeepSSIM score | macro F1, misaligned rows | macro F1, all rows |")
     print("|---|---:|---:|")
     for name, values in (("cosine", scores.to_numpy()),
-                         ("calibrated SSIM estimate", ssim_calibration.estimate(calibration, scores.to_numpy()))):
+                         ("calibrated SSIM estimate", ssim_map.estimate(calibration, scores.to_numpy()))):
         print(f"| {name} | {deepssim_macro_f1(rows[mask].reset_index(), values[mask]):.3f} | "
               f"{deepssim_macro_f1(rows.reset_index(), values):.3f} |")
 

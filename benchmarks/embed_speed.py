@@ -10,7 +10,6 @@ wall and CPU seconds; the per-CPU-second rate is the best estimate for an idle c
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -19,10 +18,8 @@ import pandas as pd
 import torch
 from skimage.io import imread
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from replicheck.embedders import load_embedder  # noqa: E402
-from replicheck.feature import FeatureLevel  # noqa: E402
+from replicheck.embedders import load_embedder
+from replicheck.levels.feature import FeatureLevel
 
 
 def main() -> None:

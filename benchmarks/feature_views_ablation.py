@@ -5,7 +5,7 @@
 
 For the model's weights (trained on BENCH's training split; a whitening it carries is dropped), four embeddings: as the paper uses it
 (flip-averaged cosine), whitened on the training images, with the default views (rotations and
-gammas of ``train_deepssim``) and with both. Each synthetic image is scored by its best training
+gammas of ``replicheck.train.deepssim``) and with both. Each synthetic image is scored by its best training
 image over all 1,101 (brute force, no index), and replicas are ranked against all negatives: TPR
 at 1% FPR (``bench run``'s metric), overall and on the flip, rotation <= 10 degree and gamma
 replicas that issue #4 names, and ROC AUC. Prints a Markdown table.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -23,12 +22,11 @@ import numpy as np
 import pandas as pd
 from skimage.io import imread
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from replicheck.bench.metrics import ranking  # noqa: E402
-from replicheck.embedders.deepssim import DeepSSIMEmbedder, DeepSSIMNet, load_checkpoint, view_max_cosine  # noqa: E402
-from replicheck.embedders.whitening import whiten_network  # noqa: E402
-from replicheck.train_deepssim import VIEW_GAMMAS, VIEW_ROTATIONS  # noqa: E402
+from replicheck.bench.metrics import ranking
+from replicheck.embedders.deepssim import DeepSSIMEmbedder, DeepSSIMNet, load_checkpoint
+from replicheck.embedders.views import view_max_cosine
+from replicheck.train.adapt import whiten_network
+from replicheck.train.deepssim import VIEW_GAMMAS, VIEW_ROTATIONS
 
 
 def read(bench: Path, table: str) -> tuple[pd.DataFrame, np.ndarray]:

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from replicheck.bench.metrics import deepssim_macro_f1  # noqa: E402
+from replicheck.bench.metrics import deepssim_macro_f1
 
 
 def misaligned(labels: pd.DataFrame) -> pd.Series:

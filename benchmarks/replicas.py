@@ -27,12 +27,16 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import (
+    DEFAULT_DATA,
+    REPLICAS_MARKER,
+    ROOT,
+    adrenal_masks,
+    all_volumes,
+    ctich_bone_volumes,
+    ctich_slices,
+)
 
-from shared_manifests import DEFAULT_DATA, adrenal_masks, all_volumes, ctich_bone_volumes, ctich_slices  # noqa: E402
-
-MARKER = "<!-- replica benchmarks: written by benchmarks/replicas.py; everything below is replaced -->"
 SETS = {
     "2d": {"title": "2D: CT-ICH head CT slices", "manifest": ctich_slices, "make": [],
            "about": "2,501 brain-window slices (128×128, 8-bit) of 82 patients (`ct_ich/ctich_128.npz`, "
@@ -152,14 +156,14 @@ def main() -> None:
         sections[dim] = section(dim, commands, results, seconds)
     target = ROOT / "BENCHMARKS.md"
     text = target.read_text() if target.exists() else ""
-    head, _, tail = text.partition(MARKER)
+    head, _, tail = text.partition(REPLICAS_MARKER)
     kept = {}
     for block in tail.split("\n### ")[1:]:
         for dim, spec in SETS.items():
             if block.startswith(spec["title"]):
                 kept[dim] = "### " + block.rstrip() + "\n"
     kept.update(sections)
-    body = [MARKER, "", "## Replica detection on labelled benchmarks (`replicheck bench`)", "",
+    body = [REPLICAS_MARKER, "", "## Replica detection on labelled benchmarks (`replicheck bench`)", "",
             "Made by `benchmarks/replicas.py`, which runs the commands shown and pastes `metrics.md`. Replicas are "
             "training images under one perturbation family and strength; negatives are other images of training "
             "patients ('similar') and images of unseen patients ('novel'). Every threshold is the 0.99 quantile of "

@@ -36,15 +36,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import DEFAULT_DATA, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("REPLICHECK_SHARED_DATA", ROOT.parent / "shared" / "data"))
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 
 
 def make_sets(folder: Path, synthetic: int, seed: int) -> dict[str, Path]:
-    with np.load(SHARED / "pneumoniamnist_balanced" / "pneumoniamnist.npz") as data:
+    with np.load(DEFAULT_DATA / "pneumoniamnist_balanced" / "pneumoniamnist.npz") as data:
         train, others, holdout = data["train_images"], data["val_images"], data["test_images"]
     rng = np.random.default_rng(seed)
     copies = int(round(0.02 * synthetic))

@@ -27,9 +27,7 @@ for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_variable] = "1"  # single-thread costs: set before numpy and torch start their thread pools
 
 import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -39,20 +37,19 @@ from pathlib import Path  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import scipy  # noqa: E402
-import skimage  # noqa: E402
 import torch  # noqa: E402
+from common import DEFAULT_DATA, ROOT, START, log, machine  # noqa: E402
 from scipy import ndimage  # noqa: E402
 from scipy.stats import rankdata  # noqa: E402
 
 from replicheck.calibrate import rate  # noqa: E402
-from replicheck.preprocess import Preprocessing, normalise  # noqa: E402
-from replicheck.segmentation import BUILTIN, SegmentationLevel  # noqa: E402
+from replicheck.config import Preprocessing  # noqa: E402
+from replicheck.levels.segmentation import SegmentationLevel  # noqa: E402
+from replicheck.preprocess import normalise  # noqa: E402
+from replicheck.segmenters import BUILTIN  # noqa: E402
 
 torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COMMAND = ".venv/bin/python benchmarks/segmenters.py"
 BRAIN_WINDOW = (40.0, 120.0)  # CT-ICH brain window: HU = -20 + 120 x value / 255
 BONE_WINDOW = (700.0, 3200.0)  # CT-ICH bone window: HU = -900 + 3200 x value / 255
@@ -60,13 +57,6 @@ SUBTYPES = ("Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural", 
 MIN_AREAS = (0, 10, 25, 50, 100)  # total blood pixels a slice needs to count as "blood found"
 SEGMENTERS = tuple(BUILTIN)  # every built-in --masks name
 CHUNK = 128  # images per represent() call
-START = time.perf_counter()
-
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - START:6.1f} s] {message}", flush=True)
-
-
 # ---------------------------------------------------------------- the scan's path
 
 
@@ -415,18 +405,6 @@ def vessels_on_ixi(paths: list[Path], tube_volumes: int) -> dict:
 # ---------------------------------------------------------------- report
 
 
-def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src"], cwd=ROOT).returncode != 0
-    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cores": os.cpu_count(),
-            "cpu": model, "platform": platform.platform(), "python": platform.python_version(),
-            "numpy": np.__version__, "scipy": scipy.__version__, "skimage": skimage.__version__,
-            "commit": commit.stdout.strip() + (" with uncommitted changes in src/" if dirty else ""),
-            "load_before": os.getloadavg()[0]}
-
-
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -437,8 +415,8 @@ def markdown(results: dict) -> str:
     lines = [
         "# Built-in segmenters on real data", "",
         "Written by `benchmarks/segmenters.py`; reproduce with", "", "```", COMMAND, "```", "",
-        f"Measured {m['date']} on {m['cores']} cores ({m['cpu']}), {m['platform']}; Python {m['python']}, "
-        f"numpy {m['numpy']}, scipy {m['scipy']}, scikit-image {m['skimage']}; replicheck at `{m['commit']}`. "
+        f"Measured {m['date']} on {m['cpu_count']} cores ({m['cpu_model']}), {m['platform']}; Python {m['python']}, "
+        f"numpy {m['numpy']}, scipy {m['scipy']}, scikit-image {m['skimage']}; replicheck at `{m['git_commit']}`{' with uncommitted changes in src/' if m['src_uncommitted_changes'] else ''}. "
         f"Load average (1 min) {m['load_before']:.2f} before and {m['load_after']:.2f} after; the script took "
         f"{m['seconds']:.0f} s. Raw numbers: `bench-out/segmenters.json`.", "",
         "Data (in `../shared/data/`, never copied here; no image of a patient is in this file):", "",
@@ -531,7 +509,7 @@ def markdown(results: dict) -> str:
               "**minimum** over repeats is the headline and the median shows the noise. CT segmenters get the "
               "brain-window image (`--ct-window 40,120`); on MR and mask inputs a scan refuses them (no HU). The "
               f"1-minute load average was {m['load_before']:.1f} before and {m['load_after']:.1f} after the run on "
-              f"{m['cores']} cores, so even the minima are upper bounds of the cost on an idle machine.", ""]
+              f"{m['cpu_count']} cores, so even the minima are upper bounds of the cost on an idle machine.", ""]
     costs_rows = []
     for r in results["costs"]:
         if "skipped" in r:

@@ -31,8 +31,6 @@ import datetime as dt
 import gc
 import json
 import os
-import platform
-import re
 import resource
 import shlex
 import shutil
@@ -43,12 +41,27 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import (
+    DEFAULT_DATA,
+    GRID_3D,
+    ROOT,
+    busy_cpu_seconds,
+    evict,
+    jsonable,
+    log,
+    machine,
+    real_2d,
+    real_3d,
+    to_uint8,
+    wait_idle,
+    write_above_marker,
+    write_set,
+)
+from speed_markdown import markdown
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data"
+from replicheck.calibrate import wilson
+
 SUBJECT_REGEX = r"^(p(?:ct|ixi)\d+)_"
-IXI_SLICES = range(50, 90)  # 40 axial slices of 120 (2 mm): skull base to the upper ventricles
-GRID_3D = (64, 128, 128)
 
 SIZES = {
     ("2d", False): dict(train=2000, synth=2000, copies=200, holdout=300),
@@ -56,94 +69,8 @@ SIZES = {
     ("3d", False): dict(train=500, synth=500, copies=50, holdout=100, variants=9),
     ("3d", True): dict(train=60, synth=60, copies=10, holdout=30, variants=3),
 }
-GOALS = {"2d_wall_s": 60.0, "3d_wall_s": 300.0, "3d_peak_rss_gb": 4.0, "top1": 0.99}
 BF_BATCH = 64  # candidates per measures.compare call (64-128 are fastest on a 2-core CPU for 128x128 images)
 
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Real images
-# --------------------------------------------------------------------------------------------
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def ixi_volumes(data: Path) -> list[tuple[str, np.ndarray]]:
-    """IXI T1 volumes in RAS order as float arrays in [0, 1] (scaled by the 99.5th percentile), with subject ids."""
-    import nibabel as nib
-
-    files = sorted((data / "ixi_t1_2mm").glob("IXI*.nii.gz"))
-    if not files:
-        raise SystemExit(f"no IXI volumes under {data / 'ixi_t1_2mm'}")
-    out = []
-    for path in files:
-        image = nib.as_closest_canonical(nib.load(str(path)))
-        array = image.get_fdata(dtype=np.float32)  # (x, y, z), RAS
-        scale = float(np.percentile(array, 99.5))
-        number = re.match(r"IXI(\d+)", path.name).group(1)
-        out.append((f"pixi{number}", np.clip(array / scale, 0.0, 1.0)))
-    return out
-
-
-def _square_xy(plane_yx: np.ndarray) -> np.ndarray:
-    """Zero-pad the last axis (x, 90 voxels) to the size of the one before (y, 120) so that resizing keeps the aspect."""
-    y, x = plane_yx.shape[-2:]
-    if x >= y:
-        return plane_yx
-    left = (y - x) // 2
-    pad = [(0, 0)] * (plane_yx.ndim - 1) + [(left, y - x - left)]
-    return np.pad(plane_yx, pad)
-
-
-def real_2d(data: Path) -> tuple[np.ndarray, list[str], list[str], list[str]]:
-    """All 2D real images: (n, 128, 128) uint8, ids, subjects, modalities."""
-    from skimage.transform import resize
-
-    ct = np.load(data / "ct_ich" / "ctich_128.npz")
-    images, ids, subjects, modality = [], [], [], []
-    for image, patient, z in zip(ct["flat_brain"], ct["flat_patient"], ct["flat_slice"]):
-        subject = f"pct{int(patient):03d}"
-        images.append(image)
-        ids.append(f"{subject}_{int(z):03d}")
-        subjects.append(subject)
-        modality.append("ct")
-    for subject, volume in ixi_volumes(data):
-        for z in IXI_SLICES:
-            plane = np.rot90(volume[:, :, z])  # (y, x), anterior up
-            plane = resize(_square_xy(plane), (128, 128), order=1, anti_aliasing=False, preserve_range=True)
-            images.append(to_uint8(plane))
-            ids.append(f"{subject}_{z:03d}")
-            subjects.append(subject)
-            modality.append("mr")
-    return np.stack(images), ids, subjects, modality
-
-
-def real_3d(data: Path) -> tuple[list[np.ndarray], list[str], list[str]]:
-    """All 3D real volumes on the (64, 128, 128) grid as uint8, with subjects and modalities."""
-    from skimage.transform import resize
-
-    ct = np.load(data / "ct_ich" / "ctich_128.npz")
-    volumes, subjects, modality = [], [], []
-    for volume, patient in zip(ct["images"], ct["patient_ids"]):
-        grown = resize(volume.astype(np.float32), GRID_3D, order=1, anti_aliasing=False, preserve_range=True)
-        volumes.append(np.round(np.clip(grown, 0, 255)).astype(np.uint8))
-        subjects.append(f"pct{int(patient):03d}")
-        modality.append("ct")
-    for subject, volume in ixi_volumes(data):
-        zyx = np.ascontiguousarray(np.transpose(volume, (2, 1, 0))[:, ::-1, :])  # (z, y, x), anterior up
-        volumes.append(to_uint8(resize(_square_xy(zyx), GRID_3D, order=1, anti_aliasing=True)))
-        subjects.append(subject)
-        modality.append("mr")
-    return volumes, subjects, modality
-
-
-# --------------------------------------------------------------------------------------------
-# Splits, copies, variants
-# --------------------------------------------------------------------------------------------
 
 def split_by_subject(subjects: list[str], modality: list[str], needs: dict[str, int],
                      rng: np.random.Generator, per_subject: int = 1) -> dict[str, list[str]]:
@@ -210,27 +137,6 @@ def variant_params(rng: np.random.Generator, n: int) -> list[dict]:
                     "zoom": round(float(rng.uniform(0.9, 1.12)), 3), "tx": round(float(rng.uniform(-4, 4)), 2),
                     "ty": round(float(rng.uniform(-4, 4)), 2), "gamma": round(float(rng.uniform(0.85, 1.18)), 3)})
     return out
-
-
-def write_set(folder: Path, items: dict[str, np.ndarray]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for ident, array in items.items():
-        np.save(folder / f"{ident}.npy", np.ascontiguousarray(array))
-
-
-def evict(folders: list[Path]) -> bool:
-    """Flush the files to disk and drop them from the page cache, so that the scan reads from disk."""
-    if not hasattr(os, "posix_fadvise"):
-        return False
-    os.sync()
-    for folder in folders:
-        for path in folder.iterdir():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-    return True
 
 
 def build_2d(data: Path, root: Path, sizes: dict, seed: int) -> dict:
@@ -332,7 +238,6 @@ def child_scan(config_path: str) -> None:
     config = json.loads(Path(config_path).read_text())
     started = time.perf_counter()
     import replicheck
-
     from replicheck.bench.run import peak_rss_bytes
 
     imported = time.perf_counter()
@@ -365,7 +270,7 @@ def child_build(config_path: str) -> None:
     build = build_2d if config["dim"] == "2d" else build_3d
     built = build(Path(config["data"]), Path(config["root"]), config["sizes"], config["seed"])
     built["builder_peak_rss_bytes"] = peak_rss_bytes()
-    Path(config["result"]).write_text(json.dumps(built, default=_jsonable))
+    Path(config["result"]).write_text(json.dumps(built, default=jsonable))
 
 
 def run_scan(built: dict, out: Path, workers: int, image_ndim: int | None, max_wait: float,
@@ -395,45 +300,9 @@ def run_scan(built: dict, out: Path, workers: int, image_ndim: int | None, max_w
     return child
 
 
-def wait_idle(max_wait: float, threshold: float = 0.3) -> dict:
-    """Wait (at most ``max_wait`` seconds) until the other processes of the machine use under
-    ``threshold`` cores over a 5-second window, so that the timings are not shared with them."""
-    started = time.perf_counter()
-    while True:
-        before = busy_cpu_seconds()
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        time.sleep(5.0)
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        used = (after.ru_utime + after.ru_stime - own.ru_utime - own.ru_stime)
-        cores = (busy_cpu_seconds() - before - used) / 5.0
-        waited = time.perf_counter() - started
-        if not cores == cores or cores < threshold or waited >= max_wait:
-            return {"waited_s": round(waited, 1), "other_cores_busy": round(cores, 2), "idle": bool(cores < threshold)}
-        log(f"  the machine is busy ({cores:.1f} cores used by other processes); waiting ({waited:.0f} s so far)")
-
-
-def busy_cpu_seconds() -> float:
-    """Busy CPU seconds of the whole machine since boot (``/proc/stat``), NaN where unavailable."""
-    try:
-        fields = open("/proc/stat").readline().split()[1:]
-    except OSError:
-        return float("nan")
-    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
 # --------------------------------------------------------------------------------------------
 # Scoring
 # --------------------------------------------------------------------------------------------
-
-def wilson(count: int, total: int) -> list[float]:
-    if total == 0:
-        return [float("nan"), float("nan")]
-    z, p = 1.959964, count / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
-
 
 def detection(synthetic, truth: list) -> dict:
     import pandas as pd
@@ -608,33 +477,6 @@ def summarise_bf(records: list, shifted_time: float, plain_time: float, gallery:
 # Driver
 # --------------------------------------------------------------------------------------------
 
-def machine() -> dict:
-    import torch
-
-    model = ""
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    import replicheck
-
-    return {
-        "cpu_count": os.cpu_count(), "cpu_model": model,
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__,
-        "torch": torch.__version__, "replicheck": replicheck.__version__,
-        "git_commit": git("rev-parse", "--short", "HEAD"),
-        "src_uncommitted_changes": bool(git("status", "--porcelain", "--", "src")),
-    }
-
-
 def run_dimension(dim: str, args, data: Path, workdir: Path) -> dict:
     sizes = SIZES[(dim, args.quick)]
     root = workdir / f"data-{dim}"
@@ -740,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
     md_path = out / "BENCHMARKS-quick.md" if args.quick else ROOT / "BENCHMARKS.md"
     if args.markdown_only:
-        write_markdown(md_path, markdown(results))
+        write_above_marker(md_path, markdown(results))
         log(f"wrote {md_path} from {json_path}")
         return
     dims = [args.only] if args.only else ["2d", "3d"]
@@ -748,289 +590,10 @@ def main(argv: list[str] | None = None) -> None:
         workdir = out if args.keep_data else Path(temp)
         for dim in dims:
             results[dim] = run_dimension(dim, args, args.data, workdir)
-            json_path.write_text(json.dumps(results, indent=1, default=_jsonable))
+            json_path.write_text(json.dumps(results, indent=1, default=jsonable))
             gc.collect()
-    write_markdown(md_path, markdown(results))
+    write_above_marker(md_path, markdown(results))
     log(f"wrote {json_path} and {md_path}")
-
-
-def write_markdown(path: Path, text: str) -> None:
-    """Write the speed section, keeping the replica benchmarks (benchmarks/replicas.py) below their marker."""
-    from replicas import MARKER  # benchmarks/ is on sys.path when a script there runs
-
-    old = path.read_text() if path.exists() else ""
-    _, marker, tail = old.partition(MARKER)
-    path.write_text(text.rstrip() + "\n" + (f"\n{marker}{tail}" if marker else ""))
-
-
-def _jsonable(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-# --------------------------------------------------------------------------------------------
-# BENCHMARKS.md
-# --------------------------------------------------------------------------------------------
-
-def _pct(rate: float, ci=None) -> str:
-    text = f"{rate * 100:.1f}%"
-    return text + (f" (95% CI {ci[0] * 100:.1f}–{ci[1] * 100:.1f}%)" if ci else "")
-
-
-def _mark(ok: bool | None) -> str:
-    return "—" if ok is None else ("pass" if ok else "**fail**")
-
-
-def _machine_line(r: dict) -> str:
-    m = r["machine"]
-    load = r["scan"]["loadavg_before"]
-    return (f"Measured {r['date']} on {m['cpu_count']} cores (`os.cpu_count()`; {m['cpu_model'] or 'unknown CPU'}), "
-            f"{m['memory_gb']} GB RAM, {m['platform']}; Python {m['python']}, torch {m['torch']}, numpy {m['numpy']}; "
-            f"replicheck {m['replicheck']} at commit `{m['git_commit']}`"
-            f"{' with uncommitted changes under src/' if m['src_uncommitted_changes'] else ''}. "
-            f"Load average (1 min) before the scan {load[0]:.2f}, after it {r['scan']['loadavg_after'][0]:.2f}.")
-
-
-def _detection_rows(r: dict) -> list[str]:
-    d = r["detection"]
-    return [
-        f"| recall on copies (replica flag) | — | {d['copies_flagged']}/{d['copies']} = {_pct(d['recall'], d['recall_ci95'])} | — |",
-        f"| false-positive rate on novel images | ≈ 1% by design (0.99 holdout quantile) | {d['novel_flagged']}/{d['novel']} = "
-        f"{_pct(d['fpr'], d['fpr_ci95'])} | — |",
-        f"| copies whose nearest training image is their source | — | {_pct(d['copies_nearest_is_source'])} | — |",
-        f"| NCC threshold (from {r['n_null']} holdout images); lowest copy score; highest novel score | — | "
-        f"{r['threshold']:.4f}; {d['copy_score_min']:.4f}; {d['novel_score_max']:.4f} | — |",
-    ]
-
-
-def _scan_rows(r: dict, goal_s: float) -> list[str]:
-    s = r["scan"]
-    cpu = s["cpu_user_s"] + s["cpu_sys_s"]
-    others = "n/a" if s.get("others_cpu_s") is None else f"{s['others_cpu_s']:.1f} s"
-    return [
-        f"| whole scan wall time (`replicheck.scan`, reading included) | < {goal_s:g} s | {s['scan_wall_s']:.1f} s | "
-        f"{_mark(s['scan_wall_s'] < goal_s)} |",
-        f"| child process wall time (Python start and imports included) | — | {s['process_wall_s']:.1f} s "
-        f"(imports {s['import_s']:.1f} s) | — |",
-        f"| CPU time of the scan process | — | {cpu:.1f} s (user {s['cpu_user_s']:.1f} s, system {s['cpu_sys_s']:.1f} s; "
-        f"{cpu / s['process_wall_s']:.2f} of {r['machine']['cpu_count']} cores busy on average) | — |",
-        f"| CPU time other processes used meanwhile (shared machine) | — | "
-        f"{others} | — |",
-    ]
-
-
-def _section_head(title: str, r: dict) -> list[str]:
-    """A section's title, the command that reproduces it and the machine it ran on."""
-    return [title, "", "```", r["command"], "```", "", _machine_line(r), ""]
-
-
-def _top1_rows(bf: dict, measure: str, label: str, goal: bool = True) -> list[str]:
-    """Top-1 agreement of one measure with brute force, overall and for copies / novel images."""
-    overall, copy, novel = (bf[f"{measure}_top1{suffix}"] for suffix in ("", "_copy", "_novel"))
-    return [
-        f"| top-1 agreement with brute force, {label} | {'≥ 99%' if goal else '—'} | {overall['agree']}/{bf['queries']} = "
-        f"{_pct(overall['rate'], overall['ci95'])} | {_mark(overall['rate'] >= GOALS['top1'] if goal else None)} |",
-        f"| — copies / novel | | {_pct(copy['rate'])} of {copy['total']} / {_pct(novel['rate'])} of {novel['total']} | |",
-    ]
-
-
-def _timings_table(r: dict) -> list[str]:
-    t = r["timings_s"]
-    rows = ["| stage (`summary['timings_s']`) | seconds | share of total |", "|---|---:|---:|"]
-    for key, value in t.items():
-        if key != "total":
-            rows.append(f"| `{key}` | {value:.2f} | {value / t['total'] * 100:.0f}% |")
-    rows.append(f"| `total` | {t['total']:.2f} | 100% |")
-    return rows
-
-
-def markdown(results: dict) -> str:
-    lines = [
-        "# Benchmarks",
-        "",
-        "Speed and accuracy of `replicheck.scan` (voxel level, default settings, `num_workers=2`) on data sets",
-        "derived at run time from the real images in `../shared/data/` (CT-ICH head CT, CC BY 4.0; IXI brain MRI,",
-        "CC BY-SA 3.0). Generated by `benchmarks/speed.py`, which writes this file and the raw numbers to",
-        "`bench-out/speed.json`; no image is stored in the repository and nothing is downloaded.",
-        "",
-        "How the data sets are made (details in the script's docstrings):",
-        "",
-        "- every real image or volume belongs to its patient; patients are split into **training**, **synthetic-novel**",
-        "  and **holdout** patients (CT and MR interleaved in proportion), so no patient is in two splits;",
-        "- the synthetic set holds **copies** of randomly chosen training images (gamma in [0.8, 1.25], Gaussian noise",
-        "  σ = 0.02 in [0, 1] units, `np.roll` by up to 2 voxels per axis) and, for the rest, unmodified images of the",
-        "  synthetic-novel patients, so that novel images and holdout images follow one distribution and the",
-        "  false-positive rate is a direct check of the 0.99-quantile calibration;",
-        "- all images are uint8 `.npy` files (the tool scales them by 1/255), written to a temporary folder and evicted",
-        "  from the page cache (`posix_fadvise(DONTNEED)`) before the scan, which runs in a child process;",
-        "  the peak memory is the child's `VmHWM` (`/proc/self/status`), not `getrusage(...).ru_maxrss`, which on Linux",
-        "  inherits the parent's resident size across fork/exec and so reported the driver's memory instead;",
-        "- each timed step first waits (up to 10 min) until other processes use under 0.3 cores; the CPU time they",
-        "  used during the step is reported, since the machine is shared. Wall times vary by about ±10–20% between runs.",
-        "",
-    ]
-    if "2d" in results:
-        r = results["2d"]
-        c = r["data"]["counts"]
-        lines += [
-            *_section_head(f"## 2D: {c['train']:,} training × {c['synthetic']:,} synthetic images, 128×128", r),
-            f"Data: CT-ICH brain-window slices (`ctich_128.npz`, `flat_brain`) and IXI T1 axial slices (RAS, z = "
-            f"{IXI_SLICES.start}–{IXI_SLICES.stop - 1} of 120, padded to square, resized to 128×128, scaled by the "
-            f"volume's 99.5th percentile). {c['train']:,} training, {c['synthetic']:,} synthetic ({c['copies']} copies, "
-            f"{c['novel']:,} novel), {c['holdout']} holdout images; patients per split: {r['data']['patients']}.",
-            "",
-            "| measure | goal | measured | result |",
-            "|---|---|---|---|",
-            *_scan_rows(r, GOALS["2d_wall_s"]),
-            f"| peak RSS of the scan process (`VmHWM` of the child) | — | {r['scan']['peak_rss_bytes'] / 2**30:.2f} GiB | — |",
-            *_detection_rows(r),
-        ]
-        bf = r.get("brute_force")
-        if bf:
-            lines += [
-                *_top1_rows(bf, "ncc", f"NCC (`voxel_nearest` = argmax of best-shift NCC over all "
-                                       f"{bf['gallery']:,} training images), {bf['queries']} queries"),
-                *_top1_rows(bf, "ssim_search", "SSIM (scan with `voxel_measure=\"ssim\"`: its `voxel_nearest` = "
-                                               "argmax of best-shift SSIM)"),
-                *_top1_rows(bf, "ssim", "SSIM column of the NCC scan (`voxel_ssim_nearest`: best SSIM among the "
-                                        "k = 5 NCC nearest, not a search by SSIM)", goal=False),
-                f"| extra: `voxel_ssim_nearest` = argmax of plain SSIM without shift (scikit-image semantics) | — | "
-                f"{_pct(bf['plain_ssim_top1']['rate'])} (copies {_pct(bf['plain_ssim_top1_copy']['rate'])}, novel "
-                f"{_pct(bf['plain_ssim_top1_novel']['rate'])}) | — |",
-                f"| brute-force time per query (`measures.compare`, max_shift=3, all {bf['gallery']:,} training "
-                f"images, batches of {bf['batch']}, {bf['workers']} queries at a time with 1 torch thread each, "
-                f"as the tool runs) | — | "
-                f"{bf['time_per_query_s']:.2f} s (plain SSIM without shift: {bf['plain_ssim_time_per_query_s']:.2f} s; "
-                f"other processes used {bf.get('others_cpu_s', float('nan')):.0f} CPU s during the "
-                f"{bf.get('wall_s', float('nan')):.0f} s of brute force) | — |",
-                f"| speed-up: brute force × {c['synthetic']:,} queries ({bf['brute_force_all_queries_s'] / 60:.0f} min) "
-                f"/ `voxel.search_synthetic` ({r['timings_s']['voxel.search_synthetic']:.1f} s) | — | "
-                f"{bf['speedup_vs_search_synthetic']:.0f}× | — |",
-                f"| speed-up: same brute force / whole scan ({r['scan']['scan_wall_s']:.1f} s) | — | "
-                f"{bf['speedup_vs_scan']:.0f}× | — |",
-                f"| reference brute force: `skimage.metrics.structural_similarity` per pair, plain SSIM, "
-                f"{bf['skimage_queries']} queries × {bf['gallery']:,} training images on one core | — | "
-                f"{bf['skimage_time_per_query_s']:.2f} s per query; × {c['synthetic']:,} queries / 2 cores = "
-                f"{bf['skimage_all_queries_two_cores_s'] / 60:.0f} min | — |",
-                f"| speed-up: reference brute force / `voxel.search_synthetic`; / whole scan | ≥ 100× | "
-                f"{bf['speedup_skimage_vs_search_synthetic']:.0f}×; {bf['speedup_skimage_vs_scan']:.0f}× | "
-                f"{_mark(bf['speedup_skimage_vs_search_synthetic'] >= 100)} |",
-            ]
-        lines += ["", "Where the scan's time goes:", "", *_timings_table(r), ""]
-        if "ssim_scan" in r:
-            lines += _ssim_scan_section(r["ssim_scan"], r)
-        if bf:
-            lines += _disagreements(bf)
-    if "3d" in results:
-        r = results["3d"]
-        c = r["data"]["counts"]
-        rss = r["scan"]["peak_rss_bytes"] / 2**30
-        lines += [
-            *_section_head(f"## 3D: {c['train']:,} training × {c['synthetic']:,} synthetic volumes, 64×128×128", r),
-            f"Data: the {82} CT-ICH brain-window volumes (`images`, 30 slices linearly resampled to 64) and the 50 IXI "
-            f"T1 volumes (RAS → (z, y, x), padded to square, resampled to 64×128×128); {r['sizes']['variants']} "
-            f"variants of every real volume (the original and in-plane flip / rotation ±8° / zoom 0.9–1.12 / "
-            f"translation ±4 px / gamma 0.85–1.18), all variants of a volume in its patient's split. "
-            f"{c['train']:,} training, {c['synthetic']:,} synthetic ({c['copies']} copies, {c['novel']:,} novel), "
-            f"{c['holdout']} holdout volumes ({r['data']['bytes_on_disk'] / 2**20:.0f} MiB of uint8 files); "
-            f"real volumes per split: {r['data']['patients']}.",
-            "",
-            "| measure | goal | measured | result |",
-            "|---|---|---|---|",
-            *_scan_rows(r, GOALS["3d_wall_s"]),
-            f"| peak RSS of the scan process (`VmHWM` of the child) | < {GOALS['3d_peak_rss_gb']:g} GB | "
-            f"{rss:.2f} GiB ({r['scan']['peak_rss_bytes'] / 1e9:.2f} GB) | "
-            f"{_mark(r['scan']['peak_rss_bytes'] / 1e9 < GOALS['3d_peak_rss_gb'])} |",
-            *_detection_rows(r),
-            "",
-            "Top-1 agreement with a brute-force search is measured in 2D only (the 3D search uses the same cascade).",
-            "",
-            "Where the scan's time goes:",
-            "",
-            *_timings_table(r),
-            "",
-        ]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _ssim_scan_section(ssim: dict, ncc: dict) -> list[str]:
-    """The same 2D scan with SSIM as the voxel level's primary measure (its own search cascade)."""
-    s, d, t = ssim["scan"], ssim["detection"], ssim["timings_s"]
-    goal = GOALS["2d_wall_s"]
-    return [
-        "The same data scanned with `voxel_measure=\"ssim\"` (`--voxel-measure ssim`: SSIM ranks the training",
-        "images and sets the flag; the index adds an SSIM proxy to its vectors and keeps 1,024 candidates, SSIM at",
-        "32, 64 and then 96 pixels a side after a small shift refines them to 10, `docs/design.md`). Its top-1 agreement",
-        "with a brute-force SSIM search is the `SSIM (scan with voxel_measure=\"ssim\")` row above:",
-        "",
-        "| measure | goal | NCC scan (default) | SSIM scan | result (SSIM scan) |",
-        "|---|---|---:|---:|---|",
-        f"| whole scan wall time (reading included) | < {goal:g} s | {ncc['scan']['scan_wall_s']:.1f} s | "
-        f"{s['scan_wall_s']:.1f} s ({s['scan_wall_s'] / ncc['scan']['scan_wall_s']:.2f}×) | "
-        f"{_mark(s['scan_wall_s'] < goal)} |",
-        f"| `voxel.search_synthetic` | — | {ncc['timings_s']['voxel.search_synthetic']:.1f} s | "
-        f"{t['voxel.search_synthetic']:.1f} s | — |",
-        f"| `voxel.search_calibration` | — | {ncc['timings_s']['voxel.search_calibration']:.1f} s | "
-        f"{t['voxel.search_calibration']:.1f} s | — |",
-        f"| peak RSS (`VmHWM` of the child) | — | {ncc['scan']['peak_rss_bytes'] / 2**30:.2f} GiB | "
-        f"{s['peak_rss_bytes'] / 2**30:.2f} GiB | — |",
-        f"| recall on copies | — | {ncc['detection']['copies_flagged']}/{ncc['detection']['copies']} | "
-        f"{d['copies_flagged']}/{d['copies']} (SSIM is dominated by the copies' noise, `docs/design.md`) | — |",
-        f"| false positives on novel images | — | {ncc['detection']['novel_flagged']}/{ncc['detection']['novel']} | "
-        f"{d['novel_flagged']}/{d['novel']} | — |",
-        *([f"| speed-up: brute-force SSIM search × {ncc['data']['counts']['synthetic']:,} queries / SSIM scan | — | — | "
-           f"{ncc['brute_force']['brute_force_all_queries_s'] / s['scan_wall_s']:.0f}× | — |",
-           f"| speed-up: reference brute force (scikit-image, above) / SSIM scan; / its `voxel.search_synthetic` | — | — | "
-           f"{ncc['brute_force']['skimage_all_queries_two_cores_s'] / s['scan_wall_s']:.0f}×; "
-           f"{ncc['brute_force']['skimage_all_queries_two_cores_s'] / t['voxel.search_synthetic']:.0f}× | — |"]
-          if ncc.get("brute_force") else []),
-        "",
-    ]
-
-
-def _disagreements(bf: dict) -> list[str]:
-    lines = []
-    for name, key, tool_key, bf_key, of_tool in (
-        ("NCC", "ncc_disagreements", "tool_ncc_nearest", "bf_ncc_nearest", "bf_ncc_of_tool_nearest"),
-        ("SSIM search", "ssim_search_disagreements", "tool_ssim_search_nearest", "bf_ssim_nearest",
-         "bf_ssim_of_tool_ssim_search_nearest"),
-        ("SSIM column of the NCC scan", "ssim_disagreements", "tool_ssim_nearest", "bf_ssim_nearest",
-         "bf_ssim_of_tool_nearest"),
-    ):
-        rows = bf[key]
-        if not rows:
-            lines += [f"Top-1 {name}: the tool's nearest training image equals the brute-force one for every query.", ""]
-            continue
-        measure = "ncc" if name == "NCC" else "ssim"
-        with_rank = name.startswith("SSIM column")
-        gaps = [r[f"bf_{measure}"] - r[of_tool] for r in rows if r[of_tool] is not None]
-        lines += [f"Top-1 {name} disagreements ({len(rows)}; brute-force best score minus the brute-force score of the "
-                  f"tool's pick: median {np.median(gaps):.4f}, max {max(gaps):.4f}):", ""]
-        if with_rank:
-            outside = sum(r["bf_ncc_rank_of_bf_ssim_best"] > 5 for r in rows)
-            lines += [f"The tool's SSIM nearest is the best SSIM among the k = 5 candidates kept by NCC "
-                      f"(`docs/design.md`); in {outside} of these {len(rows)} cases the brute-force SSIM best is not "
-                      f"among the 5 nearest by NCC, so the tool never scores it.", ""]
-        header = "| query | kind | tool's pick | brute-force pick | brute-force score of tool's pick | brute-force best |"
-        extra = " NCC rank of the brute-force pick |" if with_rank else ""
-        lines += [header + extra, "|---|---|---|---|---:|---:|" + ("---:|" if extra else "")]
-        for r in rows[:15]:
-            line = (f"| {r['id']} | {r['kind']} | {r[tool_key]} | {r[bf_key]} | "
-                    f"{r[of_tool] if r[of_tool] is None else f'{r[of_tool]:.4f}'} | {r[f'bf_{measure}']:.4f} |")
-            if extra:
-                line += f" {r['bf_ncc_rank_of_bf_ssim_best']} |"
-            lines.append(line)
-        if len(rows) > 15:
-            lines.append(f"| … {len(rows) - 15} more in `bench-out/speed.json` | | | | | |" + (" |" if extra else ""))
-        lines.append("")
-    return lines
 
 
 if __name__ == "__main__":

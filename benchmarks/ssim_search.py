@@ -31,14 +31,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import speed  # the data set builder of the speed benchmark
 import torch
+from common import DEFAULT_DATA, ROOT, log, machine
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import speed  # noqa: E402  (the data set builder of the speed benchmark)
-
-from replicheck import measures  # noqa: E402
-from replicheck.coarse_ssim import CoarseSsim  # noqa: E402
-from replicheck.voxel import SSIM_STAGES_2D, VoxelLevel, _pooled  # noqa: E402
+from replicheck import measures
+from replicheck.levels.ssim_cascade import CoarseSsim
+from replicheck.levels.voxel import SSIM_STAGES_2D, VoxelLevel, _pooled
 
 TOPS = (1, 5, 10, 16, 20, 32, 64, 128, 256, 512, 1024)
 STAGES = {"32 px, ±1": (32, 1, 3), "64 px, ±2": (64, 2, 3), "96 px, ±2": (96, 2, 5),
@@ -60,14 +59,14 @@ CASCADES = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=300, help="novel queries checked (default 300)")
-    parser.add_argument("--data", type=Path, default=speed.DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=speed.ROOT / "bench-out")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
     args = parser.parse_args()
     gallery, queries = _data(args.data, args.seed, args.queries)
     tick = time.perf_counter()
     exact = _all_pairs(queries, gallery, lambda q, g: measures.compare(q, g, data_range=1.0, max_shift=3).ssim)
-    speed.log(f"exact SSIM of {len(queries)} x {len(gallery)} pairs in {time.perf_counter() - tick:.0f} s")
+    log(f"exact SSIM of {len(queries)} x {len(gallery)} pairs in {time.perf_counter() - tick:.0f} s")
     stages = {"index": _index_scores(queries, gallery)}
     for name, (side, shift, win) in STAGES.items():
         stages[name] = _coarse_scores(queries, gallery, side, shift, win)
@@ -77,7 +76,7 @@ def main() -> None:
     results = {
         "timings_us_per_pair": timings,
         "command": "python benchmarks/ssim_search.py" + "".join(f" {a}" for a in sys.argv[1:]),
-        "queries": len(queries), "gallery": len(gallery), "machine": speed.machine(),
+        "queries": len(queries), "gallery": len(gallery), "machine": machine(),
         "in_top": {name: {str(k): float(np.mean(rank < k)) for k in TOPS} for name, rank in ranks.items()},
         "cascades": [{"stages": cascade, "top1": _cascade(stages, exact, cascade)} for cascade in CASCADES],
         "default_stages": SSIM_STAGES_2D,

@@ -59,6 +59,20 @@ def pydicom_data() -> Path:
     return Path(data_store.__file__).parent / "data"
 
 
+def random_images(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Uniform noise images in [0, 1], float32, from a seeded generator."""
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def row_products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise inner products of embeddings (float64): the similarity the feature level reports."""
+    return (a.astype(np.float64) * b.astype(np.float64)).sum(axis=1)
+
+
 def perturb(image: np.ndarray, rng: np.random.Generator, *, noise: float = 0.02, max_shift: int = 2) -> np.ndarray:
     """A planted replica: Gaussian noise (in [0, 1] units), a gamma change and a small shift."""
     scale = 255.0 if image.dtype == np.uint8 else float(image.max())

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import perturb, write_set
 
 CLI = [sys.executable, "-m", "replicheck.cli"]

@@ -7,10 +7,14 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
+from conftest import perturb, shared
+from skimage.metrics import (
+    mean_squared_error,
+    peak_signal_noise_ratio,
+    structural_similarity,
+)
 
 from replicheck import measures
-from conftest import perturb, shared
 
 
 @pytest.fixture(scope="module")

@@ -264,7 +264,7 @@ def leave_one_out_z(null: np.ndarray) -> np.ndarray:
     A null image standardised by statistics that include it is pulled towards the middle (its z
     can never exceed (n - 1) / sqrt(n)), which lowers the null's upper quantile and so the
     threshold: with 26 null images and three levels, max-z then flagged 6.2% of new real images
-    at q = 0.99 where one level flags 4.5% (tests/test_combine.py). Left out, each null image is
+    at q = 0.99 where one level flags 4.5% (tests/test_calibrate_combine.py). Left out, each null image is
     judged as a new image would be. Non-finite scores get the z-score of :func:`z_scores`.
     """
     null = np.asarray(null, dtype=np.float64)

@@ -1,8 +1,11 @@
 """The ``replicheck`` command: a thin Typer layer over the library; nothing imports it.
 
-Errors the user can act on (:class:`~replicheck.records.ReplicheckError`) print one line on
-stderr and exit with status 2; warnings of third-party readers are kept out of the terminal
-(the reader turns what matters into notes in summary.json).
+Each command parses its options, makes one library call and prints a short answer. Options that
+several commands share are declared once, below. Errors the user can act on
+(:class:`~replicheck.records.ReplicheckError`, and bad flags) print one line on stderr and exit
+with status 2; a library error about a setting names the setting as :func:`replicheck.scan`
+does (``quantile``), which is turned into its flag here (``--quantile``). Heavy libraries are
+imported inside the commands, so ``replicheck --help`` starts fast.
 """
 
 from __future__ import annotations
@@ -10,81 +13,116 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
+from typer.exceptions import TyperException
 
-from .records import ReplicheckError
+from ._version import __version__
+from .config import CombineRule, Intensity, VoxelMeasure
+from .records import OptionError, ReplicheckError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+EXIT_INPUT = 2  # a user-facing error: bad input, bad option
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Find synthetic medical images that copy a patient's training image.")
+bench_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        help="Labelled replica benchmark: build one from real images, score detectors on it.")
+train_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        help="Train a learned detector on your own training images.")
+app.add_typer(bench_app, name="bench")
+app.add_typer(train_app, name="train")
 
-EXIT_INPUT = 2
-CALIBRATION_SIZE = 128  # px: DeepSSIM's cosine -> SSIM calibration is fitted on the grid a scan uses by default
+# ------------------------------------------------------------------ options shared by several commands
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or warnings.")]
+SubjectRegex = Annotated[Optional[str], typer.Option(
+    "--subject-regex", help="Regex on image ids whose first group is the subject (patient) id.")]
+ImageNdim = Annotated[Optional[int], typer.Option("--image-ndim", help="Axes per image inside NumPy arrays (2 or 3).")]
+Device = Annotated[str, typer.Option("--device", help="Torch device of the networks (cpu, cuda).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of every random choice.")]
+Minutes = Annotated[Optional[float], typer.Option("--minutes", help="Stop after this many minutes (best checkpoint kept).")]
+Grid = Annotated[Optional[str], typer.Option(
+    "--grid", help="Analysis grid, e.g. 128x128 or 64x128x128 (z,y,x). Default: the images' common shape, at most 128 a side.")]
+IntensityOption = Annotated[Intensity, typer.Option(
+    "--intensity", help="auto, ct (Hounsfield units cut to --ct-window), percentile, 8bit, ct8 (8-bit exports of the "
+                        "--ct-window, e.g. CT PNGs) or minmax.")]
+Levels = Annotated[str, typer.Option("--levels", help="Comma-separated levels: voxel, feature, segmentation.")]
+Embedder = Annotated[str, typer.Option(
+    "--embedder", help="Feature level: deepssim (bundled), efficientnet-lite0, astra-ct3d (extra [ct3d]); a model.pt "
+                       "from replicheck train; your own .ts/.onnx model or monai:NETWORK:WEIGHTS.")]
+Masks = Annotated[str, typer.Option(
+    "--masks", help="Segmentation level: foreground, skull, ct-bone, ct-haemorrhage, vessels; manifest; a mask "
+                    "folder; or 'cmd:TEMPLATE' with {input} and {output}.")]
+NumWorkers = Annotated[int, typer.Option("--num-workers", help="Threads for reading and searching.")]
+Labels = Annotated[Optional[Path], typer.Option(
+    "--labels", help="Known labels (CSV with id and replica columns, e.g. a benchmark's labels.csv): adds ROC curves.")]
+NoImages = Annotated[bool, typer.Option("--no-images", help="Privacy: no patient pixels in report.html (ids and scores only).")]
+ViewRotations = Annotated[Optional[str], typer.Option(
+    "--view-rotations", help="DeepSSIM views: angles in degrees, e.g. -10,-5,5,10 ('none': no rotated views).")]
+ViewGammas = Annotated[Optional[str], typer.Option(
+    "--view-gammas", help="DeepSSIM views: gammas, e.g. 0.6,0.8,1.25,5/3 ('none': no gamma views).")]
+TrainImages = Annotated[str, typer.Argument(help="Training images (a folder, a CSV manifest or an array file), with subject ids.")]
+CheckpointOut = Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (model.pt); use it with scan --embedder.")]
+
+
+def _version(show: bool) -> None:
+    if show:
+        typer.echo(f"replicheck {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root() -> None:
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
     """replicheck: replica detection for synthetic medical images."""
 
 
+# ------------------------------------------------------------------ scan, report, demo
+
 @app.command()
 def scan(
-    train: str = typer.Argument(..., help="Training images: a folder, a CSV manifest (path, subject, id, mask) or an array file."),
-    synthetic: str = typer.Argument(..., help="Synthetic images, same forms as TRAIN."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for synthetic.csv, pairs.csv, training.csv, summary.json."),
-    holdout: Optional[str] = typer.Option(None, "--holdout", help="Held-out real images of patients not in TRAIN: the null distribution."),
-    levels: str = typer.Option("voxel", "--levels", help="Comma-separated levels to run."),
-    k: int = typer.Option(5, "--k", help="Training neighbours kept per synthetic image."),
-    quantile: float = typer.Option(0.99, "--quantile", help="Quantile of the null distribution used as threshold."),
-    combine: str = typer.Option("max-z", "--combine", help="How several levels become one verdict: max-z (default: the largest z-score of the levels against the null, thresholded on the null), max-robust-z (the same with median and MAD), any (a level flags it), bonferroni (any level at a corrected quantile), min-p or fisher (combined p-values calibrated on the null). Every rule's rate is in summary.json."),
-    grid: Optional[str] = typer.Option(None, "--grid", help="Analysis grid, e.g. 128x128 or 64x128x128 (z,y,x). Default: training's common shape, at most 128 a side."),
-    intensity: str = typer.Option("auto", "--intensity", help="auto, ct (Hounsfield units cut to --ct-window), percentile, 8bit, ct8 (8-bit exports of the CT window --ct-window, e.g. CT PNGs; the CT segmenters can then invert the window) or minmax."),
-    ct_window: str = typer.Option("40,400", "--ct-window", help="CT window level,width in HU (for --intensity ct or auto-detected CT; with ct8, the window the 8-bit files were exported with)."),
-    slices: bool = typer.Option(False, "--slices", help="Cut volumes into 2D axial slices and compare slices."),
-    subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject (patient) id."),
-    image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
-    voxel_measure: str = typer.Option("ncc", "--voxel-measure", help="Measure that ranks training images and sets the voxel flag: ncc; ssim (its own search, about 1.4x slower); mse or psnr (rank the NCC shortlist)."),
-    embedder: str = typer.Option("deepssim", "--embedder", help="Feature level: deepssim (bundled), efficientnet-lite0, astra-ct3d (extra [ct3d]); a model.pt from replicheck train; your own .ts/.onnx model or monai:NETWORK:WEIGHTS."),
-    cache: Optional[str] = typer.Option(None, "--cache", help="Feature level: a folder for a persistent embedding cache (created if needed), so that images embedded by the same model in earlier scans are not embedded again."),
-    masks: str = typer.Option("foreground", "--masks", help="Segmentation level: a built-in segmenter (foreground, skull, ct-bone, ct-haemorrhage, vessels), 'manifest' (the manifests' mask column), a folder DIR holding DIR/<training|synthetic|holdout>/<relative path> masks, or 'cmd:TEMPLATE' (a command with {input} and {output})."),
-    device: str = typer.Option("cpu", "--device", help="Torch device of the feature level's embedder (cpu, cuda)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per embedder batch."),
-    max_shift: int = typer.Option(3, "--max-shift", help="Largest translation (voxels per axis) searched when aligning a pair."),
-    skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="Skip unreadable images (listed in summary.json) instead of stopping."),
-    gallery: int = typer.Option(50, "--gallery", help="Top pairs shown with their pixels in report.html."),
-    no_images: bool = typer.Option(False, "--no-images", help="Privacy: no patient pixels in report.html (ids and scores only) and no gallery.npz."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Known labels (CSV with id and replica columns, e.g. a benchmark's labels.csv): adds ROC and precision-recall curves to the report."),
-    num_workers: int = typer.Option(2, "--num-workers", help="Threads for reading and searching."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the size-matched synthetic subsample (N_mem)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or warnings; only the headline."),
+    train: Annotated[str, typer.Argument(help="Training images: a folder, a CSV manifest (path, subject, id, mask) or an array file.")],
+    synthetic: Annotated[str, typer.Argument(help="Synthetic images, same forms as TRAIN.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the tables, summary.json and report.html.")],
+    holdout: Annotated[Optional[str], typer.Option("--holdout", help="Real images of patients not in TRAIN: the null distribution.")] = None,
+    levels: Levels = "voxel",
+    k: Annotated[int, typer.Option("--k", help="Training neighbours kept per synthetic image.")] = 5,
+    quantile: Annotated[float, typer.Option("--quantile", help="Quantile of the null distribution used as threshold.")] = 0.99,
+    combine: Annotated[CombineRule, typer.Option("--combine", help="How several levels become one verdict (docs/design.md); every rule's rate is in summary.json.")] = "max-z",
+    grid: Grid = None,
+    intensity: IntensityOption = "auto",
+    ct_window: Annotated[str, typer.Option("--ct-window", help="CT window LEVEL,WIDTH in HU (--intensity ct or ct8).")] = "40,400",
+    slices: Annotated[bool, typer.Option("--slices", help="Cut volumes into 2D axial slices and compare slices.")] = False,
+    subject_regex: SubjectRegex = None,
+    image_ndim: ImageNdim = None,
+    voxel_measure: Annotated[VoxelMeasure, typer.Option("--voxel-measure", help="Ranks training images and sets the voxel flag: ncc, ssim (its own search), mse, psnr.")] = "ncc",
+    embedder: Embedder = "deepssim",
+    cache: Annotated[Optional[str], typer.Option("--cache", help="Feature level: folder of a persistent embedding cache.")] = None,
+    masks: Masks = "foreground",
+    device: Device = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per embedder batch.")] = 64,
+    max_shift: Annotated[int, typer.Option("--max-shift", help="Largest translation (voxels per axis) searched when aligning a pair.")] = 3,
+    skip_unreadable: Annotated[bool, typer.Option("--skip-unreadable", help="Skip unreadable images (listed in summary.json) instead of stopping.")] = False,
+    gallery: Annotated[int, typer.Option("--gallery", help="Top pairs shown with their pixels in report.html.")] = 50,
+    no_images: NoImages = False,
+    labels: Labels = None,
+    num_workers: NumWorkers = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the size-matched synthetic subsample (N_mem).")] = 0,
+    quiet: Quiet = False,
 ) -> None:
     """Scan SYNTHETIC images for replicas of TRAIN images and write the results to --out."""
-    from .scan import ScanConfig
-    from .scan import scan as run_scan
+    from .config import ScanConfig
+    from .pipeline import scan_into
 
-    def guarded():
-        config = ScanConfig(
-            levels=tuple(part.strip() for part in levels.split(",") if part.strip()),
-            k=k, quantile=quantile, combine=combine, grid=_parse_grid(grid), intensity=intensity, ct_window=_parse_window(ct_window),
-            slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, max_shift=max_shift,
-            voxel_measure=voxel_measure, embedder=embedder, device=device, batch_size=batch_size, cache=cache,
-            masks=masks, skip_unreadable=skip_unreadable, num_workers=num_workers, seed=seed, progress=not quiet,
-            gallery=gallery, report_images=not no_images,
-        )
-        inputs = [train, synthetic] + ([holdout] if holdout else [])
-        _check_output(out, inputs)
-        if cache:
-            _check_output(Path(cache), inputs, what="cache")
-        result = run_scan(train, synthetic, holdout, config=config)
-        result.summary["command"] = " ".join(["replicheck"] + sys.argv[1:])
-        result.write(out, labels=labels)
-        return result
-
-    result = _run(guarded)
-    if not quiet:
-        for warning in result.warnings:
-            typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    result = _run(lambda: scan_into(out, train, synthetic, holdout, ScanConfig.from_options(
+        levels=levels, k=k, quantile=quantile, combine=combine, grid=grid, intensity=intensity, ct_window=ct_window,
+        slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, voxel_measure=voxel_measure,
+        embedder=embedder, device=device, batch_size=batch_size, cache=cache, masks=masks, max_shift=max_shift,
+        skip_unreadable=skip_unreadable, num_workers=num_workers, seed=seed, progress=not quiet, gallery=gallery,
+        report_images=not no_images), labels=labels, command=" ".join(["replicheck"] + sys.argv[1:])))
+    _warn(result.warnings, quiet)
     typer.echo(result.headline)
     if not quiet:
         typer.echo(f"Report: {out}/report.html (tables: synthetic.csv, pairs.csv, training.csv, null.csv, summary.json)")
@@ -92,23 +130,22 @@ def scan(
 
 @app.command()
 def report(
-    results: Path = typer.Argument(..., help="A results folder written by replicheck scan."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the page (default: RESULTS/report.html)."),
-    top: Optional[int] = typer.Option(None, "--top", help="Pairs in the gallery (default: all that the scan kept, --gallery)."),
-    no_images: bool = typer.Option(False, "--no-images", help="Privacy: no patient pixels in the page (ids and scores only)."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Known labels (CSV with id and replica columns): adds ROC and precision-recall curves."),
+    results: Annotated[Path, typer.Argument(help="A results folder written by replicheck scan.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the page (default: RESULTS/report.html).")] = None,
+    top: Annotated[Optional[int], typer.Option("--top", help="Pairs in the gallery (default: all that the scan kept).")] = None,
+    no_images: NoImages = False,
+    labels: Labels = None,
 ) -> None:
     """Re-render report.html from an existing results folder (no original images needed)."""
-    from .page import write_report
+    from .report import write_report
 
-    path = _run(lambda: write_report(results, out, top=top, images=not no_images, labels=labels))
-    typer.echo(f"Report: {path}")
+    typer.echo(f"Report: {_run(lambda: write_report(results, out, top=top, images=not no_images, labels=labels))}")
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for the demo's manifests and results."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's manifests and results.")] = Path("demo-out"),
+    quiet: Quiet = False,
 ) -> None:
     """Scan the real DICOM images of the pydicom-data package, whose lossy copies are known replicas."""
     from .demo import run_demo
@@ -116,212 +153,170 @@ def demo(
     _run(lambda: run_demo(out, progress=not quiet, echo=typer.echo))
 
 
-bench_app = typer.Typer(no_args_is_help=True, help="Labelled replica benchmark: build one from real images, score detectors on it.")
-app.add_typer(bench_app, name="bench")
-
+# ------------------------------------------------------------------ bench
 
 @bench_app.command("make")
 def bench_make(
-    source: str = typer.Argument(..., help="Real images with subject ids: a folder, a CSV manifest (path, subject) or an array file."),
-    out: Path = typer.Option(..., "--out", "-o", help="New folder for the benchmark (images, manifests, labels.csv, bench.json)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random choice (split, sources, perturbations)."),
-    split: str = typer.Option("0.5,0.2,0.3", "--split", help="Shares of subjects for training, holdout, novel."),
-    mix: str = typer.Option("0.5,0.15,0.35", "--mix", help="Shares of the synthetic set: replicas, same patient / other image, novel."),
-    synthetic: Optional[int] = typer.Option(None, "--synthetic", help="Synthetic images to make (default: the training images, at most 1000)."),
-    perturb_novel: float = typer.Option(0.5, "--perturb-novel", help="Share of novel images given a mild perturbation."),
-    misalign_negatives: float = typer.Option(0.0, "--misalign-negatives", help="Share of similar and novel images flipped or rotated by up to 10 degrees (labelled by the un-perturbed image), for DeepSSIM's comparison with pixel SSIM on misaligned pairs."),
-    families: Optional[str] = typer.Option(None, "--families", help="Comma-separated perturbation families of the replicas (default: every family except the strong ones, which must be named: heavy_noise, strong_bias_field, contrast, boundary_noise)."),
-    grid: Optional[str] = typer.Option(None, "--grid", help="Grid of the written images, e.g. 128x128 (default: the source's common shape, at most 128 a side)."),
-    intensity: str = typer.Option("auto", "--intensity", help="auto, ct, percentile, 8bit or minmax (as for scan)."),
-    subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),
-    image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    source: Annotated[str, typer.Argument(help="Real images with subject ids: a folder, a CSV manifest (path, subject) or an array file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the benchmark (images, manifests, labels.csv, bench.json).")],
+    seed: Seed = 0,
+    split: Annotated[str, typer.Option("--split", help="Shares of subjects for training, holdout, novel.")] = "0.5,0.2,0.3",
+    mix: Annotated[str, typer.Option("--mix", help="Shares of the synthetic set: replicas, same patient / other image, novel.")] = "0.5,0.15,0.35",
+    synthetic: Annotated[Optional[int], typer.Option("--synthetic", help="Synthetic images to make (default: the training images, at most 1000).")] = None,
+    perturb_novel: Annotated[float, typer.Option("--perturb-novel", help="Share of novel images given a mild perturbation.")] = 0.5,
+    misalign_negatives: Annotated[float, typer.Option("--misalign-negatives", help="Share of similar and novel images flipped or rotated by up to 10 degrees.")] = 0.0,
+    families: Annotated[Optional[str], typer.Option("--families", help="Comma-separated perturbation families of the replicas (default: all but heavy_noise, strong_bias_field, contrast, boundary_noise).")] = None,
+    grid: Grid = None,
+    intensity: IntensityOption = "auto",
+    subject_regex: SubjectRegex = None,
+    image_ndim: ImageNdim = None,
+    quiet: Quiet = False,
 ) -> None:
     """Build a labelled benchmark (replicas, same-patient images, novel patients) from real images."""
     from .bench.make import MakeConfig, make_benchmark
 
-    def work():
-        config = MakeConfig(
-            seed=seed, split=_parse_shares(split, "--split"), mix=_parse_shares(mix, "--mix"), synthetic=synthetic,
-            perturb_novel=perturb_novel, misalign_negatives=misalign_negatives, families=tuple(f.strip() for f in families.split(",")) if families else None,
-            grid=_parse_grid(grid), intensity=intensity, subject_regex=subject_regex, image_ndim=image_ndim,
-            progress=not quiet)
-        return make_benchmark(source, out, config)
-
-    summary = _run(work)
+    summary = _run(lambda: make_benchmark(source, out, MakeConfig(
+        seed=seed, split=split, mix=mix, synthetic=synthetic, perturb_novel=perturb_novel,
+        misalign_negatives=misalign_negatives, families=families, grid=grid, intensity=intensity,
+        subject_regex=subject_regex, image_ndim=image_ndim, progress=not quiet)))
     counts = summary["counts"]
     typer.echo(f"Benchmark in {out}: {counts['training']} training, {counts['holdout']} holdout, {counts['synthetic']} "
                f"synthetic ({counts.get('replica', 0)} replicas, {counts.get('similar', 0)} same patient / other image, "
                f"{counts.get('novel', 0)} novel); labels in {out}/labels.csv")
-    for note in summary["notes"]:
-        typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
+    _warn([f"note: {note}" for note in summary["notes"]], False, prefix="")
 
 
 @bench_app.command("run")
 def bench_run(
-    bench: Path = typer.Argument(..., help="A folder made by replicheck bench make."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.csv, metrics.json, metrics.md, roc.png and each scan's results."),
-    levels: str = typer.Option("voxel", "--levels", help="Comma-separated levels, each scanned once (one row per measure)."),
-    methods: str = typer.Option("ssim-search", "--methods", help="Comma-separated extra detectors (ssim-search); 'none' for none. Brute-force baselines: see --baselines."),
-    quantile: float = typer.Option(0.99, "--quantile", help="Quantile of the holdout null used as every detector's threshold."),
-    brute_force_budget: float = typer.Option(1.5e10, "--brute-force-budget", help="Voxel comparisons a brute-force baseline may spend before it runs on a stratified subset."),
-    natural: bool = typer.Option(True, "--natural/--no-natural", help="Also count the natural copies of pydicom-data each detector finds."),
-    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also run the brute-force pixel SSIM, NCC and MSE baselines."),
-    embedder: str = typer.Option("deepssim", "--embedder", help="The feature level's embedder (with --levels ...,feature): a name or a model.pt."),
-    masks: str = typer.Option("foreground", "--masks", help="The segmentation level's masks (with --levels ...,segmentation), as for scan --masks."),
-    num_workers: int = typer.Option(2, "--num-workers", help="Threads per scan."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-detector progress lines (the metrics table is still printed)."),
+    bench: Annotated[Path, typer.Argument(help="A folder made by replicheck bench make.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.csv, metrics.json, metrics.md, roc.png and each scan's results.")],
+    levels: Levels = "voxel",
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated extra detectors (ssim-search), or none.")] = "ssim-search",
+    quantile: Annotated[float, typer.Option("--quantile", help="Quantile of the holdout null used as every detector's threshold.")] = 0.99,
+    brute_force_budget: Annotated[float, typer.Option("--brute-force-budget", help="Voxel comparisons a brute-force baseline may spend before it runs on a stratified subset.")] = 1.5e10,
+    natural: Annotated[bool, typer.Option("--natural/--no-natural", help="Also count the natural copies of pydicom-data each detector finds.")] = True,
+    baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also run the brute-force pixel SSIM, NCC and MSE baselines.")] = True,
+    embedder: Embedder = "deepssim",
+    masks: Masks = "foreground",
+    num_workers: NumWorkers = 2,
+    quiet: Quiet = False,
 ) -> None:
     """Scan a benchmark with every detector and score each against its labels."""
     from .bench.run import RunConfig, run_benchmark
+    from .collect import check_output
 
     def work():
-        chosen = [] if methods.strip().lower() == "none" else [m.strip() for m in methods.split(",") if m.strip()]
-        config = RunConfig(levels=tuple(part.strip() for part in levels.split(",") if part.strip()),
-                           methods=tuple(chosen), quantile=quantile, brute_force_budget=brute_force_budget,
-                           natural=natural, baselines=baselines, embedder=embedder, masks=masks, num_workers=num_workers,
-                           echo=(lambda line: None) if quiet else (lambda line: typer.echo(line, err=True)))
-        _check_output(out, [str(bench)])
-        return run_benchmark(bench, out, config)
+        check_output(out, [str(bench)])
+        return run_benchmark(bench, out, RunConfig(
+            levels=levels, methods=methods, quantile=quantile, brute_force_budget=brute_force_budget, natural=natural,
+            baselines=baselines, embedder=embedder, masks=masks, num_workers=num_workers,
+            echo=(lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))))
 
     _run(work)
     typer.echo((out / "metrics.md").read_text())
     typer.echo(f"Results: {out}/metrics.csv, metrics.json, metrics.md, roc.png")
 
 
-train_app = typer.Typer(no_args_is_help=True, help="Train a learned detector on your own training images.")
-app.add_typer(train_app, name="train")
-
+# ------------------------------------------------------------------ train
 
 @train_app.command("deepssim")
-def train_deepssim_command(
-    train: str = typer.Argument(..., help="Training images (2D, or volumes used slice by slice), with subject ids."),
-    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (model.pt); use it with scan --embedder."),
-    size: int = typer.Option(64, "--size", help="Side of the network's input in pixels."),
-    epochs: int = typer.Option(20, "--epochs", help="Epochs (pairs stratified over SSIM bands each epoch)."),
-    pairs_per_epoch: int = typer.Option(4096, "--pairs-per-epoch", help="Training pairs per epoch."),
-    minutes: Optional[float] = typer.Option(None, "--minutes", help="Stop after this many minutes (best checkpoint kept)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, the pairs and the augmentations."),
-    subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),
-    image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
-    flip_average: bool = typer.Option(True, "--flip-average/--no-flip-average", help="Embed each image as the mean over its four flips, so that a flipped copy scores like the original (4x slower to embed)."),
-    rotations: Optional[str] = typer.Option(None, "--view-rotations", help="Angles (degrees, comma-separated; default -10,-5,5,10; 'none' for no views) at which a scan also embeds each image, scoring a pair by its best-aligned views: a rotated copy is turned back (BENCHMARKS-feature.md)."),
-    gammas: Optional[str] = typer.Option(None, "--view-gammas", help="Gammas (comma-separated; default 0.6,0.8,1.25,5/3; 'none') applied to [0, 1] intensities for further views: a re-contrasted copy is mapped back. Each view costs one more embedding per image."),
-    hard_share: float = typer.Option(0.0, "--hard-share", min=0.0, max=0.95, help="Share of each epoch's pairs that pair a training image with its nearest others under the current network (hard-pair mining, e.g. 0.25; default 0: the paper's sampling only; on CT it ranked replicas no better: BENCHMARKS-feature.md)."),
-    device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+def train_deepssim(
+    train: TrainImages,
+    out: CheckpointOut,
+    size: Annotated[int, typer.Option("--size", help="Side of the network's input in pixels.")] = 64,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs (pairs stratified over SSIM bands each epoch).")] = 20,
+    pairs_per_epoch: Annotated[int, typer.Option("--pairs-per-epoch", help="Training pairs per epoch.")] = 4096,
+    minutes: Minutes = None,
+    seed: Seed = 0,
+    subject_regex: SubjectRegex = None,
+    image_ndim: ImageNdim = None,
+    flip_average: Annotated[bool, typer.Option("--flip-average/--no-flip-average", help="Embed each image as the mean over its four flips (4x slower to embed).")] = True,
+    rotations: ViewRotations = None,
+    gammas: ViewGammas = None,
+    hard_share: Annotated[float, typer.Option("--hard-share", min=0.0, max=0.95, help="Share of each epoch's pairs mined among each image's nearest others (default 0: the paper's sampling).")] = 0.0,
+    device: Device = "cpu",
+    quiet: Quiet = False,
 ) -> None:
-    """Train a DeepSSIM embedder: embedding cosine regresses pixel SSIM under augmentations."""
-    from .embedders.ssim_calibration import calibrate_checkpoint
-    from .progress import Progress
-    from .train_deepssim import VIEW_GAMMAS, VIEW_ROTATIONS, read_training_slices, train_deepssim
+    """Train a DeepSSIM embedder (embedding cosine regresses pixel SSIM under augmentations), then adapt it to TRAIN."""
+    from .config import Reading, parse_numbers
+    from .train.deepssim import VIEW_GAMMAS, VIEW_ROTATIONS, train_deepssim_from
 
-    def work():
-        views = _views(VIEW_ROTATIONS if rotations is None else _parse_numbers(rotations, "--view-rotations"),
-                       VIEW_GAMMAS if gammas is None else _parse_numbers(gammas, "--view-gammas"))
-        images, subjects = read_training_slices(train, size=size, subject_regex=subject_regex, image_ndim=image_ndim)
-        if len(set(subjects)) < 2:
-            raise ReplicheckError(f"{train}: training needs at least 2 subjects (validation is split by subject); "
-                                  f"give subject ids with a manifest's subject column or --subject-regex")
-        progress = Progress(not quiet)
-        with progress.session():
-            report = train_deepssim(images, subjects, out=out, size=size, epochs=epochs,
-                                    pairs_per_epoch=pairs_per_epoch, seed=seed,
-                                    max_seconds=minutes * 60 if minutes else None, device=device,
-                                    flip_average=flip_average, hard_share=hard_share,
-                                    rotations=views[0], gammas=views[1],
-                                    description=f"replicheck train deepssim {train}",
-                                    progress=progress)
-        if size != CALIBRATION_SIZE:  # the calibration's SSIM is taken on the grid a scan compares
-            images, subjects = read_training_slices(train, size=CALIBRATION_SIZE, subject_regex=subject_regex,
-                                                    image_ndim=image_ndim)
-        return report | {"ssim_calibration": calibrate_checkpoint(out, images, subjects, out)}
-
-    report = _run(work)
-    calibration = report["ssim_calibration"]
+    report = _run(lambda: _with_progress(quiet, lambda progress: train_deepssim_from(
+        train, out=out, reading=Reading(subject_regex=subject_regex, image_ndim=image_ndim), size=size,
+        epochs=epochs, pairs_per_epoch=pairs_per_epoch, seed=seed, max_seconds=minutes * 60 if minutes else None,
+        device=device, flip_average=flip_average, hard_share=hard_share, progress=progress,
+        rotations=VIEW_ROTATIONS if rotations is None else parse_numbers(rotations, "view_rotations"),
+        gammas=VIEW_GAMMAS if gammas is None else parse_numbers(gammas, "view_gammas"))))
+    best, calibration = report.best, report.details["ssim_calibration"]
     typer.echo(f"Calibrated cosine -> SSIM on {calibration['pairs']:,} nearest pairs of the training images "
                f"(median cosine {calibration['median_cosine']:.3f}, median SSIM {calibration['median_ssim']:.3f}).")
-    typer.echo(f"Saved {out} (best epoch {report['best_epoch']}): validation MAE of cosine vs SSIM "
-               f"{report['val_mae_clean']:.3f} on un-augmented pairs, {report['val_mae_augmented']:.3f} on augmented "
-               f"pairs (before training {report['initial']['val_mae_clean']:.3f}); {report['wall_s'] / 60:.1f} min")
+    typer.echo(f"Saved {out} (best epoch {report.best_epoch}): validation MAE of cosine vs SSIM "
+               f"{best['val_mae_clean']:.3f} on un-augmented pairs, {best['val_mae_augmented']:.3f} on augmented "
+               f"pairs (before training {report.initial['val_mae_clean']:.3f}); {report.wall_s / 60:.1f} min")
 
 
 @train_app.command("calibrate")
-def train_calibrate_command(
-    model: Path = typer.Argument(..., help="A DeepSSIM checkpoint (model.pt from replicheck train deepssim), or deepssim for the bundled model."),
-    train: str = typer.Argument(..., help="Its training images (2D, or volumes used slice by slice), with subject ids."),
-    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write: the same weights with the whitening and the calibration."),
-    subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),
-    image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
-    whiten: bool = typer.Option(True, "--whiten/--no-whiten", help="Refit the embedding's whitening on these images first (it then fits your data; --no-whiten keeps the embedding, and a feature cache, as they are)."),
-    rotations: Optional[str] = typer.Option(None, "--view-rotations", help="Replace the model's rotated views (degrees, comma-separated; 'none': no rotated views, faster). Default: keep them."),
-    gammas: Optional[str] = typer.Option(None, "--view-gammas", help="Replace the model's gamma views (comma-separated; 'none'). Default: keep them."),
+def train_calibrate(
+    model: Annotated[Path, typer.Argument(help="A DeepSSIM checkpoint (model.pt from replicheck train deepssim), or deepssim for the bundled model.")],
+    train: TrainImages,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write: the same weights with the whitening and the calibration.")],
+    subject_regex: SubjectRegex = None,
+    image_ndim: ImageNdim = None,
+    whiten: Annotated[bool, typer.Option("--whiten/--no-whiten", help="Refit the embedding's whitening on these images first (--no-whiten keeps the embedding, and a feature cache).")] = True,
+    rotations: ViewRotations = None,
+    gammas: ViewGammas = None,
 ) -> None:
-    """Fit DeepSSIM's whitening and cosine -> SSIM calibration on training images (train deepssim
-    does it itself); with MODEL = deepssim, adapt the bundled model to your own training images."""
-    from .embedders import BUNDLED_WEIGHTS
-    from .embedders.deepssim import load_checkpoint
-    from .embedders.ssim_calibration import calibrate_checkpoint
-    from .records import InputError
-    from .train_deepssim import read_training_slices
+    """Adapt a DeepSSIM model to TRAIN without training it: refit its whitening and its cosine -> SSIM map."""
+    from .config import Reading, parse_numbers
+    from .train.adapt import adapt_checkpoint_from
 
-    def work():
-        source = BUNDLED_WEIGHTS / "deepssim.pt" if str(model) == "deepssim" else model
-        if not source.is_file():
-            raise InputError(str(model), "no such checkpoint")
-        _, meta = load_checkpoint(source)  # a clear error for a missing, corrupt or foreign checkpoint before reading images
-        kept, views = meta.get("embedding", {}), None
-        if rotations is not None or gammas is not None:
-            views = _views(kept.get("rotations", ()) if rotations is None else _parse_numbers(rotations, "--view-rotations"),
-                           kept.get("gammas", ()) if gammas is None else _parse_numbers(gammas, "--view-gammas"))
-        images, subjects = read_training_slices(train, size=CALIBRATION_SIZE, subject_regex=subject_regex,
-                                                image_ndim=image_ndim)
-        if len(set(subjects)) < 2:
-            raise ReplicheckError(f"{train}: the calibration needs at least 2 subjects (pairs of different patients); "
-                                  f"give subject ids with a manifest's subject column or --subject-regex")
-        return calibrate_checkpoint(source, images, subjects, out, whiten=whiten, views=views)
-
-    calibration = _run(work)
-    typer.echo(f"Saved {out}: {'whitening refitted; ' if whiten else ''}cosine -> SSIM fitted on {calibration['pairs']:,} nearest pairs of {calibration['images']:,} "
-               f"training images (median cosine {calibration['median_cosine']:.3f}, median SSIM "
-               f"{calibration['median_ssim']:.3f}); scans with it report feature_ssim_estimate.")
+    calibration = _run(lambda: adapt_checkpoint_from(
+        model, train, out=out, reading=Reading(subject_regex=subject_regex, image_ndim=image_ndim), whiten=whiten,
+        rotations=None if rotations is None else parse_numbers(rotations, "view_rotations"),
+        gammas=None if gammas is None else parse_numbers(gammas, "view_gammas")))
+    typer.echo(f"Saved {out}: {'whitening refitted; ' if whiten else ''}cosine -> SSIM fitted on {calibration['pairs']:,} "
+               f"nearest pairs of {calibration['images']:,} training images (median cosine "
+               f"{calibration['median_cosine']:.3f}, median SSIM {calibration['median_ssim']:.3f}); scans with it "
+               f"report feature_ssim_estimate.")
 
 
 @train_app.command("contrastive")
-def train_contrastive_command(
-    train: str = typer.Argument(..., help="Training images (2D images or volumes), with subject ids."),
-    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (model.pt); use it with scan --embedder."),
-    ndim: Optional[int] = typer.Option(None, "--ndim", help="2: a 2D encoder (volumes are cut into slices); 3: a 3D encoder on whole volumes. Default: the images' own."),
-    size: Optional[int] = typer.Option(None, "--size", help="Side of the network's input (default 64 px in 2D, 32 voxels in 3D)."),
-    epochs: int = typer.Option(20, "--epochs", help="Passes over the training images."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per step; the rest of the batch are each image's negatives."),
-    minutes: Optional[float] = typer.Option(None, "--minutes", help="Stop after this many minutes (best checkpoint kept)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split and the augmentations."),
-    subject_regex: Optional[str] = typer.Option(None, "--subject-regex", help="Regex on image ids whose first group is the subject id."),
-    image_ndim: Optional[int] = typer.Option(None, "--image-ndim", help="Axes per image inside NumPy arrays (2 or 3)."),
-    device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+def train_contrastive(
+    train: TrainImages,
+    out: CheckpointOut,
+    ndim: Annotated[Optional[int], typer.Option("--ndim", help="2: a 2D encoder (volumes cut into slices); 3: a 3D encoder on whole volumes. Default: the images' own.")] = None,
+    size: Annotated[Optional[int], typer.Option("--size", help="Side of the network's input (default 64 px in 2D, 32 voxels in 3D).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training images.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step; the rest of the batch are each image's negatives.")] = 64,
+    minutes: Minutes = None,
+    seed: Seed = 0,
+    subject_regex: SubjectRegex = None,
+    image_ndim: ImageNdim = None,
+    device: Device = "cpu",
+    quiet: Quiet = False,
 ) -> None:
     """Train Dar et al.'s contrastive copy detector: NT-Xent (temperature 0.07) over each image and its rotated/flipped copy."""
-    from .progress import Progress
-    from .train_contrastive import read_training_images, train_contrastive
+    from .config import Reading
+    from .train.contrastive import train_contrastive_from
 
-    def work():
-        if ndim not in (None, 2, 3):
-            raise ReplicheckError(f"--ndim must be 2 or 3, got {ndim}")
-        if batch_size < 2 or epochs < 1 or (size is not None and size < 8):
-            raise ReplicheckError("--batch-size must be at least 2, --epochs at least 1 and --size at least 8")
-        images, subjects = read_training_images(train, ndim=ndim, size=size, subject_regex=subject_regex, image_ndim=image_ndim)
-        progress = Progress(not quiet)
-        with progress.session():
-            return train_contrastive(images, subjects, out=out, size=size, epochs=epochs, batch_size=batch_size, seed=seed,
-                                     max_seconds=minutes * 60 if minutes else None, device=device,
-                                     description=f"replicheck train contrastive {train}", progress=progress)
+    report = _run(lambda: _with_progress(quiet, lambda progress: train_contrastive_from(
+        train, out=out, reading=Reading(subject_regex=subject_regex, image_ndim=image_ndim), ndim=ndim, size=size,
+        epochs=epochs, batch_size=batch_size, seed=seed, device=device, progress=progress,
+        max_seconds=minutes * 60 if minutes else None)))
+    best = report.best
+    typer.echo(f"Saved {out} ({report.details['ndim']}D, best epoch {report.best_epoch}): validation NT-Xent "
+               f"{best['val_loss']:.3f} (before training {report.initial['val_loss']:.3f}); augmented copies retrieved "
+               f"first {best['val_top1']:.0%} (before {report.initial['val_top1']:.0%}); {report.wall_s / 60:.1f} min")
 
-    report = _run(work)
-    typer.echo(f"Saved {out} ({report['ndim']}D, best epoch {report['best_epoch']}): validation NT-Xent {report['val_loss']:.3f} "
-               f"(before training {report['initial']['val_loss']:.3f}); augmented copies retrieved first "
-               f"{report['val_top1']:.0%} (before {report['initial']['val_top1']:.0%}); {report['wall_s'] / 60:.1f} min")
+
+# ------------------------------------------------------------------ errors
+
+FLAGS = {"report_images": "--no-images", "views": "--view-rotations / --view-gammas", "out": "--out"}
+
+
+def flag_of(option: str) -> str:
+    """The command-line flag of a library parameter name (``max_shift`` -> ``--max-shift``)."""
+    return FLAGS.get(option, "--" + option.replace("_", "-"))
 
 
 def _run(work):
@@ -330,75 +325,46 @@ def _run(work):
         warnings.simplefilter("ignore")
         try:
             return work()
+        except OptionError as error:
+            _fail(f"{flag_of(error.option)} {error.problem}")
         except ReplicheckError as error:
-            typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(EXIT_INPUT) from None
+            _fail(str(error))
         except KeyboardInterrupt:
             typer.secho("interrupted; no results were written", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-def _views(rotations, gammas) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """DeepSSIM's view rotations and gammas, checked; a bad value is a one-line error."""
-    from .embedders.deepssim import check_views
+def _with_progress(quiet: bool, work):
+    """``work(progress)`` with progress bars on stderr, unless ``quiet``."""
+    from .progress import Progress
 
-    try:
-        return check_views(rotations, gammas)
-    except ValueError as error:
-        raise ReplicheckError(f"--view-rotations / --view-gammas: {error}") from None
-
-
-def _parse_numbers(text: str, option: str) -> tuple[float, ...]:
-    """A comma-separated list of numbers or fractions such as 5/3 ('none' or '' for none)."""
-    from fractions import Fraction
-
-    if text.strip().lower() in ("", "none"):
-        return ()
-    try:
-        return tuple(float(Fraction(part.strip())) for part in text.split(","))
-    except (ValueError, ZeroDivisionError):
-        raise ReplicheckError(f"{option}: expected comma-separated numbers such as -10,-5,5,10 (or none), got {text!r}") from None
+    progress = Progress(not quiet)
+    with progress.session():
+        return work(progress)
 
 
-def _parse_grid(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        return tuple(int(part) for part in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise ReplicheckError(f"--grid: expected sizes such as 128x128 or 64x128x128, got {text!r}") from None
+def _fail(message: str):
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(EXIT_INPUT)
 
 
-def _parse_shares(text: str, option: str) -> tuple[float, float, float]:
-    try:
-        shares = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        shares = ()
-    if len(shares) != 3:
-        raise ReplicheckError(f"{option}: expected three comma-separated shares such as 0.5,0.2,0.3, got {text!r}")
-    return shares
-
-
-def _parse_window(text: str) -> tuple[float, float]:
-    try:
-        level, width = (float(part) for part in text.split(","))
-    except ValueError:
-        raise ReplicheckError(f"--ct-window: expected LEVEL,WIDTH in HU such as 40,400, got {text!r}") from None
-    return level, width
-
-
-def _check_output(out: Path, inputs: list[str], *, what: str = "output") -> None:
-    """Refuse to write results (or a cache) inside an input folder (inputs are never modified or added to)."""
-    target = out.resolve()
-    for source in inputs:
-        folder = Path(source).resolve()
-        if folder.is_dir() and (target == folder or folder in target.parents):
-            raise ReplicheckError(f"{out}: the {what} folder lies inside the input folder {source}; "
-                                  f"choose a folder outside the inputs")
+def _warn(lines, quiet: bool, *, prefix: str = "warning: ") -> None:
+    if not quiet:
+        for line in lines:
+            typer.secho(f"{prefix}{line}", err=True, fg=typer.colors.YELLOW)
 
 
 def main() -> None:
-    app()
+    """Entry point: bad flags get the same one-line error as the library's errors."""
+    try:
+        code = app(standalone_mode=False)
+    except TyperException as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # no arguments: the help, as asked for
+            typer.echo(error.format_message())
+            sys.exit(0)
+        typer.secho(f"error: {error.format_message()}", err=True, fg=typer.colors.RED)
+        sys.exit(EXIT_INPUT)
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":  # python -m replicheck.cli

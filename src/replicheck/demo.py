@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from .config import ScanConfig
 from .records import ReplicheckError
 
 # (synthetic file, the training original it copies)
@@ -70,13 +71,12 @@ def copy_found(table, copy: str, original: str, flag_column: str, nearest_column
 
 def run_demo(out: str | Path, *, progress: bool = True, echo=print):
     """Scan the demo sets, write the results into ``out`` and print what was found."""
-    from .scan import scan
+    from .pipeline import run_scan
 
     out = Path(out)
     manifests = write_manifests(data_folder(), out / "manifests")
-    result = scan(manifests["training"], manifests["synthetic"], manifests["holdout"],
-                  slices=True, progress=progress)
-    result.summary["command"] = "replicheck demo"
+    result = run_scan(manifests["training"], manifests["synthetic"], manifests["holdout"],
+                      ScanConfig.from_options(slices=True, progress=progress), command="replicheck demo")
     result.write(out / "results")
     for warning in result.warnings:
         echo(f"warning: {warning}")

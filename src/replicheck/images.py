@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from . import readers
-from .records import ImageRef, InputError, LoadedImage
+from .records import ImageRef, InputError, LoadedImage, one_line
 
 # Files that commonly sit beside images and are left out on purpose (listed in summary.json).
 SIDECAR_SUFFIXES = frozenset(
@@ -164,7 +164,7 @@ class _Collector:
         try:
             table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
         except Exception as error:
-            raise InputError(str(path), f"cannot read the manifest: {readers.one_line(error)}") from None
+            raise InputError(str(path), f"cannot read the manifest: {one_line(error)}") from None
         table.columns = [c.strip().lower() for c in table.columns]
         if "path" not in table.columns:
             raise InputError(str(path), f"manifest has no 'path' column (columns: {', '.join(table.columns)})")

@@ -7,7 +7,7 @@ last axis so that they vectorise (``docs/design.md``). The kernels take 3D array
 are 3D images one voxel deep.
 
 The results are checked against ``skimage.metrics.structural_similarity`` in
-``tests/test_measures.py`` and ``tests/test_coarse_ssim.py``.
+``tests/test_measures.py`` and ``tests/levels/test_ssim_cascade.py``.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def ssim_at_offsets(store, rows, start, best, qx, qm, qv, win, c1, c2, covarianc
     window means and sample variances (contiguous copies: crops of the whole query's would be
     strided views, which vectorise worse and made this 40% slower). A candidate row holds, from
     column ``start``, its central region (D*H*W) and its window means and sample variances
-    (d*h*w each) (:meth:`replicheck.coarse_ssim.CoarseSsim.candidate_rows`).
+    (d*h*w each) (:meth:`replicheck.levels.ssim_cascade.CoarseSsim.candidate_rows`).
     """
     _, D, H, W = qx.shape
     _, d, h, w = qm.shape

@@ -25,39 +25,16 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from .config import INTENSITIES, Preprocessing
 from .records import ImageRef, InputError, LoadedImage
 
-Intensity = Literal["auto", "ct", "percentile", "8bit", "ct8", "minmax"]
-INTENSITIES: tuple[str, ...] = ("auto", "ct", "percentile", "8bit", "ct8", "minmax")
 CT_METHODS = ("ct", "ct8")  # normalisations whose [0, 1] is the CT window ``ct_window``
 DATA_RANGE = 1.0
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How images are normalised and resampled; written to summary.json."""
-
-    grid: tuple[int, ...]
-    intensity: Intensity = "auto"
-    ct_window: tuple[float, float] = (40.0, 400.0)
-    percentiles: tuple[float, float] = (0.5, 99.5)
-    slices: bool = False
-
-    def __post_init__(self):
-        if self.intensity not in INTENSITIES:
-            raise ValueError(f"intensity must be one of {', '.join(INTENSITIES)}, got {self.intensity!r}")
-        low, high = self.percentiles
-        if not 0 <= low < high <= 100:
-            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
-        if self.ct_window[1] <= 0:
-            raise ValueError(f"the CT window width must be positive, got {self.ct_window[1]}")
-        if len(self.grid) not in (2, 3) or min(self.grid) < 1:
-            raise ValueError(f"grid must have 2 or 3 positive sizes, got {self.grid}")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from threading import Lock
 
 import numpy as np
 
-from .records import ImageRef, InputError, LoadedImage
+from .records import ImageRef, InputError, LoadedImage, one_line
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -62,12 +62,6 @@ def is_dicom_file(path: str | Path) -> bool:
             return handle.read(4) == b"DICM"
     except OSError:
         return False
-
-
-def one_line(error: BaseException) -> str:
-    """An exception as one readable line: its type and first message line."""
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 # ---------------------------------------------------------------- header peeks

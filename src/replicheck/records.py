@@ -21,6 +21,26 @@ class InputError(ReplicheckError):
         super().__init__(f"{source}: {problem}")
 
 
+class OptionError(ReplicheckError, ValueError):
+    """A setting out of range, named as the parameter of :func:`replicheck.scan` (``k``,
+    ``quantile``...); the command line shows the matching flag (``--k``) instead. Also a
+    ``ValueError``: a bad option is a bad value."""
+
+    def __init__(self, option: str, problem: str):
+        self.option = option
+        self.problem = problem
+        super().__init__(f"{option} {problem}")
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception as one readable line: its type and message, white space (newlines of
+    third-party messages included) folded, cut at ``limit`` characters."""
+    text = " ".join(str(error).split())
+    if len(text) > limit:
+        text = text[: limit - 3].rstrip() + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 @dataclass(frozen=True)
 class ImageRef:
     """Where one image lives and what its header says; no pixels.

@@ -13,25 +13,39 @@ For each query image:
 Queries run in a thread pool (torch and faiss release the GIL) with one torch thread per
 worker, so that two cores give two queries at a time without oversubscription. Images are
 read from their :class:`~replicheck.store.ArrayStore`, a few at a time.
+
+A level's calibration needs four such searches (:func:`search_level`):
+
+- synthetic -> training: each synthetic image's nearest training images (the answer);
+- holdout -> training: the null distribution (real images of unseen patients), or, without a
+  holdout, training -> training leaving out the query's own subject;
+- training -> holdout: Dar et al.'s threshold (95th percentile) and the null for N_mem;
+- training -> synthetic, with the synthetic gallery subsampled to the holdout's size: N_mem
+  (a gallery of matched size, so that the maximum over it is comparable to the null's).
 """
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from threading import Lock
 
 import numpy as np
+import pandas as pd
 import torch
 
-from .calibrate import oriented
+from .calibrate import matched_subsample, oriented
+from .config import Search
 from .index import Index
 from .levels import Level
 from .progress import Progress
 from .store import ArrayStore, StoredRows
 
 QUERY_CHUNK = 64
+VECTOR_BATCH_BYTES = 64 * 2**20  # analysis-grid images per batch when computing search vectors
 
 
 @dataclass
@@ -45,7 +59,39 @@ class Side:
     coarse: ArrayStore | None = None  # ... and used as a candidate
 
 
-@dataclass
+def build_side(level: Level, store: ArrayStore, rows: pd.DataFrame, workdir: Path, name: str) -> Side:
+    """Search vectors (in memory) and coarse rows (on disk) of one set of images for one level.
+
+    ``rows`` are the images' table rows (id, subject, source, role, mask...). A level with its own
+    representation (the segmentation level's masks) is searched and rescored on it, kept in a
+    store of its own.
+    """
+    vectors, as_query, as_candidate = [], None, None
+    batch_size = max(1, VECTOR_BATCH_BYTES // (4 * int(np.prod(store.shape))))
+    searched = store
+    for start, batch in store.batches(batch_size):
+        if level.own_representation:
+            batch = level.represent(batch, rows.iloc[start:start + len(batch)])
+            if searched is store:
+                searched = ArrayStore(workdir / f"{name}.level.f32", batch.shape[1:])
+            for array in batch:
+                searched.append(array)
+        vectors.append(level.vectors(batch))
+        coarse = level.coarse(batch)
+        if coarse is None:
+            continue
+        if as_query is None:
+            as_query = ArrayStore(workdir / f"{name}.coarse-query.f32", coarse[0].shape[1:])
+            # A query reads hundreds of candidate rows: gather them through a memory map.
+            as_candidate = ArrayStore(workdir / f"{name}.coarse.f32", coarse[1].shape[1:], mapped=True)
+        for query_row, candidate_row in zip(*coarse):
+            as_query.append(query_row)
+            as_candidate.append(candidate_row)
+    return Side(searched, np.concatenate(vectors), rows["subject"].to_numpy(),
+                coarse_queries=as_query, coarse=as_candidate)
+
+
+@dataclass(frozen=True)
 class Hits:
     """The best ``k`` rescored gallery images per query, ordered by the primary measure.
 
@@ -118,7 +164,7 @@ def nearest(
             candidates = np.concatenate([candidates, extra[np.sort(np.unique(extra, return_index=True)[1])]])
         if candidates.size == 0:
             return
-        if hasattr(level, "rescore_vectors"):  # the search vectors are the measure (an embedding's cosine)
+        if level.scores_from_vectors:  # the search vectors are the measure (an embedding's cosine)
             scores = level.rescore_vectors(queries.vectors[query_row], gallery.vectors[gallery_rows[candidates]])
         else:
             scores = level.rescore(queries.store.read(query_row)[0], gallery.store.read(gallery_rows[candidates]),
@@ -158,3 +204,58 @@ def _one_torch_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@dataclass(frozen=True)
+class LevelSearches:
+    """The four searches of one level (see the module docstring). ``train_null`` is ``null``
+    itself without a holdout; ``gallery_size`` is the size of the synthetic subsample that
+    ``memorized`` searched; ``seconds`` the time of the synthetic and of the calibration searches."""
+
+    found: Hits
+    null: Hits
+    train_null: Hits
+    memorized: Hits
+    gallery_size: int
+    has_holdout: bool
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def search_level(level: Level, sides: dict[str, Side], search: Search, *, seed: int, workers: int,
+                 earlier: list[LevelSearches] = (), progress: Progress | None = None) -> LevelSearches:
+    """The four searches of ``level`` over ``sides`` (role -> :class:`Side`; "holdout" optional).
+
+    ``earlier``: the searches of the levels run before, whose nearest images this level rescores
+    too (``union_candidates``). ``search`` gives k and, where set, the shortlist and depth;
+    otherwise the level chooses them (:meth:`~replicheck.levels.base.Level.shortlist`, ``depth``).
+    """
+    ndim = len(sides["training"].store.shape)
+    depth = search.depth or level.depth(ndim, search.k)
+    shortlist = search.shortlist or level.shortlist(ndim)
+    options = dict(shortlist=shortlist, depth=depth, workers=workers, progress=progress)
+    extra = {kind: np.concatenate([getattr(hits, kind).rows for hits in earlier], axis=1) if earlier else None
+             for kind in ("found", "null", "train_null", "memorized")}
+    train, synth, name, k = sides["training"], sides["synthetic"], level.name, search.k
+    tick = time.perf_counter()
+    found = nearest(level, synth, train, k=k, description=f"{name}: synthetic -> training",
+                    extra_candidates=extra["found"], **options)
+    seconds = {"search_synthetic": time.perf_counter() - tick}
+    tick = time.perf_counter()
+    if "holdout" in sides:
+        holdout = sides["holdout"]
+        # Same k as the synthetic search, so that each measure's best is taken over as many candidates.
+        null = nearest(level, holdout, train, k=k, description=f"{name}: holdout -> training",
+                       extra_candidates=extra["null"], **options)
+        train_null = nearest(level, train, holdout, k=1, primary_only=True, extra_candidates=extra["train_null"],
+                             description=f"{name}: training -> holdout", **options)
+        matched = len(holdout.vectors)
+    else:
+        null = nearest(level, train, train, k=k, exclude_own_subject=True, extra_candidates=extra["null"],
+                       description=f"{name}: training -> other subjects", **options)
+        train_null = null
+        matched = len(train.vectors)
+    gallery_rows = matched_subsample(len(synth.vectors), matched, seed)
+    memorized = nearest(level, train, synth, k=1, gallery_rows=gallery_rows, primary_only=True,
+                        extra_candidates=extra["memorized"], description=f"{name}: training -> synthetic", **options)
+    seconds["search_calibration"] = time.perf_counter() - tick
+    return LevelSearches(found, null, train_null, memorized, len(gallery_rows), "holdout" in sides, seconds)

@@ -56,7 +56,7 @@ class ArrayStore:
 
     def mapped_rows(self) -> np.ndarray:
         """Every row, flat, as a read-only memory map of shape (rows, row size): for code that
-        reads parts of many rows in place (:mod:`replicheck.coarse_ssim`)."""
+        reads parts of many rows in place (:mod:`replicheck.levels.ssim_cascade`)."""
         if self._map is None:
             self._map = np.memmap(self.path, dtype=np.float32, mode="r", shape=(self._rows, int(np.prod(self.shape))))
         return np.asarray(self._map)

@@ -31,13 +31,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import __version__, measures
-from ..embedders.deepssim import deepssim_class
+from .. import measures
+from .._version import __version__
+from ..config import INTENSITIES, Preprocessing, check_choice, check_range, parse_grid, parse_numbers
+from ..embedders.ssim_map import deepssim_class
+from ..files import write_csv, write_json
 from ..images import discover, stream
-from ..preprocess import Preprocessing, choose_grid, prepare
+from ..preprocess import choose_grid, prepare
 from ..progress import Progress
-from ..records import ImageRef, ReplicheckError
-from ..report import write_csv, write_json
+from ..records import ImageRef, OptionError, ReplicheckError
 from ..store import ArrayStore
 from . import perturb as perturbations
 
@@ -67,20 +69,27 @@ class MakeConfig:
     progress: bool = False
 
     def __post_init__(self):
-        for name, shares in (("split", self.split), ("mix", self.mix)):
+        """Checks every option; accepts the command line's text forms ("0.5,0.2,0.3", "gamma,blur", "64x64")."""
+        for name in ("split", "mix"):
+            shares = getattr(self, name)
+            if isinstance(shares, str):
+                shares = parse_numbers(shares, name)
+                object.__setattr__(self, name, shares)
             if len(shares) != 3 or min(shares) < 0 or not np.isclose(sum(shares), 1.0):
-                raise ReplicheckError(f"--{name}: expected three non-negative shares that sum to 1, got {shares}")
+                raise OptionError(name, f"expects three non-negative shares that sum to 1, got {shares}")
         if min(self.split) <= 0:
-            raise ReplicheckError(f"--split: every group needs a positive share of subjects, got {self.split}")
+            raise OptionError("split", f"needs a positive share of subjects for every group, got {self.split}")
         for name in ("perturb_novel", "misalign_negatives"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ReplicheckError(f"--{name.replace('_', '-')}: expected a share in [0, 1], "
-                                      f"got {getattr(self, name)}")
+            check_range(name, getattr(self, name), low=0, high=1)
+        if isinstance(self.families, str):
+            object.__setattr__(self, "families", tuple(f.strip() for f in self.families.split(",") if f.strip()))
         unknown = sorted(set(self.families or ()) - set(perturbations.FAMILIES))
         if unknown:
-            raise ReplicheckError(f"--families: unknown {', '.join(unknown)}; known: {', '.join(perturbations.FAMILIES)}")
-        if self.synthetic is not None and self.synthetic < 1:
-            raise ReplicheckError(f"--synthetic: expected a positive number of images, got {self.synthetic}")
+            raise OptionError("families", f"names unknown {', '.join(unknown)}; known: {', '.join(perturbations.FAMILIES)}")
+        if self.synthetic is not None:
+            check_range("synthetic", self.synthetic, low=1)
+        object.__setattr__(self, "grid", parse_grid(self.grid))
+        check_choice("intensity", self.intensity, INTENSITIES)
 
 
 @dataclass
@@ -289,7 +298,7 @@ class _Pairing:
     """The training image a synthetic image is labelled against when it is not a replica."""
 
     def __init__(self, store: ArrayStore, training_rows: np.ndarray, training: list[ImageRef]):
-        from ..voxel import VoxelLevel
+        from ..levels.voxel import VoxelLevel
 
         self.store, self.rows = store, training_rows
         self.ids = [_safe(ref.id) for ref in training]

@@ -17,7 +17,7 @@ from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, roc_curve
 
 from ..calibrate import wilson
-from .make import deepssim_class
+from ..embedders.ssim_map import deepssim_class
 
 FPR_POINTS = (0.01, 0.05)
 
@@ -101,7 +101,7 @@ def paired_difference(labels: pd.DataFrame, first: tuple[np.ndarray, np.ndarray]
 def _fast_metrics(score: np.ndarray, flag: np.ndarray, positive: np.ndarray) -> np.ndarray:
     """ROC AUC (Mann-Whitney, ties counted half), TPR at 1% FPR and balanced accuracy, as
     :func:`ranking` and :func:`detection` compute them but without sklearn's overhead (the
-    bootstrap calls this thousands of times; tests/test_bench.py checks the two agree)."""
+    bootstrap calls this thousands of times; tests/bench/test_metrics.py checks the two agree)."""
     pos, neg = score[positive], score[~positive]
     ranks = rankdata(np.concatenate([pos, neg]))
     auc = (ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size)

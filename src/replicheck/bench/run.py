@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import Calibration, ScanConfig
+from ..files import write_csv, write_json, write_text
 from ..measures import HIGHER_IS_SIMILAR
-from ..records import ReplicheckError
-from ..segmentation import BUILTIN
-from ..report import write_csv, write_json, write_text
+from ..records import OptionError, ReplicheckError
+from ..segmenters import BUILTIN
 from . import metrics
 
 BRUTE_FORCE_BUDGET = 1.5e10  # voxel comparisons (pairs x voxels per image) an exhaustive baseline may spend
@@ -52,9 +53,8 @@ class Detector:
 
 def level_detector(level: str, embedder: str = "deepssim") -> Detector:
     from ..levels import make_level
-    from ..scan import ScanConfig
 
-    made = make_level(level, ScanConfig(embedder=embedder))
+    made = make_level(level, ScanConfig.from_options(embedder=embedder))
     return Detector(level, {"levels": (level,)},
                     tuple((f"{level}: {m}", level, m, higher) for m, higher in made.measures.items()),
                     description=f"replicheck scan --levels {level} (default settings); one row per measure, each "
@@ -99,6 +99,14 @@ class RunConfig:
     num_workers: int = 2
     echo: object = field(default=print, repr=False)
 
+    def __post_init__(self):
+        """Accepts the command line's comma-separated text for levels and methods ('none': no methods)."""
+        if isinstance(self.levels, str):
+            self.levels = tuple(part.strip() for part in self.levels.split(",") if part.strip())
+        if isinstance(self.methods, str):
+            text = self.methods.strip().lower()
+            self.methods = () if text == "none" else tuple(m.strip() for m in self.methods.split(",") if m.strip())
+
 
 def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunConfig()) -> dict:
     """Scan ``bench`` with every detector; write metrics.csv, metrics.json, metrics.md and roc.png to ``out``."""
@@ -107,7 +115,7 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
     labels = pd.read_csv(bench / "labels.csv", keep_default_na=False)
     unknown = sorted(set(config.methods) - set(METHODS))
     if unknown:
-        raise ReplicheckError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
+        raise OptionError("methods", f"names unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
     detectors = ([level_detector(level, config.embedder) for level in config.levels]
                  + ([combined_detector(config.levels)] if len(config.levels) > 1 else [])
                  + [METHODS[m] for m in config.methods] + (list(BASELINES) if config.baselines else []))
@@ -142,7 +150,7 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
                "detectors": {d.name: d.description for d in detectors},
                "metrics": rows, "by_family": families,
                "comparisons": _combined_against_levels(detectors, labels, per_image, config.seed)}
-    from .tables import markdown, roc_figure
+    from .markdown import markdown, roc_figure
 
     write_csv(pd.DataFrame(rows), out / "metrics.csv")
     write_csv(pd.DataFrame(families), out / "metrics_by_family.csv")
@@ -157,9 +165,7 @@ def _combined_against_levels(detectors: list[Detector], labels: pd.DataFrame, pe
     """The default combined verdict against each level's primary measure, with paired bootstrap
     intervals (:func:`metrics.paired_difference`): is the combination at least as good as the
     best level, or only within one image of it?"""
-    from ..scan import ScanConfig
-
-    combined = f"combined: {ScanConfig.combine}"
+    combined = f"combined: {Calibration().combine}"
     if combined not in per_image:
         return []
     return [{"first": combined, "second": detector.primary,
@@ -200,7 +206,7 @@ def _inputs(bench: Path, info: dict, labels: pd.DataFrame, detector: Detector, c
     if not detector.exhaustive:
         return sets
     voxels = float(np.prod(info["grid"]))
-    cost = (len(synthetic) + 3 * len(holdout)) * len(training) * voxels  # four searches, see scan.py
+    cost = (len(synthetic) + 3 * len(holdout)) * len(training) * voxels  # four searches, see pipeline.py
     share = min(1.0, config.brute_force_budget / cost)
     if share >= 1.0:
         return sets
@@ -243,10 +249,10 @@ def _in_child(sets: dict, options: dict, out: Path, natural: bool) -> dict:
 
 def _child(training: str, synthetic: str, holdout: str, options: dict, out: str, natural: bool,
            labels_file: str) -> dict:
-    from ..scan import scan
+    from ..pipeline import run_scan
 
     tick = time.perf_counter()
-    result = scan(training, synthetic, holdout, **options)
+    result = run_scan(training, synthetic, holdout, ScanConfig.from_options(**options))
     wall = time.perf_counter() - tick
     result.write(out, labels=labels_file)  # report.html with ROC and precision-recall curves
     record = {"wall_s": wall, "peak_rss_bytes": peak_rss_bytes()}
@@ -259,7 +265,7 @@ def _natural_copies(options: dict, out: Path) -> dict | None:
     """How many of pydicom-data's lossy copies the detector finds, per measure (None without the package)."""
     from .. import demo
     from ..calibrate import rule_key
-    from ..scan import scan
+    from ..pipeline import run_scan
 
     try:
         folder = demo.data_folder()
@@ -269,7 +275,8 @@ def _natural_copies(options: dict, out: Path) -> dict | None:
     natural_options = {k: v for k, v in options.items() if k not in ("grid", "shortlist", "depth")}
     if natural_options.get("masks") not in BUILTIN:  # the benchmark's own masks do not cover pydicom-data
         natural_options.pop("masks", None)
-    result = scan(manifests["training"], manifests["synthetic"], manifests["holdout"], slices=True, **natural_options)
+    result = run_scan(manifests["training"], manifests["synthetic"], manifests["holdout"],
+                      ScanConfig.from_options(slices=True, **natural_options))
     table = result.synthetic.set_index("id")
     levels = result.summary["levels"]
     first = next(iter(levels))

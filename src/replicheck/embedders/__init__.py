@@ -18,11 +18,9 @@ import numpy as np
 
 from ..records import ReplicheckError
 
-__all__ = ["Embedder", "EMBEDDERS", "CHECKPOINT_KINDS", "load_embedder", "BUNDLED_WEIGHTS", "EXTERNAL_SUFFIXES"]
+__all__ = ["Embedder", "EMBEDDERS", "CHECKPOINT_KINDS", "load_embedder", "BUNDLED_WEIGHTS", "bundled_deepssim"]
 
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights"
-# File suffixes of the user's own models (embedders/external.py); ``.ts`` as in MONAI bundles.
-EXTERNAL_SUFFIXES = {".ts": "torchscript", ".torchscript": "torchscript", ".jit": "torchscript", ".onnx": "onnx"}
 
 
 @runtime_checkable
@@ -35,6 +33,11 @@ class Embedder(Protocol):
     ``embed`` takes a (b, H, W) or (b, Z, Y, X) float32 batch with intensities in [0, 1] and
     returns a (b, dim) float32 array of L2-normalised rows, so that the inner product of two
     rows is their cosine similarity in [-1, 1] (higher is more similar).
+
+    Optional members the feature level uses when present: ``views`` (> 1) and
+    ``embed_views(batch)`` -> (b, views, dim) rows, ``rotations`` and ``gammas`` (what the views
+    are, :mod:`.views`), ``calibration`` and ``estimate_ssim(cosine)`` (DeepSSIM's SSIM reading,
+    :mod:`.ssim_map`).
     """
 
     name: str
@@ -49,14 +52,16 @@ def _deepssim(*, checkpoint: str | Path | None = None, device: str = "cpu", batc
     """DeepSSIM from ``checkpoint``, or from the weights bundled with replicheck."""
     from .deepssim import DeepSSIMEmbedder
 
-    if checkpoint is None:
-        checkpoint = BUNDLED_WEIGHTS / "deepssim.pt"
-        if not checkpoint.is_file():
-            raise ReplicheckError(
-                "no bundled DeepSSIM weights in this installation; train a model with "
-                "`replicheck train deepssim TRAIN --out model.pt` and pass the path of model.pt"
-            )
-    return DeepSSIMEmbedder.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
+    return DeepSSIMEmbedder.from_checkpoint(checkpoint or bundled_deepssim(), device=device, batch_size=batch_size)
+
+
+def bundled_deepssim() -> Path:
+    """The DeepSSIM checkpoint installed with replicheck (trained by ``replicheck train deepssim``)."""
+    checkpoint = BUNDLED_WEIGHTS / "deepssim.pt"
+    if not checkpoint.is_file():
+        raise ReplicheckError("no bundled DeepSSIM weights in this installation; train a model with "
+                              "`replicheck train deepssim TRAIN --out model.pt` and pass the path of model.pt")
+    return checkpoint
 
 
 def _efficientnet_lite0(*, device: str = "cpu", batch_size: int = 64) -> Embedder:
@@ -95,16 +100,16 @@ def load_embedder(spec: str | Path, *, device: str = "cpu", batch_size: int = 64
     """The embedder named ``spec`` in :data:`EMBEDDERS`, or the one stored in checkpoint file ``spec``.
 
     A checkpoint (``model.pt`` written by ``replicheck train``) records which kind of embedder it
-    holds, and that kind's factory builds it. A file with a suffix in :data:`EXTERNAL_SUFFIXES`
-    (TorchScript ``.ts``, ``.torchscript``, ``.jit``; ``.onnx``) or a ``monai:NETWORK:WEIGHTS`` spec
-    is the user's own network (:mod:`.external`). Raises :class:`ReplicheckError` naming the known
+    holds, and that kind's factory builds it. A file with a suffix in
+    :data:`.external.EXTERNAL_SUFFIXES` (TorchScript ``.ts``, ``.torchscript``, ``.jit``; ``.onnx``)
+    or a ``monai:NETWORK:WEIGHTS`` spec is the user's own network (:mod:`.external`). Raises :class:`ReplicheckError` naming the known
     embedders when ``spec`` is neither a registered name nor an existing file.
     """
     if isinstance(spec, str) and spec in EMBEDDERS:
         return EMBEDDERS[spec](device=device, batch_size=batch_size)
-    if str(spec).startswith("monai:") or Path(spec).suffix.lower() in EXTERNAL_SUFFIXES:
-        from .external import load_external  # the user's own TorchScript / ONNX / MONAI model
+    from .external import external_kind, load_external  # the user's own TorchScript / ONNX / MONAI model
 
+    if external_kind(spec) is not None:
         return load_external(spec, device=device, batch_size=batch_size)
     path = Path(spec)
     if not path.is_file():
@@ -113,14 +118,10 @@ def load_embedder(spec: str | Path, *, device: str = "cpu", batch_size: int = 64
             f"unknown embedder {str(spec)!r}: neither a registered name ({known}) "
             f"nor an existing checkpoint file"
         )
-    kind = _checkpoint_kind(path)
+    from .checkpoint import checkpoint_kind
+
+    kind = checkpoint_kind(path)
     if kind not in CHECKPOINT_KINDS:
         known = ", ".join(sorted(CHECKPOINT_KINDS))
         raise ReplicheckError(f"{path}: checkpoint holds an embedder of kind {kind!r}; known kinds: {known}")
     return CHECKPOINT_KINDS[kind](checkpoint=path, device=device, batch_size=batch_size)
-
-
-def _checkpoint_kind(path: Path) -> str:
-    from .deepssim import read_payload
-
-    return str(read_payload(path)["kind"])

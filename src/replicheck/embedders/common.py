@@ -1,5 +1,5 @@
-"""Helpers shared by the embedders that wrap third-party networks (EfficientNet-Lite0, the user's
-own TorchScript / ONNX / MONAI models, the ASTRA 3D CT encoder).
+"""Helpers shared by the embedders: resizing, batched embedding, flip averaging, slice choice,
+file digests and optional imports.
 
 Resizing follows :mod:`replicheck.preprocess`: area averaging when every axis shrinks (no
 aliasing), (bi/tri)linear interpolation otherwise. Optional packages are imported through
@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import itertools
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..records import InputError, ReplicheckError
+from ..records import InputError, ReplicheckError, one_line
 
-__all__ = ["resize", "slice_positions", "file_sha256", "require", "existing_file", "brief"]
+__all__ = ["resize", "embed_in_batches", "flips", "flip_mean", "slice_positions", "file_sha256", "require",
+           "existing_file"]
 
 
 def resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -41,6 +43,18 @@ def embed_in_batches(images: np.ndarray, batch_size: int, dim: int, rows) -> tor
             chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32))
             out[start:start + len(chunk)] = rows(chunk).float().cpu()
     return out
+
+
+def flips(ndim: int) -> list[tuple[int, ...]]:
+    """Every combination of flipped spatial axes of a (b, 1, *spatial) tensor: 2**ndim tuples for ``torch.flip``."""
+    axes = range(2, 2 + ndim)
+    return [combo for r in range(ndim + 1) for combo in itertools.combinations(axes, r)]
+
+
+def flip_mean(model: torch.nn.Module, x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """The normalised mean of ``model``'s rows over every flip of ``x``: exactly flip-invariant, since
+    the flips form a group (a flipped input permutes the terms of the sum)."""
+    return F.normalize(sum(model(x.flip(axes) if axes else x) for axes in flips(ndim)), dim=1)
 
 
 def slice_positions(depth: int, most: int) -> np.ndarray:
@@ -72,7 +86,7 @@ def require(module: str, what: str, install: str):
     except ImportError as error:
         raise ReplicheckError(
             f"{what} needs the Python package {module.split('.')[0]!r}, which cannot be imported "
-            f"({brief(error)}); install it with: pip install {install}"
+            f"({one_line(error)}); install it with: pip install {install}"
         ) from None
 
 
@@ -82,12 +96,3 @@ def existing_file(path: str | Path, what: str) -> Path:
     if not path.is_file():
         raise InputError(str(path), f"{what} file not found")
     return path
-
-
-def brief(error: BaseException, limit: int = 200) -> str:
-    """An exception as one line: its type and message, whitespace collapsed, cut at ``limit``
-    characters (third-party messages can span pages)."""
-    text = " ".join(str(error).split())
-    if len(text) > limit:
-        text = text[: limit - 3].rstrip() + "..."
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

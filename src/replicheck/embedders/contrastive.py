@@ -11,7 +11,7 @@ What we keep and where we depart:
 
 - One compact CNN (:class:`ContrastiveNet`, 2D or 3D by an explicit ``ndim``) instead of a
   ResNet-50, so that training runs on a CPU in minutes (``replicheck train contrastive``,
-  :mod:`replicheck.train_contrastive`); a SimCLR-style two-layer projection head on top.
+  :mod:`replicheck.train.contrastive`); a SimCLR-style two-layer projection head on top.
   GroupNorm, not BatchNorm: an embedding then depends on its image alone, training and
   evaluation behave alike, and 3D batches of a few volumes are no problem. On 50 IXI volumes
   (32^3, 20 epochs) BatchNorm reached a best validation NT-Xent of 1.82, GroupNorm 1.27.
@@ -37,9 +37,8 @@ The Dar threshold (95th percentile, over training images, of each one's highest 
 a held-out image) is computed by the scan for every level (summary.json ``dar_threshold``), next
 to our calibrated threshold.
 
-Checkpoints follow :mod:`replicheck.embedders.deepssim` (same ``format``, read by
-``torch.load(..., weights_only=True)``): ``{"format", "kind": "contrastive", "state_dict", "meta"}``
-with ``meta["architecture"]`` (rebuilds the network) and ``meta["embedding"]`` (``flip_average``).
+Checkpoints follow :mod:`.checkpoint` (kind ``"contrastive"``), with ``meta["embedding"]``
+(``flip_average``).
 """
 
 from __future__ import annotations
@@ -53,12 +52,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..records import InputError, ReplicheckError
-from .common import embed_in_batches
-from .deepssim import flip_mean, flips, read_payload, state_digest, write_payload
+from ..records import ReplicheckError
+from .checkpoint import load_network, state_digest, write_checkpoint
+from .common import embed_in_batches, flip_mean, resize
 
-__all__ = ["ContrastiveNet", "ContrastiveEmbedder", "nt_xent", "preprocess", "resize", "minmax",
-           "flips", "save_checkpoint", "load_checkpoint", "TEMPERATURE", "DEFAULTS"]
+__all__ = ["ContrastiveNet", "ContrastiveEmbedder", "nt_xent", "preprocess", "to_input_size", "minmax",
+           "save_checkpoint", "load_checkpoint", "TEMPERATURE", "DEFAULTS"]
 
 KIND = "contrastive"
 VERSION = "1"  # preprocessing + architecture code; bump when either changes what embed() returns
@@ -140,20 +139,11 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, *, temperature: float = TEMPERATUR
     return F.cross_entropy(logits, positives)
 
 
-def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(b, *spatial) images -> (b, 1, size, ..., size) float32.
-
-    Area averaging when every axis shrinks (no aliasing), (bi/tri)linear interpolation
-    otherwise; non-square (non-cubic) images are stretched.
-    """
+def to_input_size(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(b, *spatial) images -> (b, 1, size, ..., size) float32 (:func:`.common.resize`: area
+    averaging when every axis shrinks, linear otherwise; non-square images are stretched)."""
     x = images.to(torch.float32).unsqueeze(1)
-    spatial = tuple(x.shape[2:])
-    target = (size,) * len(spatial)
-    if spatial == target:
-        return x
-    if min(spatial) >= size:
-        return F.interpolate(x, size=target, mode="area")
-    return F.interpolate(x, size=target, mode="bilinear" if len(spatial) == 2 else "trilinear", align_corners=False)
+    return resize(x, (size,) * (x.ndim - 2))
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:
@@ -166,8 +156,8 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
 
 
 def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(b, *spatial) intensities -> the network's (b, 1, size, ...) input: :func:`resize`, then :func:`minmax`."""
-    return minmax(resize(images, size))
+    """(b, *spatial) intensities -> the network's (b, 1, size, ...) input: :func:`to_input_size`, then :func:`minmax`."""
+    return minmax(to_input_size(images, size))
 
 
 class ContrastiveEmbedder:
@@ -221,23 +211,13 @@ class ContrastiveEmbedder:
 
 
 def save_checkpoint(path: str | Path, model: ContrastiveNet, meta: dict, *, flip_average: bool = True) -> Path:
-    """Write ``model`` and ``meta`` (JSON-compatible values) to ``path`` atomically.
-
-    ``meta["architecture"]`` and ``meta["embedding"]`` are set from the arguments, so
-    :func:`load_checkpoint` rebuilds the embedder; the file is written under a temporary name in
-    the same folder and renamed into place, so a reader never sees a half-written checkpoint.
-    """
-    return write_payload(path, KIND, model, meta,
-                         embedding={"flip_average": bool(flip_average), "similarity": "Pearson correlation of head outputs"})
+    """Write ``model`` and ``meta`` (JSON-compatible values) to ``path`` atomically (:mod:`.checkpoint`),
+    with ``meta["embedding"]`` set from ``flip_average``."""
+    return write_checkpoint(path, KIND, model, meta,
+                            embedding={"flip_average": bool(flip_average), "similarity": "Pearson correlation of head outputs"})
 
 
 def load_checkpoint(path: str | Path) -> tuple[ContrastiveNet, dict]:
     """The network (in eval mode, on the CPU) and the meta dictionary saved by :func:`save_checkpoint`."""
-    payload = read_payload(path)
-    if payload.get("kind") != KIND:
-        raise InputError(str(path), f"checkpoint holds a {payload.get('kind')!r} embedder, not {KIND!r}")
-    meta = payload["meta"]
-    arch = dict(meta["architecture"])
-    model = ContrastiveNet(ndim=arch["ndim"], input_size=arch["input_size"], widths=tuple(arch["widths"]), dim=arch["dim"])
-    model.load_state_dict(payload["state_dict"])
-    return model.eval(), meta
+    return load_network(path, KIND, lambda arch: ContrastiveNet(
+        ndim=arch["ndim"], input_size=arch["input_size"], widths=tuple(arch["widths"]), dim=arch["dim"]))

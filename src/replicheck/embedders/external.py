@@ -47,13 +47,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import EXTERNAL_SUFFIXES
-from .common import brief, embed_in_batches, existing_file, file_sha256, require, resize
-from ..records import InputError
+from .common import embed_in_batches, existing_file, file_sha256, require, resize
+from ..records import InputError, one_line
 
 __all__ = ["ExternalEmbedder", "external_kind", "load_external", "load_torchscript", "load_onnx",
            "load_monai", "parse_monai_spec"]
 
+# File suffixes of the user's own models; ``.ts`` as in MONAI bundles.
+EXTERNAL_SUFFIXES = {".ts": "torchscript", ".torchscript": "torchscript", ".jit": "torchscript", ".onnx": "onnx"}
 VERSION = "1"  # input/output conventions below; bump when they change what embed() returns
 PROBE_SIDE = 64
 _MONAI = re.compile(r"^monai:(?P<network>[A-Za-z_]\w*)(?:\((?P<args>.*)\))?:(?P<path>.+)$")
@@ -146,7 +147,7 @@ class ExternalEmbedder:
             with torch.no_grad():
                 output = self.run(x)
         except Exception as error:  # the user's network may raise anything
-            raise InputError(str(self.source), f"the model failed on {what} ({brief(error)})") from None
+            raise InputError(str(self.source), f"the model failed on {what} ({one_line(error)})") from None
         if isinstance(output, np.ndarray):
             output = torch.from_numpy(output)
         if not isinstance(output, torch.Tensor):
@@ -176,7 +177,7 @@ def load_torchscript(path: str | Path, *, device: str = "cpu", batch_size: int =
             warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=DeprecationWarning)
             module = torch.jit.load(str(path), map_location=target)
     except Exception as error:  # torch raises RuntimeError, ValueError, zipfile errors...
-        raise InputError(str(path), f"not a readable TorchScript model ({brief(error)})") from None
+        raise InputError(str(path), f"not a readable TorchScript model ({one_line(error)})") from None
     module.eval()
     spatial_dims, channels = _conv_layout(module.parameters(), input_size)
 
@@ -201,7 +202,7 @@ def load_onnx(path: str | Path, *, device: str = "cpu", batch_size: int = 64,
     try:
         session = ort.InferenceSession(str(path), providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types
-        raise InputError(str(path), f"not a readable ONNX model ({brief(error)})") from None
+        raise InputError(str(path), f"not a readable ONNX model ({one_line(error)})") from None
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) != 1:
         raise InputError(str(path), f"the model has {len(inputs)} inputs and {len(outputs)} outputs; "
@@ -244,7 +245,7 @@ def parse_monai_spec(spec: str) -> tuple[str, dict, Path]:
         for keyword in call.keywords:
             kwargs[keyword.arg] = ast.literal_eval(keyword.value)
     except (SyntaxError, ValueError) as error:
-        raise InputError(spec, f"cannot read the network arguments ({brief(error)}); "
+        raise InputError(spec, f"cannot read the network arguments ({one_line(error)}); "
                          f"write them as key=value with Python literals") from None
     return match["network"], kwargs, Path(match["path"])
 
@@ -267,7 +268,7 @@ def load_monai(spec: str, *, device: str = "cpu", batch_size: int = 64) -> Exter
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for foreign or corrupt files
-        raise InputError(str(path), f"not a readable state dict ({brief(error)})") from None
+        raise InputError(str(path), f"not a readable state dict ({one_line(error)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -278,7 +279,7 @@ def load_monai(spec: str, *, device: str = "cpu", batch_size: int = 64) -> Exter
         model.load_state_dict(state, strict=True)
     except Exception as error:  # wrong arguments or weights of another architecture
         arguments = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        raise InputError(str(path), f"the weights do not fit monai {network}({arguments}) ({brief(error)}); "
+        raise InputError(str(path), f"the weights do not fit monai {network}({arguments}) ({one_line(error)}); "
                          f"give the network's arguments as monai:{network}(key=value, ...):{path}") from None
     target = torch.device(device)
     model = model.to(target).eval()

@@ -8,9 +8,10 @@ live in the small-variance directions. Centring the embeddings on their mean and
 principal direction to unit variance (Jegou and Chum, ECCV 2012, for image retrieval) spreads the
 cone, so that the cosine of two whitened vectors compares what is particular to each image.
 
-The fit needs no labels: the mean and covariance of the training images' own embeddings. The
-shrinkage ``SHRINKAGE`` (a share of the mean eigenvalue added to every eigenvalue) keeps
-directions with almost no variance from being amplified into noise.
+The fit needs no labels: the mean and covariance of the training images' own embeddings
+(:func:`replicheck.train.adapt.whiten_network` embeds them). The shrinkage ``SHRINKAGE`` (a share
+of the mean eigenvalue added to every eigenvalue) keeps directions with almost no variance from
+being amplified into noise.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["fit_whitening", "whiten_network", "SHRINKAGE"]
+__all__ = ["fit_whitening", "SHRINKAGE"]
 
 SHRINKAGE = 0.01  # share of the mean eigenvalue added to each eigenvalue before 1/sqrt
-MAX_IMAGES = 20000  # images the covariance is estimated from (a random subset of larger sets)
 
 
 def fit_whitening(rows: np.ndarray, *, shrinkage: float = SHRINKAGE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,27 +38,3 @@ def fit_whitening(rows: np.ndarray, *, shrinkage: float = SHRINKAGE) -> tuple[to
     scale = 1.0 / np.sqrt(eigenvalues + shrinkage * max(eigenvalues.mean(), 1e-12))
     projection = eigenvectors * scale  # columns: principal directions, each scaled to unit variance
     return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(projection.astype(np.float32))
-
-
-def whiten_network(model, images: np.ndarray, *, seed: int = 0, batch_size: int = 256) -> int:
-    """Fit ``model``'s whitening (a :class:`~replicheck.embedders.deepssim.DeepSSIMNet`) on the
-    un-whitened embeddings of ``images`` ((n, H, W) in [0, 1]) and of their four flips, and set it.
-    The flips make the covariance flip-symmetric, as the flip-averaged embedding is. Returns the
-    number of images used (at most :data:`MAX_IMAGES`)."""
-    from .common import embed_in_batches
-    from .deepssim import flips, preprocess
-
-    images = np.asarray(images)
-    if len(images) > MAX_IMAGES:
-        images = images[np.sort(np.random.default_rng(seed).choice(len(images), MAX_IMAGES, replace=False))]
-    model.eval()
-    device = next(model.parameters()).device
-    turns = flips(2)
-
-    def rows(chunk: torch.Tensor) -> torch.Tensor:  # each image's un-whitened rows, one per flip, side by side
-        x = preprocess(chunk.to(device), model.input_size)
-        return torch.cat([model(x.flip(axes) if axes else x, whiten=False) for axes in turns], dim=1)
-
-    embedded = embed_in_batches(images, batch_size, len(turns) * model.dim, rows).numpy()
-    model.set_whitening(*fit_whitening(embedded.reshape(-1, model.dim)))
-    return len(images)

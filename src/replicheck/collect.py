@@ -1,0 +1,136 @@
+"""A scan's inputs, found and read: each role's images (training, synthetic, holdout) discovered,
+read, normalised and resampled onto the analysis grid, and kept in an on-disk store with one
+table row per image (:class:`Collection`), so that memory stays bounded for any number of images.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import images
+from .config import Preprocessing, Reading
+from .images import ImageSet
+from .preprocess import prepare
+from .progress import Progress
+from .records import InputError, OptionError
+from .store import ArrayStore
+
+
+@dataclass(frozen=True)
+class Collection:
+    """The analysis-grid images of one role, on disk, with one table row per image.
+
+    ``items``: id, subject, source (and slice, when volumes are cut into slices); ``meta``: per
+    row the role, root folder, normalisation used, stored shape and manifest mask (what a
+    segmenter needs to find or make the image's mask).
+    """
+
+    image_set: ImageSet
+    items: pd.DataFrame
+    store: ArrayStore
+    skipped: tuple[tuple[str, str], ...]
+    methods: Counter
+    notes: tuple[str, ...]
+    meta: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def rows(self) -> pd.DataFrame:
+        """``items`` and ``meta`` side by side."""
+        return pd.concat([self.items, self.meta], axis=1)
+
+    def describe(self) -> dict:
+        """The input as summary.json records it."""
+        image_set = self.image_set
+        return {
+            "source": image_set.source,
+            "images": len(image_set.refs),
+            "analysed": len(self),
+            "subjects": int(self.items["subject"].nunique()),
+            "ignored_files": list(image_set.ignored),
+            "skipped": [{"file": source, "reason": reason} for source, reason in self.skipped],
+            "notes": list(self.notes[:100]),
+            "n_notes": len(self.notes),
+        }
+
+
+def discover_inputs(train, synthetic, holdout, reading: Reading, *, slices: bool) -> dict[str, ImageSet]:
+    """The images of each role (holdout only when given), checked to be comparable: all 2D or
+    all 3D, unless volumes are cut into slices."""
+    sources = {"training": train, "synthetic": synthetic}
+    if holdout is not None:
+        sources["holdout"] = holdout
+    sets = {role: images.discover(source, role=role, subject_regex=reading.subject_regex,
+                                  image_ndim=reading.image_ndim, skip_unreadable=reading.skip_unreadable)
+            for role, source in sources.items()}
+    for role, image_set in sets.items():
+        if len(image_set.ndims) > 1 and not slices:
+            flat = next(ref for ref in image_set.refs if ref.ndim == 2)
+            deep = next(ref for ref in image_set.refs if ref.ndim == 3)
+            raise InputError(image_set.source, f"mixes 2D images and 3D volumes ({flat.source} is 2D, {deep.source} "
+                                               f"is 3D); scan them separately, or pass --slices to cut volumes into slices")
+    if not slices:
+        dims = {role: next(iter(image_set.ndims)) for role, image_set in sets.items()}
+        if len(set(dims.values())) > 1:
+            listing = ", ".join(f"{sets[role].source} is {d}D" for role, d in dims.items())
+            raise InputError(sets["synthetic"].source, f"2D images mixed with 3D volumes across inputs ({listing}); "
+                                                       f"pass --slices to compare 2D slices")
+    return sets
+
+
+def check_grid(sets: dict[str, ImageSet], grid: tuple[int, ...], slices: bool) -> None:
+    ndim = 2 if slices else next(iter(sets["training"].ndims))
+    if len(grid) != ndim:
+        raise OptionError("grid", f"has {len(grid)} sizes but the images are {ndim}D")
+
+
+def collect(image_set: ImageSet, settings: Preprocessing, workdir: Path, *, skip_unreadable: bool,
+            num_workers: int, progress: Progress) -> Collection:
+    """Read, normalise and resample every image of one set into an on-disk store."""
+    store = ArrayStore(workdir / f"{image_set.role}.f32", settings.grid)
+    rows, meta, skipped, notes = [], [], list(image_set.skipped), []
+    methods: Counter = Counter()
+    loaded = images.stream(image_set.refs, workers=num_workers, skip_unreadable=skip_unreadable)
+    for ref, image in progress.track(loaded, total=len(image_set.refs), description=f"reading {image_set.role}"):
+        if isinstance(image, InputError):
+            skipped.append((ref.source, image.problem))
+            continue
+        try:
+            prepared = prepare(image, settings)
+        except InputError as error:
+            if not skip_unreadable:
+                raise
+            skipped.append((ref.source, error.problem))
+            continue
+        methods[prepared.method] += 1
+        notes.extend(f"{ref.source}: {note}" for note in prepared.notes)
+        for array, position in zip(prepared.arrays, prepared.slice_positions):
+            store.append(array)
+            rows.append({"id": ref.id if position is None else f"{ref.id}#z{position:03d}", "subject": ref.subject,
+                         "source": ref.source, "slice": position})
+            meta.append({"role": image_set.role, "root": image_set.source, "intensity": prepared.method,
+                         "shape": ref.shape, "mask": ref.mask})
+    if not rows:
+        raise InputError(image_set.source, f"none of the {image_set.role} images could be used "
+                                           f"({len(skipped)} skipped, e.g. {skipped[0][0]}: {skipped[0][1]})")
+    items = pd.DataFrame(rows)
+    if not settings.slices:
+        items = items.drop(columns="slice")
+    return Collection(image_set, items, store, tuple(skipped), methods, tuple(notes),
+                      pd.DataFrame(meta, index=items.index))
+
+
+def check_output(out: str | Path, sources: list, *, what: str = "output") -> None:
+    """Refuse to write results (or a cache) inside an input folder: inputs are never modified or added to."""
+    target = Path(out).resolve()
+    for source in sources:
+        folder = Path(source).resolve()
+        if folder.is_dir() and (target == folder or folder in target.parents):
+            raise OptionError("out" if what == "output" else what, f"{out} lies inside the input folder {source}; "
+                                                                   f"choose a folder outside the inputs")

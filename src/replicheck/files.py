@@ -1,0 +1,72 @@
+"""Writing files so that a reader never sees half of one, and values that JSON can hold.
+
+Every output of replicheck (tables, summary.json, gallery.npz, report.html, checkpoints) is
+written to a temporary name in its destination folder and renamed into place: an interrupted run
+leaves the previous file intact, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .records import ReplicheckError
+
+
+def atomic_write(path: str | Path, write: Callable, *, binary: bool = False) -> Path:
+    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    The temporary file is removed if ``write`` fails; a folder that cannot be written is a
+    :class:`~replicheck.records.ReplicheckError` naming it.
+    """
+    path = Path(path)
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise ReplicheckError(f"{path.parent}: cannot write results here ({error.strerror})") from None
+    try:
+        with (os.fdopen(descriptor, "wb") if binary else
+              os.fdopen(descriptor, "w", encoding="utf-8", newline="")) as handle:
+            write(handle)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_csv(table, path: str | Path) -> Path:
+    """A pandas DataFrame as CSV: no index, numbers to 6 significant digits, Unix line ends."""
+    return atomic_write(path, lambda handle: table.to_csv(handle, index=False, float_format="%.6g",
+                                                          lineterminator="\n"))
+
+
+def write_json(data, path: str | Path) -> Path:
+    """``data`` (made JSON-safe by :func:`plain`) as indented UTF-8 JSON."""
+    return atomic_write(path, lambda handle: handle.write(json.dumps(plain(data), indent=2, ensure_ascii=False) + "\n"))
+
+
+def write_text(text: str, path: str | Path) -> Path:
+    return atomic_write(path, lambda handle: handle.write(text))
+
+
+def plain(value):
+    """A JSON-safe copy: tuples to lists, NumPy scalars to Python numbers, paths to strings,
+    non-finite floats to the strings "inf", "-inf" and "nan" (JSON has no such numbers)."""
+    if isinstance(value, dict):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value

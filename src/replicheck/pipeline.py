@@ -1,0 +1,153 @@
+"""The scan pipeline: discover -> read -> preprocess -> per level: search -> decide -> combine.
+
+:func:`run_scan` orchestrates; the work is done elsewhere: reading into stores
+(:mod:`replicheck.collect`), the four searches of each level (:mod:`replicheck.search`),
+thresholds and flags (:mod:`replicheck.decide`), tables and summary
+(:mod:`replicheck.assemble`), the report's pictures (:mod:`replicheck.report.gallery`). Levels
+are plug-ins (:mod:`replicheck.levels`): this module never branches on a level's name.
+
+(The module is not called ``scan``: a submodule of that name would replace the function
+:func:`replicheck.scan` as the package's attribute once imported.)
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import assemble
+from .collect import Collection, check_grid, check_output, collect, discover_inputs
+from .config import ScanConfig
+from .decide import combine_levels, copied_training, decide_level
+from .levels import make_level
+from .preprocess import choose_grid
+from .progress import Progress
+from .records import ReplicheckError
+from .report import gallery
+from .report.gallery import Gallery
+from .search import build_side, search_level
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Tables and summary of one scan. ``synthetic``: one row per synthetic image; ``pairs``:
+    one row per synthetic image x rescored neighbour x level; ``training``: one row per
+    training image; ``null``: one row per image of the null distribution (holdout images, or
+    training images under leave-one-subject-out) with its nearest-training score per level;
+    ``gallery``: display copies of the top pairs for the report (None with report images off).
+    The columns are described in :mod:`replicheck.assemble`."""
+
+    synthetic: pd.DataFrame
+    pairs: pd.DataFrame
+    training: pd.DataFrame
+    summary: dict
+    null: pd.DataFrame
+    warnings: tuple[str, ...] = ()
+    gallery: Gallery | None = field(default=None, repr=False)
+
+    @property
+    def headline(self) -> str:
+        return self.summary["headline"]
+
+    def write(self, out: str | Path, *, labels: str | Path | None = None) -> Path:
+        """Write the tables, summary.json, gallery.npz and report.html into ``out``; ``labels``
+        (a CSV with id and replica columns, e.g. a benchmark's labels.csv) adds ROC curves."""
+        from .report import write_results
+
+        return write_results(self, out, labels=labels)
+
+
+def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | None = None) -> ScanResult:
+    """Find replicas of ``train`` images among ``synthetic`` images, calibrated on ``holdout``
+    (or on the training set, leaving each subject out, when None); ``command`` is recorded in
+    summary.json."""
+    levels = [make_level(name, config) for name in config.levels]
+    # Levels that rescore the other levels' candidates run after them (stable: otherwise as listed).
+    levels.sort(key=lambda level: level.union_candidates)
+    timings: dict[str, float] = {}
+    progress = Progress(config.progress)
+    started = time.perf_counter()
+    slices = config.preprocessing.slices
+    sets = discover_inputs(train, synthetic, holdout, config.reading, slices=slices)
+    timings["discover"] = time.perf_counter() - started
+    settings = config.preprocessing.on_grid(config.preprocessing.grid or choose_grid(sets["training"].refs, slices=slices))
+    check_grid(sets, settings.grid, slices)
+    with tempfile.TemporaryDirectory(prefix="replicheck-") as workdir, progress.session():
+        tick = time.perf_counter()
+        collections = {role: collect(image_set, settings, Path(workdir), skip_unreadable=config.reading.skip_unreadable,
+                                     num_workers=config.num_workers, progress=progress)
+                       for role, image_set in sets.items()}
+        timings["read_and_preprocess"] = time.perf_counter() - tick
+        warnings = _calibration_warnings(collections)
+        if config.feature.cache and not any(level.cache is not None for level in levels):
+            warnings.append(f"--cache {config.feature.cache} is not used: no level of this scan embeds images "
+                            f"(add the feature level, --levels voxel,feature)")
+        verdicts, level_summaries = [], {}
+        n_training = len(collections["training"])
+        for level in levels:
+            tick = time.perf_counter()
+            sides = {role: build_side(level, c.store, c.rows, Path(workdir), f"{level.name}.{role}")
+                     for role, c in collections.items()}
+            timings[f"{level.name}.represent"] = time.perf_counter() - tick
+            earlier = [verdict.searches for verdict in verdicts] if level.union_candidates else []
+            searches = search_level(level, sides, config.search, seed=config.calibration.seed,
+                                    workers=config.num_workers, earlier=earlier, progress=progress)
+            timings.update({f"{level.name}.{key}": value for key, value in searches.seconds.items()})
+            verdict = decide_level(level, searches, config.calibration, settings=level.describe())
+            verdicts.append(verdict)
+            warnings.extend(assemble.level_warnings(verdict, config.calibration.quantile))
+            level_summaries[level.name] = assemble.level_summary(
+                verdict, config, n_training, [v.name for v in verdicts[:-1]] if earlier else [])
+        timings["total"] = time.perf_counter() - started
+        combined = combine_levels(verdicts, config.calibration)
+        copies = copied_training(verdicts, combined.flags, n_training)
+        items = {role: c.items for role, c in collections.items()}
+        null_role = "holdout" if "holdout" in collections else "training"
+        table = assemble.synthetic_table(items["synthetic"], verdicts, combined, items["training"])
+        shown = None
+        if config.report.images and config.report.gallery:
+            chosen = gallery.choose(table, {level.name: level.measures[level.primary] for level in levels},
+                                    config.report.gallery)
+            shown = gallery.extract(chosen, collections["synthetic"].store, collections["training"].store,
+                                    items["training"]["id"].tolist())
+        result = ScanResult(
+            synthetic=table,
+            pairs=assemble.pairs_table(verdicts, items["synthetic"], items["training"]),
+            training=assemble.training_table(items["training"], verdicts, copies, items["synthetic"]),
+            summary=assemble.summary(config=config, preprocessing=settings, collections=collections,
+                                     verdicts=verdicts, combined=combined, copies=copies,
+                                     level_summaries=level_summaries, timings=timings, warnings=warnings,
+                                     command=command),
+            null=assemble.null_table(items[null_role], null_role, verdicts, items["training"]),
+            warnings=tuple(warnings), gallery=shown)
+    return result
+
+
+def _calibration_warnings(collections: dict[str, Collection]) -> list[str]:
+    """Refuses a scan that cannot be calibrated; warns when the null is not a holdout."""
+    if "holdout" in collections:
+        return []
+    if collections["training"].items["subject"].nunique() < 2:
+        raise ReplicheckError("cannot calibrate without a holdout: every training image belongs to one "
+                              "subject, so leave-one-subject-out has nothing to compare; give --holdout "
+                              "or subject ids (--subject-regex or a manifest's subject column)")
+    return ["no holdout given: the null distribution comes from leave-one-subject-out search "
+            "within the training set, which is only valid if subjects are independent; "
+            "a held-out set of real images (--holdout) gives a sounder threshold"]
+
+
+def scan_into(out: str | Path, train, synthetic, holdout, config: ScanConfig, *, labels: str | Path | None = None,
+              command: str | None = None) -> ScanResult:
+    """:func:`run_scan` and :meth:`ScanResult.write` into ``out``, after checking that neither
+    ``out`` nor the feature cache lies inside an input folder."""
+    sources = [train, synthetic] + ([holdout] if holdout is not None else [])
+    check_output(out, sources)
+    if config.feature.cache:
+        check_output(config.feature.cache, sources, what="cache")
+    result = run_scan(train, synthetic, holdout, config, command=command)
+    result.write(out, labels=labels)
+    return result

@@ -1,0 +1,158 @@
+"""The pairs a person should look at: which ones, and the pixels the report shows of them.
+
+A scan keeps its analysis-grid images only in a temporary folder, so before that folder goes
+the scan copies what the report needs into ``gallery.npz`` in the results folder: for each of
+the top pairs, the synthetic image and its nearest training image aligned by the shift the
+voxel level found, as 8-bit display copies. In 3D it keeps the three orthogonal planes
+through the region where the two volumes differ most and a stack of slices along z to move
+through, not whole volumes, so the file stays small (about 0.5 MB per 3D pair).
+``replicheck report RESULTS`` re-renders from that file without the original images.
+With ``--no-images`` no file is written and the report holds no patient pixels.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from ..files import atomic_write
+from ..records import ReplicheckError
+
+NAV_SLICES = 12  # slices along z kept per 3D volume for moving through it
+NAV_SIDE = 96  # their largest in-plane side (the three planes keep the analysis resolution)
+GALLERY_FILE = "gallery.npz"
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """Display copies (uint8, 0 = 0.0 and 255 = 1.0 of the analysis intensity range) of the top
+    pairs. ``pairs`` has one row per pair: synthetic id, training id, the level whose nearest
+    image it is, the shift applied, and for 3D the centre (z, y, x) of the most different region.
+    ``arrays`` maps "synthetic"/"training" (2D: (n, H, W)) or, in 3D, "synthetic.y",
+    "training.x", ... (the planes through the centre across y and x), "synthetic.nav" and
+    "training.nav" (slices along z, positions in "nav_positions") to stacked arrays."""
+
+    pairs: pd.DataFrame
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def ndim(self) -> int:
+        return 3 if "synthetic.nav" in self.arrays else 2
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically as one compressed .npz (the pairs table as a CSV string inside)."""
+        buffer = io.StringIO()
+        self.pairs.to_csv(buffer, index=False)
+        atomic_write(path, lambda handle: np.savez_compressed(handle, pairs=np.array(buffer.getvalue()), **self.arrays),
+                     binary=True)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Gallery":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                pairs = pd.read_csv(io.StringIO(str(data["pairs"])), keep_default_na=False, dtype={"synthetic": str,
+                                    "training": str, "shift": str})
+                arrays = {key: data[key] for key in data.files if key != "pairs"}
+        except (OSError, ValueError, KeyError) as error:
+            raise ReplicheckError(f"{path}: not a readable replicheck gallery ({error})") from None
+        return cls(pairs, arrays)
+
+
+def choose(synthetic: pd.DataFrame, levels: dict[str, bool], top: int) -> pd.DataFrame:
+    """The ``top`` synthetic images to show, most suspicious first, and the training image to
+    show each with.
+
+    Order: flagged images first, then by the smallest p-value over levels (comparable across
+    levels, unlike raw scores), then by the first level's score. Each image is paired with the
+    nearest training image of its most significant level. ``levels`` maps level name -> True
+    when its score is higher for more similar pairs.
+    """
+    names = list(levels)
+    p_values = np.column_stack([synthetic[f"{name}_p"].to_numpy(dtype=float) for name in names])
+    deciding = np.argmin(p_values, axis=1)
+    first = names[0]
+    first_score = synthetic[f"{first}_score"].to_numpy(dtype=float)
+    oriented = first_score if levels[first] else -first_score
+    flagged = synthetic["replica"].to_numpy(dtype=bool)
+    order = np.lexsort((-np.nan_to_num(oriented, nan=-np.inf), p_values.min(axis=1), ~flagged))[:top]
+    rows = []
+    for row in order:
+        level = names[deciding[row]]
+        shift = synthetic.get(f"{level}_shift")
+        rows.append({
+            "row": int(row),
+            "synthetic": synthetic["id"].iat[row],
+            "training": synthetic[f"{level}_nearest"].iat[row],
+            "level": level,
+            "replica": bool(flagged[row]),
+            "shift": "" if shift is None or pd.isna(shift.iat[row]) else str(shift.iat[row]),
+        })
+    return pd.DataFrame(rows, columns=["row", "synthetic", "training", "level", "replica", "shift"])
+
+
+def extract(chosen: pd.DataFrame, synthetic_store, training_store, training_ids) -> Gallery:
+    """Display copies of the chosen pairs, read from the scan's analysis-grid stores."""
+    position = {ident: i for i, ident in enumerate(training_ids)}
+    wanted = chosen[chosen["training"].isin(position)].reset_index(drop=True)
+    pairs = wanted.drop(columns="row")
+    if not len(wanted):
+        return Gallery(pairs, {})
+    synth = synthetic_store.read(wanted["row"].to_numpy())
+    train = training_store.read([position[i] for i in wanted["training"]])
+    train = np.stack([aligned(image, _parse_shift(s, image.ndim)) for image, s in zip(train, wanted["shift"])])
+    if synth.ndim - 1 == 2:
+        return Gallery(pairs, {"synthetic": to_uint8(synth), "training": to_uint8(train)})
+    centres = np.array([most_different(s, t) for s, t in zip(synth, train)], dtype=int).reshape(-1, 3)
+    pairs = pairs.assign(centre=[" ".join(map(str, c)) for c in centres])
+    arrays = {}
+    for role, volumes in (("synthetic", synth), ("training", train)):
+        for axis, plane in ((1, "y"), (2, "x")):
+            arrays[f"{role}.{plane}"] = to_uint8(np.stack([np.take(v, c[axis], axis=axis)
+                                                          for v, c in zip(volumes, centres)]))
+        arrays[f"{role}.nav"] = to_uint8(np.stack([_shrunk(v[nav_slices(v.shape[0], c[0])]) for v, c in zip(volumes, centres)]))
+    arrays["nav_positions"] = np.stack([nav_slices(synth.shape[1], c[0]) for c in centres]).astype(np.int16)
+    return Gallery(pairs, arrays)
+
+
+def aligned(image: np.ndarray, shift: tuple[int, ...]) -> np.ndarray:
+    """The training image moved onto the synthetic one: the voxel level matched synthetic voxel
+    p with training voxel p + shift (``measures.compare``); edges wrap (a few voxels)."""
+    if not any(shift):
+        return image
+    return np.roll(image, tuple(-int(s) for s in shift), axis=tuple(range(image.ndim)))
+
+
+def most_different(synthetic: np.ndarray, training: np.ndarray) -> tuple[int, ...]:
+    """Centre (z, y, x) of the region where two volumes differ most: the maximum of the absolute
+    difference averaged over a box an eighth of the volume wide (one voxel is noise, not a region)."""
+    size = tuple(max(3, n // 8) for n in synthetic.shape)
+    local = ndimage.uniform_filter(np.abs(synthetic - training).astype(np.float32), size=size, mode="nearest")
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(local)), local.shape))
+
+
+def nav_slices(depth: int, centre: int) -> np.ndarray:
+    """NAV_SLICES positions along z spread evenly over the volume, one of them ``centre``."""
+    spread = np.round(np.linspace(0, depth - 1, min(NAV_SLICES, depth))).astype(int)  # unique: steps >= 1
+    if centre not in spread:
+        spread[np.argmin(np.abs(spread - centre))] = centre
+    return np.sort(spread)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _shrunk(stack: np.ndarray) -> np.ndarray:
+    """Slices (n, H, W) scaled down to at most NAV_SIDE a side (linear interpolation)."""
+    factor = NAV_SIDE / max(stack.shape[1:])
+    return stack if factor >= 1 else ndimage.zoom(stack, (1, factor, factor), order=1, grid_mode=True, mode="nearest")
+
+
+def _parse_shift(text: str, ndim: int) -> tuple[int, ...]:
+    parts = str(text).split() if text else []
+    return tuple(int(float(p)) for p in parts) if len(parts) == ndim else (0,) * ndim

@@ -1,1 +1,0 @@
-"""Masks for the segmentation level: built-in segmenters, external commands, mask similarity."""

@@ -1,0 +1,157 @@
+"""The scan pipeline with a stand-in level whose every score is known in closed form.
+
+As pytorch-fid tests its statistics with a stand-in network, this test registers a level that
+reads one number v in [0, 1] from each image (its last pixel) and embeds it as the unit vector at
+angle v x pi / 2, so that the similarity of two images is cos((v1 - v2) pi / 2). Every nearest
+neighbour, score, threshold, p-value, flag and rate the pipeline writes is then computed here by
+hand and compared: what is tested is the plumbing (searches, calibration, tables, summary),
+independent of any real measure.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+import replicheck
+from replicheck import levels
+from replicheck.levels import LevelBase
+
+SIDE = 16
+
+
+class AngleLevel(LevelBase):
+    """Similarity cos(pi / 2 x (v1 - v2)) of the values v written in the images' last pixel."""
+
+    name = "angle"
+    primary = "cosine"
+    measures = {"cosine": True}
+    scores_from_vectors = True
+
+    def vectors(self, images: np.ndarray) -> np.ndarray:
+        theta = images[:, -1, -1].astype(np.float64) * math.pi / 2
+        return np.stack([np.cos(theta), np.sin(theta)], axis=1).astype(np.float32)
+
+    def rescore_vectors(self, query: np.ndarray, candidates: np.ndarray) -> dict[str, np.ndarray]:
+        return {"cosine": candidates.astype(np.float64) @ query.astype(np.float64)}
+
+    def rescore(self, query, candidates, *, keep=None):
+        return self.rescore_vectors(self.vectors(query[None])[0], self.vectors(candidates))
+
+    def describe(self) -> dict:
+        return {"stand_in": True}
+
+
+@pytest.fixture
+def angle_level(monkeypatch):
+    monkeypatch.setitem(levels.LEVELS, "angle", lambda config: AngleLevel())
+
+
+def image(value: float) -> np.ndarray:
+    """A 16x16 image that min-max scaling leaves as it is (a 0 and a 1 in the first row), carrying ``value``."""
+    out = np.full((SIDE, SIDE), 0.5, dtype=np.float32)
+    out[0, 0], out[0, 1], out[-1, -1] = 0.0, 1.0, value
+    return out
+
+
+def write(folder, values: dict[str, float]):
+    folder.mkdir()
+    for ident, value in values.items():
+        np.save(folder / f"{ident}.npy", image(value))
+    return folder
+
+
+def similarity(a, b) -> np.ndarray:
+    """The stand-in's closed form, computed in float64 from the float32 values the images hold."""
+    a = np.asarray(a, dtype=np.float32).astype(np.float64)[:, None]
+    b = np.asarray(b, dtype=np.float32).astype(np.float64)[None, :]
+    return np.cos((a - b) * math.pi / 2)
+
+
+@pytest.fixture
+def sets(tmp_path):
+    rng = np.random.default_rng(0)
+    training = {f"t{i:02d}": v for i, v in enumerate(np.linspace(0.05, 0.95, 19))}
+    holdout = {f"h{i:02d}": v for i, v in enumerate(rng.uniform(0.0, 1.0, 120))}
+    copies = {f"copy_{ident}": value for ident, value in list(training.items())[::6]}  # exact copies
+    novel = {"n00": 0.0, "n01": 1.0, "n02": 0.51}  # 0.05 to 0.01 from the nearest training value
+    roots = {role: write(tmp_path / role, values) for role, values in
+             (("train", training), ("holdout", holdout), ("synth", {**copies, **novel}))}
+    ids = lambda values: {f"{ident}.npy": value for ident, value in values.items()}  # noqa: E731 (an id is a file name)
+    return roots, ids(training), ids(holdout), ids({**copies, **novel})
+
+
+def test_a_scan_with_a_stand_in_level_matches_the_closed_form(angle_level, sets):
+    roots, training, holdout, synthetic = sets
+    result = replicheck.scan(roots["train"], roots["synth"], roots["holdout"], levels="angle", intensity="minmax", k=3)
+    train_ids, train_values = list(training), np.array(list(training.values()))
+    table = result.synthetic.set_index("id").loc[sorted(synthetic)]
+
+    # nearest training image and its score
+    matrix = similarity([synthetic[i] for i in table.index], train_values)
+    assert_array_equal(table["angle_nearest"], [train_ids[j] for j in matrix.argmax(axis=1)])
+    assert_allclose(table["angle_score"], matrix.max(axis=1), rtol=0, atol=1e-6)
+
+    # the null: each holdout image's best similarity to training; threshold, p-values, flags
+    null = similarity(list(holdout.values()), train_values).max(axis=1)
+    null_table = result.null.set_index("id").loc[list(holdout)]
+    assert_allclose(null_table["angle_score"], null, atol=1e-6)
+    threshold = np.quantile(null_table["angle_score"], 0.99)
+    assert result.summary["levels"]["angle"]["threshold"] == pytest.approx(threshold, abs=1e-12)
+    scores = table["angle_score"].to_numpy()
+    p = (1 + (null_table["angle_score"].to_numpy()[None, :] >= scores[:, None]).sum(axis=1)) / (1 + len(null))
+    assert_allclose(table["angle_p"], p, rtol=1e-12)
+    assert_array_equal(table["angle_flag"], scores > threshold)
+    copies = table.index.str.startswith("copy_")
+    assert table.loc[copies, "angle_flag"].all() and not table.loc[~copies, "angle_flag"].any()
+    assert_array_equal(table["replica"], table["angle_flag"])  # one level: its own flag is the verdict
+
+    # every rescored neighbour, best first, with its score
+    pairs = result.pairs[result.pairs["synthetic"] == "n02.npy"]
+    order = np.argsort(-similarity([synthetic["n02.npy"]], train_values)[0], kind="stable")[:3]
+    assert list(pairs["rank"]) == [1, 2, 3] and list(pairs["training"]) == [train_ids[j] for j in order]
+
+    # the summary's rates and the headline
+    copies_count = int(copies.sum())
+    summary = result.summary
+    assert summary["levels"]["angle"]["n_copies"]["count"] == copies_count
+    assert summary["combined"]["n_copies"]["count"] == copies_count
+    assert summary["levels"]["angle"]["n_null"] == len(holdout)
+    assert summary["levels"]["angle"]["settings"] == {"stand_in": True}
+    assert result.headline.startswith(f"{copies_count} of {len(synthetic)} synthetic images")
+
+    # N_mem: each training image's nearest synthetic image (all of them: fewer than the holdout)
+    train_table = result.training.set_index("id").loc[train_ids]
+    assert_allclose(train_table["angle_score"], similarity(train_values, list(synthetic.values())).max(axis=1),
+                    atol=1e-6)
+    copied = {ident.removeprefix("copy_") for ident in synthetic if ident.startswith("copy_")}
+    assert_array_equal(train_table["replica_copies"] > 0, [ident in copied for ident in train_ids])
+
+
+def test_without_a_holdout_the_null_leaves_each_subject_out(angle_level, sets):
+    roots, training, _, synthetic = sets
+    result = replicheck.scan(roots["train"], roots["synth"], levels="angle", intensity="minmax", k=2)
+    values = np.array(list(training.values()))
+    matrix = similarity(values, values)
+    np.fill_diagonal(matrix, -np.inf)  # every file is its own subject: its own image is left out
+    null = result.null.set_index("id").loc[list(training)]
+    assert_allclose(null["angle_score"], matrix.max(axis=1), atol=1e-6)
+    assert result.summary["calibration"]["null"] == "leave-one-subject-out"
+    assert any("no holdout given" in warning for warning in result.warnings)
+
+
+def test_the_result_is_a_frozen_record_and_writes_its_files(angle_level, sets, tmp_path):
+    roots, *_ = sets
+    result = replicheck.scan(roots["train"], roots["synth"], roots["holdout"], levels="angle", intensity="minmax",
+                             report_images=False)
+    assert isinstance(result, replicheck.ScanResult)
+    with pytest.raises(AttributeError):
+        result.summary = {}
+    out = result.write(tmp_path / "results")
+    written = pd.read_csv(out / "synthetic.csv")
+    assert list(written.columns) == list(result.synthetic.columns)
+    assert not (out / "gallery.npz").exists()

@@ -1,0 +1,57 @@
+"""The search cascade on small galleries, where every candidate can be rescored: it must then
+return exactly the brute-force ordering, honour subject exclusion and gallery subsets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from replicheck import measures
+from replicheck.levels.voxel import VoxelLevel
+from replicheck.search import Side, nearest
+from replicheck.store import ArrayStore
+
+
+def _side(level, images, subjects, folder, name):
+    store = ArrayStore(folder / f"{name}.f32", images.shape[1:])
+    query_rows, candidate_rows = level.coarse(images)
+    as_query = ArrayStore(folder / f"{name}.q.f32", query_rows.shape[1:])
+    as_candidate = ArrayStore(folder / f"{name}.c.f32", candidate_rows.shape[1:], mapped=True)
+    for image, q, c in zip(images, query_rows, candidate_rows):
+        store.append(image)
+        as_query.append(q)
+        as_candidate.append(c)
+    return Side(store, level.vectors(images), np.asarray(subjects), as_query, as_candidate)
+
+
+@pytest.fixture(scope="module")
+def sides(ctich, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("search")
+    level = VoxelLevel()
+    images = ctich["flat_brain"].astype(np.float32) / 255.0
+    gallery, queries = images[:60], images[1000:1012]
+    gallery_side = _side(level, gallery, ctich["flat_patient"][:60], folder, "gallery")
+    query_side = _side(level, queries, ctich["flat_patient"][1000:1012], folder, "queries")
+    return level, gallery, queries, gallery_side, query_side
+
+
+def test_full_depth_search_equals_brute_force(sides):
+    level, gallery, queries, gallery_side, query_side = sides
+    hits = nearest(level, query_side, gallery_side, k=5, shortlist=60, depth=60, workers=2)
+    for i, query in enumerate(queries):
+        ncc = measures.compare(query, gallery, data_range=1.0, max_shift=3).ncc
+        np.testing.assert_array_equal(hits.rows[i], np.argsort(-ncc, kind="stable")[:5])
+        np.testing.assert_allclose(hits.values["ncc"][i], np.sort(ncc)[::-1][:5], atol=1e-6)
+    assert np.isfinite(hits.values["ssim"]).all()  # SSIM for every kept candidate
+
+
+def test_own_subject_is_excluded_and_gallery_subset_respected(sides):
+    level, gallery, _, gallery_side, _ = sides
+    hits = nearest(level, gallery_side, gallery_side, k=3, shortlist=60, depth=60, exclude_own_subject=True)
+    subjects = gallery_side.subjects
+    kept = hits.rows >= 0
+    assert not (subjects[np.where(kept, hits.rows, 0)] == subjects[:, None])[kept].any()
+    subset = np.arange(0, 60, 2)
+    hits = nearest(level, gallery_side, gallery_side, k=1, shortlist=60, depth=60, gallery_rows=subset)
+    assert np.isin(hits.rows[:, 0], subset).all()
+    assert (hits.rows[subset, 0] == subset).all()  # each image's nearest in a gallery holding it is itself
