@@ -34,7 +34,7 @@ def one_seed(seed: int, n: int = 400) -> dict[str, tuple[float, float]]:
     scores = {name: np.concatenate([replicas[name], fresh[name]]) for name in null}
     out = {}
     for rule in RULES:
-        flags = calibrate.combine(rule, scores, null, 0.99)["flags"]
+        flags = calibrate.combine(rule, scores, null, 0.99).flags
         out[rule] = (float(flags[:n].mean()), float(flags[n:].mean()))
     alone = calibrate.exceeds(scores["informative"], calibrate.threshold(null["informative"], 0.99))
     out["informative level alone"] = (float(alone[:n].mean()), float(alone[n:].mean()))

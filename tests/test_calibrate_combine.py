@@ -47,10 +47,10 @@ def test_any_is_the_union_of_the_levels_flags_and_bonferroni_a_subset():
     scores = {name: rng.normal(loc=1.5, scale=1.2, size=300) for name in null}
     union = np.logical_or.reduce([calibrate.exceeds(scores[n], calibrate.threshold(null[n], 0.95)) for n in null])
     verdict = calibrate.combine("any", scores, null, 0.95)
-    assert verdict["flags"].tolist() == union.tolist()
+    assert verdict.flags.tolist() == union.tolist()
     strict = calibrate.combine("bonferroni", scores, null, 0.95)
-    assert strict["level_quantile"] == pytest.approx(1 - 0.05 / 3)
-    assert not (strict["flags"] & ~verdict["flags"]).any() and strict["flags"].sum() < verdict["flags"].sum()
+    assert strict.level_quantile == pytest.approx(1 - 0.05 / 3)
+    assert not (strict.flags & ~verdict.flags).any() and strict.flags.sum() < verdict.flags.sum()
 
 
 @pytest.mark.parametrize("rule", ["bonferroni", "min-p", "fisher", "max-z", "max-robust-z"])
@@ -59,10 +59,10 @@ def test_corrected_rules_flag_about_one_minus_quantile_of_new_real_images(rule):
     corrected rules about 1 - q (min-p and fisher are calibrated on the joint null)."""
     rng = np.random.default_rng(1)
     null, fresh = _levels(rng, 2000), _levels(rng, 4000)
-    share = calibrate.combine(rule, fresh, null, 0.95)["flags"].mean()
+    share = calibrate.combine(rule, fresh, null, 0.95).flags.mean()
     assert 0.03 < share < 0.065, share
-    assert calibrate.combine("any", fresh, null, 0.95)["flags"].mean() > 0.08
-    floor = calibrate.combine(rule, null, null, 0.95)["null_flags"].mean()
+    assert calibrate.combine("any", fresh, null, 0.95).flags.mean() > 0.08
+    floor = calibrate.combine(rule, null, null, 0.95).null_flags.mean()
     assert 0.03 < floor < 0.065, floor
 
 
@@ -76,8 +76,8 @@ def test_max_z_is_calibrated_on_a_small_null():
         rng = np.random.default_rng(repetition)
         null, fresh = _levels(rng, 26, noise=1.0), _levels(rng, 1000, noise=1.0)
         verdict = calibrate.combine("max-z", fresh, null, 0.99)
-        shares.append(verdict["flags"].mean())
-        floors.append(calibrate.combine("max-z", null, null, 0.99)["null_flags"].mean())
+        shares.append(verdict.flags.mean())
+        floors.append(calibrate.combine("max-z", null, null, 0.99).null_flags.mean())
         single.append(calibrate.exceeds(fresh["voxel"], calibrate.threshold(null["voxel"], 0.99)).mean())
     assert np.mean(shares) <= np.mean(single) + 0.005, (np.mean(shares), np.mean(single))
     assert abs(np.mean(floors) - np.mean(shares)) < 0.015, (np.mean(floors), np.mean(shares))
@@ -100,14 +100,14 @@ def test_min_p_catches_one_strong_level_and_fisher_pools_weak_ones():
     top = {name: np.quantile(values, 0.97) for name, values in null.items()}  # p about 0.03 at each level
     one_strong = {"voxel": np.array([10.0]), "feature": np.array([0.0]), "segmentation": np.array([0.0])}
     all_weak = {name: np.array([value]) for name, value in top.items()}
-    assert calibrate.combine("min-p", one_strong, null, 0.99)["flags"][0]
-    assert calibrate.combine("any", one_strong, null, 0.99)["flags"][0]
-    assert calibrate.combine("max-z", one_strong, null, 0.99)["flags"][0]
-    assert not calibrate.combine("min-p", all_weak, null, 0.99)["flags"][0]
-    assert not calibrate.combine("any", all_weak, null, 0.99)["flags"][0]
+    assert calibrate.combine("min-p", one_strong, null, 0.99).flags[0]
+    assert calibrate.combine("any", one_strong, null, 0.99).flags[0]
+    assert calibrate.combine("max-z", one_strong, null, 0.99).flags[0]
+    assert not calibrate.combine("min-p", all_weak, null, 0.99).flags[0]
+    assert not calibrate.combine("any", all_weak, null, 0.99).flags[0]
     # three p of about 0.03 are strong evidence together when the levels are only weakly correlated
     fisher = calibrate.combine("fisher", all_weak, null, 0.99)
-    assert fisher["flags"][0] and fisher["p"][0] < 0.01
+    assert fisher.flags[0] and fisher.p[0] < 0.01
 
 
 def test_a_missing_score_is_no_evidence():
@@ -117,9 +117,9 @@ def test_a_missing_score_is_no_evidence():
               "segmentation": np.array([np.nan, 0.0])}
     for rule in calibrate.RULES:
         verdict = calibrate.combine(rule, scores, null, 0.99)
-        assert not verdict["flags"][0] and verdict["p"][0] == 1.0
+        assert not verdict.flags[0] and verdict.p[0] == 1.0
         if rule != "fisher":  # one level far above its null is enough; Fisher also weighs the other two
-            assert verdict["flags"][1]
+            assert verdict.flags[1]
     with pytest.raises(ValueError, match="unknown combination rule"):
         calibrate.combine("vote", scores, null, 0.99)
 
@@ -140,9 +140,9 @@ def test_z_scores_match_numpy_and_scipy_and_max_z_ranks_beyond_the_null():
     # two replicas beyond every null score: min-p ties them, max-z keeps their order
     nulls = _levels(rng, 500)
     far = {name: np.array([20.0, 40.0]) for name in nulls}
-    assert np.diff(calibrate.combine("min-p", far, nulls, 0.99)["statistic"])[0] == 0
+    assert np.diff(calibrate.combine("min-p", far, nulls, 0.99).statistic)[0] == 0
     for rule in ("max-z", "max-robust-z"):
-        assert np.diff(calibrate.combine(rule, far, nulls, 0.99)["statistic"])[0] > 0
+        assert np.diff(calibrate.combine(rule, far, nulls, 0.99).statistic)[0] > 0
 
 
 def test_max_z_keeps_its_power_beside_a_level_with_a_heavy_tailed_null(monkeypatch):
@@ -168,5 +168,5 @@ def test_with_one_level_every_rule_is_the_level_s_own_flag():
     own = calibrate.exceeds(scores["voxel"], calibrate.threshold(null["voxel"], 0.95))
     for rule in calibrate.RULES:
         verdict = calibrate.combine(rule, scores, null, 0.95)
-        assert verdict["flags"].tolist() == own.tolist()
-        np.testing.assert_array_equal(verdict["p"], calibrate.p_values(scores["voxel"], null["voxel"]))
+        assert verdict.flags.tolist() == own.tolist()
+        np.testing.assert_array_equal(verdict.p, calibrate.p_values(scores["voxel"], null["voxel"]))

@@ -181,3 +181,28 @@ def test_unknown_level_and_bad_options(small_sets, tmp_path):
                                "--out", tmp_path / "r"), "--quantile")
     _assert_one_line_error(run("scan", small_sets / "train", small_sets / "synth", "--grid", "12x",
                                "--out", tmp_path / "r"), "--grid")
+
+
+@pytest.mark.parametrize("options, needle", [
+    (["--combine", "vote"], "--combine"),
+    (["--intensity", "hu"], "--intensity"),
+    (["--k", "0"], "--k must be at least 1, got 0"),
+    (["--max-shift", "-1"], "--max-shift must be at least 0"),
+    (["--subject-regex", "("], "--subject-regex is not a valid regular expression"),
+    (["--ct-window", "40,0"], "--ct-window must be (level, width) with a positive width"),
+    (["--bogus"], "--bogus"),
+])
+def test_bad_flags_are_one_line_errors_named_by_the_flag(small_sets, tmp_path, options, needle):
+    done = run("scan", small_sets / "train", small_sets / "synth", "--out", tmp_path / "r", *options)
+    _assert_one_line_error(done, needle)
+    assert not (tmp_path / "r").exists()
+
+
+def test_version_and_help():
+    from replicheck import __version__
+
+    done = run("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"replicheck {__version__}"
+    done = run("scan", "--help")
+    assert done.returncode == 0 and "astra-ct3d (extra [ct3d])" in " ".join(done.stdout.split())
+    assert run().returncode == 0  # no arguments: the help

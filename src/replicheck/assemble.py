@@ -58,9 +58,9 @@ def synthetic_table(items: pd.DataFrame, verdicts: list[LevelVerdict], combined:
     if len(verdicts) > 1:  # every rule's verdict, so that a rule can be compared or chosen after the scan
         for rule, outcome in combined.rules.items():
             column = f"combined_{calibrate.rule_key(rule)}"
-            table[column] = outcome["statistic"]
-            table[f"{column}_p"] = outcome["p"]
-            table[f"{column}_flag"] = outcome["flags"]
+            table[column] = outcome.statistic
+            table[f"{column}_p"] = outcome.p
+            table[f"{column}_flag"] = outcome.flags
     table["reason"] = combined_reasons(verdicts, combined, train_ids)
     return table
 
@@ -193,9 +193,9 @@ def summary(*, config: ScanConfig, preprocessing: Preprocessing, collections: di
     replica = calibrate.rate(combined.flags)
     floor = calibrate.rate(combined.null_flags)
     copied = int((copies > 0).sum())
-    rules = {rule: {"description": calibrate.RULES[rule], "level_quantile": outcome["level_quantile"],
-                    "n_copies": calibrate.rate(outcome["flags"]).as_dict(),
-                    "holdout_floor": calibrate.rate(outcome["null_flags"]).as_dict()}
+    rules = {rule: {"description": calibrate.RULES[rule], "level_quantile": outcome.level_quantile,
+                    "n_copies": calibrate.rate(outcome.flags).as_dict(),
+                    "holdout_floor": calibrate.rate(outcome.null_flags).as_dict()}
              for rule, outcome in combined.rules.items()}
     out = {
         "replicheck_version": __version__,

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from .records import Rate, Threshold
+from .records import Rate, RuleOutcome, Threshold
 
 _Z95 = 1.959963984540054
 
@@ -213,14 +213,15 @@ def rule_key(rule: str) -> str:
     return rule.replace("-", "_")
 
 
-def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray], quantile: float) -> dict:
+def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray], quantile: float) -> RuleOutcome:
     """One verdict from several levels' evidence, calibrated on the same null images.
 
     ``scores``: level -> the synthetic images' oriented primary scores; ``null``: level -> the
-    null images' oriented scores, row i being the same null image at every level. Returns the
-    combined ``statistic`` (higher = stronger evidence), its ``p``-value and the ``flags`` of
-    the synthetic images, the null images' ``null_flags`` (each judged against the others: their
-    share is the combined holdout floor) and the quantile each level's threshold used.
+    null images' oriented scores, row i being the same null image at every level. Returns a
+    :class:`~replicheck.records.RuleOutcome`: the combined ``statistic`` (higher = stronger
+    evidence), its ``p``-value and the ``flags`` of the synthetic images, the null images'
+    ``null_flags`` (each judged against the others: their share is the combined holdout floor)
+    and the quantile each level's threshold used.
     A missing score (no candidate at that level) counts as no evidence (p = 1). With one level,
     every rule is that level's own flag.
     """
@@ -229,17 +230,17 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
     names = list(scores)
     if len(names) == 1:
         score, own = scores[names[0]], null[names[0]]
-        return {"statistic": z_scores(score, own), "p": p_values(score, own),
-                "flags": exceeds(score, threshold(own, quantile)), "null_flags": leave_one_out_flags(own, quantile),
-                "level_quantile": quantile}
+        return RuleOutcome(statistic=z_scores(score, own), p=p_values(score, own),
+                           flags=exceeds(score, threshold(own, quantile)),
+                           null_flags=leave_one_out_flags(own, quantile), level_quantile=quantile)
     synth_p = np.stack([np.nan_to_num(p_values(scores[name], null[name]), nan=1.0) for name in names])
     if rule in ("any", "bonferroni"):
         level_quantile = quantile if rule == "any" else 1 - (1 - quantile) / len(names)
         flags = np.logical_or.reduce([exceeds(scores[name], threshold(null[name], level_quantile)) for name in names])
         null_flags = np.logical_or.reduce([leave_one_out_flags(null[name], level_quantile) for name in names])
         smallest = synth_p.min(axis=0)
-        return {"statistic": -np.log10(smallest), "p": np.minimum(1.0, len(names) * smallest), "flags": flags,
-                "null_flags": null_flags, "level_quantile": level_quantile}
+        return RuleOutcome(statistic=-np.log10(smallest), p=np.minimum(1.0, len(names) * smallest), flags=flags,
+                           null_flags=null_flags, level_quantile=level_quantile)
     if rule in ("max-z", "max-robust-z"):
         robust = rule == "max-robust-z"
         statistic = np.max([np.nan_to_num(z_scores(scores[name], null[name], robust=robust), nan=-np.inf)
@@ -253,8 +254,8 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
         else:
             statistic, null_statistic = -2 * np.log(synth_p).sum(axis=0), -2 * np.log(null_p).sum(axis=0)
     limit = threshold(null_statistic, quantile, measure=rule)
-    return {"statistic": statistic, "p": p_values(statistic, null_statistic), "flags": exceeds(statistic, limit),
-            "null_flags": leave_one_out_flags(null_statistic, quantile), "level_quantile": quantile}
+    return RuleOutcome(statistic=statistic, p=p_values(statistic, null_statistic), flags=exceeds(statistic, limit),
+                       null_flags=leave_one_out_flags(null_statistic, quantile), level_quantile=quantile)
 
 
 def leave_one_out_z(null: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 from . import calibrate
 from .config import Calibration
 from .levels import Level
-from .records import Threshold
+from .records import RuleOutcome, Threshold
 from .search import LevelSearches
 
 
@@ -124,7 +124,7 @@ class CombinedVerdict:
     p: np.ndarray
     flags: np.ndarray
     null_flags: np.ndarray
-    rules: dict[str, dict]
+    rules: dict[str, RuleOutcome]
 
 
 def decide_level(level: Level, searches: LevelSearches, calibration: Calibration, *, settings: dict) -> LevelVerdict:
@@ -166,8 +166,7 @@ def combine_levels(verdicts: list[LevelVerdict], calibration: Calibration) -> Co
     nulls = {verdict.name: verdict.null_scores for verdict in verdicts}
     rules = {rule: calibrate.combine(rule, scores, nulls, calibration.quantile) for rule in calibrate.RULES}
     chosen = rules[calibration.combine]
-    return CombinedVerdict(calibration.combine, chosen["statistic"], chosen["p"], chosen["flags"],
-                           chosen["null_flags"], rules)
+    return CombinedVerdict(calibration.combine, chosen.statistic, chosen.p, chosen.flags, chosen.null_flags, rules)
 
 
 def copied_training(verdicts: list[LevelVerdict], replica: np.ndarray, n_training: int) -> np.ndarray:

@@ -99,3 +99,17 @@ class Rate:
 
     def as_dict(self) -> dict:
         return {"count": self.count, "total": self.total, "rate": self.rate, "ci95": [self.low, self.high]}
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    """One combination rule applied to every level's evidence (:func:`replicheck.calibrate.combine`):
+    per synthetic image the combined ``statistic`` (higher = stronger evidence), its ``p``-value
+    and flag; per null image its flag when judged against the others (their share is the rule's
+    holdout floor); and the quantile each level's own threshold used."""
+
+    statistic: object  # numpy arrays, (n synthetic,) and (n null,)
+    p: object
+    flags: object
+    null_flags: object
+    level_quantile: float
