@@ -254,18 +254,3 @@ def busy_cpu_seconds() -> float:
         return float("nan")
     user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def jsonable(value):
-    """``json.dumps``'s ``default``: NumPy values as Python ones, anything else as its text."""
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-

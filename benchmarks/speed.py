@@ -47,7 +47,6 @@ from common import (
     ROOT,
     busy_cpu_seconds,
     evict,
-    jsonable,
     log,
     machine,
     real_2d,
@@ -60,6 +59,7 @@ from common import (
 from speed_markdown import markdown
 
 from replicheck.calibrate import wilson
+from replicheck.files import plain
 
 SUBJECT_REGEX = r"^(p(?:ct|ixi)\d+)_"
 
@@ -270,7 +270,7 @@ def child_build(config_path: str) -> None:
     build = build_2d if config["dim"] == "2d" else build_3d
     built = build(Path(config["data"]), Path(config["root"]), config["sizes"], config["seed"])
     built["builder_peak_rss_bytes"] = peak_rss_bytes()
-    Path(config["result"]).write_text(json.dumps(built, default=jsonable))
+    Path(config["result"]).write_text(json.dumps(plain(built), default=str))
 
 
 def run_scan(built: dict, out: Path, workers: int, image_ndim: int | None, max_wait: float,
@@ -590,7 +590,7 @@ def main(argv: list[str] | None = None) -> None:
         workdir = out if args.keep_data else Path(temp)
         for dim in dims:
             results[dim] = run_dimension(dim, args, args.data, workdir)
-            json_path.write_text(json.dumps(results, indent=1, default=jsonable))
+            json_path.write_text(json.dumps(plain(results), indent=1, default=str))
             gc.collect()
     write_above_marker(md_path, markdown(results))
     log(f"wrote {json_path} and {md_path}")

@@ -38,7 +38,7 @@ def test_ssim_matches_scikit_image_on_ct_slices(ct_slices):
 
 
 def test_zscored_ssim_is_deepssims_target(ct_slices):
-    """METHODS.md: scikit-image SSIM of z-scored images, data range = max - min of the first."""
+    """DeepSSIM's target (Scardace et al.): scikit-image SSIM of z-scored images, data range = max - min of the first."""
     def z(x):
         return (x - x.mean()) / x.std()
 

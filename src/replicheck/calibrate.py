@@ -8,7 +8,9 @@ so that higher is more similar (see :func:`oriented`).
 
 Dar et al. (Nat. Biomed. Eng. 2025) set one threshold at the 95th percentile of the
 train-to-nearest-holdout similarity; we report it beside ours, with the holdout floor and a
-size-matched synthetic gallery for N_mem (their flaws (a)-(c), ``METHODS.md`` section 3).
+size-matched synthetic gallery for N_mem, which fix three flaws of the method: the ~5% of
+held-out images it flags by construction, a threshold calibrated on a gallery of another size,
+and a rate divided by the wrong count (docs/design.md).
 """
 
 from __future__ import annotations

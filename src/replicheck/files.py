@@ -57,12 +57,14 @@ def write_text(text: str, path: str | Path) -> Path:
 
 
 def plain(value):
-    """A JSON-safe copy: tuples to lists, NumPy scalars to Python numbers, paths to strings,
+    """A JSON-safe copy: tuples and arrays to lists, NumPy scalars to Python numbers, paths to strings,
     non-finite floats to the strings "inf", "-inf" and "nan" (JSON has no such numbers)."""
     if isinstance(value, dict):
         return {str(key): plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, os.PathLike):

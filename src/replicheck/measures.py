@@ -99,7 +99,7 @@ def compare(
 
 
 def zscored_ssim(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """DeepSSIM's target (METHODS.md section 2): SSIM of per-image z-scored images with
+    """DeepSSIM's target (Scardace et al., arXiv 2509.16582): SSIM of per-image z-scored images with
     ``data_range`` = max - min of the z-scored query; NaN for all when the query is constant."""
     def zscored(x):
         x = np.asarray(x, dtype=np.float32)

@@ -2,7 +2,7 @@
 copy embed alike and unlike every other image; similarity is the Pearson correlation of embeddings.
 
 Dar et al., "Unconditional latent diffusion models memorize patient imaging data" (Nature
-Biomedical Engineering 2025; arXiv 2402.01054), METHODS.md section 3: positives are an image and
+Biomedical Engineering 2025; arXiv 2402.01054): positives are an image and
 its augmented copy (rotation +-5 degrees, flips), negatives the rest of the batch, NT-Xent loss at
 temperature 0.07; a 2D ResNet-50 to 128-d for chest X-rays and a small 3D CNN to 32-d for knee
 MRI; images min-max scaled to [-1, 1]; similarity = Pearson correlation of two embeddings.

@@ -137,7 +137,7 @@ def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
     Resizing uses area averaging when both axes shrink (no aliasing) and bilinear interpolation
     otherwise; non-square images are stretched to a square. Each image is then shifted and scaled
     to mean 0 and standard deviation 1 (a constant image becomes all zeros), the normalisation
-    under which the training targets' SSIM is defined (METHODS.md section 2).
+    under which the training targets' SSIM is defined (Scardace et al., arXiv 2509.16582).
     """
     return zscore(resize(images.to(torch.float32).unsqueeze(1), (size, size)))
 

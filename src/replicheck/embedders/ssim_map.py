@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-DEEPSSIM_BANDS = (0.60, 0.85)  # SSIM: Different <= 0.60 < Similar <= 0.85 < Duplicate (METHODS.md section 2)
+DEEPSSIM_BANDS = (0.60, 0.85)  # SSIM: Different <= 0.60 < Similar <= 0.85 < Duplicate (Scardace et al., arXiv 2509.16582)
 
 
 def deepssim_class(ssim: float) -> str:

@@ -1,8 +1,7 @@
 """Training Dar et al.'s contrastive copy detector on the user's training images
 (``replicheck train contrastive``).
 
-The recipe of Dar et al. (Nature Biomedical Engineering 2025; arXiv 2402.01054; METHODS.md
-section 3): each training image and an augmented copy of it (rotation +-5 degrees, flips) are a
+The recipe of Dar et al. (Nature Biomedical Engineering 2025; arXiv 2402.01054): each training image and an augmented copy of it (rotation +-5 degrees, flips) are a
 positive pair, the other images of the batch are negatives, and the loss is NT-Xent at
 temperature 0.07 (:func:`replicheck.embedders.contrastive.nt_xent`). Both views are augmented
 independently. The network (:class:`~replicheck.embedders.contrastive.ContrastiveNet`) is 2D or

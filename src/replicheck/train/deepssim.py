@@ -3,7 +3,7 @@
 The objective of Scardace et al. (arXiv 2509.16582): for a pair of images (a, b), the cosine of
 the embeddings of two independently augmented views, cos(f(T1 a), f(T2 b)), should equal the
 SSIM of the **un-augmented** pair; the loss is their mean squared difference. The target SSIM
-follows METHODS.md section 2: scikit-image semantics (:func:`replicheck.measures.compare`) on
+follows the paper: scikit-image semantics (:func:`replicheck.measures.compare`) on
 per-image z-scored images, ``data_range`` = max - min of the first image, computed at the
 network's input size on exactly the images the network sees before augmentation.
 
