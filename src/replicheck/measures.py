@@ -19,6 +19,11 @@ With ``max_shift`` > 0 the candidate is first aligned to the query by the intege
 query's central region (a border of ``max_shift`` removed) and the candidate's shifted window;
 all measures are then computed on that aligned pair. A copy shifted by a few pixels is thereby
 scored like an unshifted copy (see ``docs/design.md``).
+
+:func:`compare_aligned` scores candidates that :mod:`replicheck.align` has already warped onto the
+query, over the voxels they cover, and adds ``structure``: the Pearson correlation of the two
+images' band-passed structure (:func:`replicheck.align.band_pass`), which a copy keeps through
+noise, blur and contrast changes and which unrelated images of the same anatomy do not share.
 """
 
 from __future__ import annotations
@@ -27,11 +32,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from .align import gaussian, separable
 from .kernels import ssim_many
 
 HIGHER_IS_SIMILAR = {"ncc": True, "ssim": True, "psnr": True, "mse": False}
 MEASURES = tuple(HIGHER_IS_SIMILAR)
+ALIGNED_MEASURES = {"structure": True, **HIGHER_IS_SIMILAR}  # compare_aligned's measures
+BAND = (1.0, 4.0)  # voxels: the structure's difference of Gaussians
 
 _K1, _K2 = 0.01, 0.03
 
@@ -96,6 +105,111 @@ def compare(
         psnr=psnr_,
         shift=shifts.numpy(),
     )
+
+
+def compare_aligned(queries: np.ndarray, warped: np.ndarray, valid: np.ndarray, *, data_range: float,
+                    win_size: int = 7, ssim_best: int | None = None, band: tuple[float, float] = BAND) -> dict:
+    """Measures of (Q, *S) ``queries`` against (Q, M, *S) candidates already ``warped`` onto their
+    query, over each candidate's ``valid`` voxels (a (Q, M, *S) boolean mask of the voxels its warp
+    covers); every measure is a (Q, M) array.
+
+    - ``ncc``, ``mse``, ``psnr`` over the valid voxels;
+    - ``ssim``: the mean of scikit-image's SSIM map over the voxels whose whole window is valid;
+      with ``ssim_best`` = n only for each query's n candidates of highest ``structure`` (NaN
+      otherwise; a scan computes it for the nearest only, the costliest measure at full resolution);
+    - ``structure``: the Pearson correlation over the valid voxels of both images band-passed
+      between ``band`` voxels (difference of Gaussians, each smoothing normalised by the mask's,
+      so that the edge of the valid region adds no structure of its own).
+
+    A candidate with fewer than 16 valid voxels scores NaN.
+    """
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    w = torch.from_numpy(np.ascontiguousarray(warped, dtype=np.float32))
+    mask = torch.from_numpy(np.ascontiguousarray(valid, dtype=bool))
+    if w.shape[:1] + w.shape[2:] != q.shape or mask.shape != w.shape:
+        raise ValueError(f"warped and valid must have shape ({q.shape[0]}, M, *{tuple(q.shape[1:])}), got "
+                         f"{tuple(w.shape)} and {tuple(mask.shape)}")
+    nq, m = w.shape[:2]
+    grid = tuple(q.shape[1:])
+    pairs_q = q[:, None].expand(nq, m, *grid).reshape(nq * m, *grid)
+    w, mask = w.reshape(nq * m, *grid), mask.reshape(nq * m, *grid)
+    k = nq * m
+    weights = mask.reshape(k, -1).to(torch.float32)
+    count = weights.sum(1)
+    flat_q, flat_w = pairs_q.reshape(k, -1), w.reshape(k, -1)
+    mse_ = (((flat_w - flat_q) ** 2) * weights).sum(1, dtype=torch.float64) / count.double().clamp_min(1)
+    with np.errstate(divide="ignore"):
+        psnr_ = 10.0 * np.log10(data_range**2 / mse_.numpy())
+    ncc_ = _masked_pearson(flat_q, flat_w, weights)
+    structure_ = _structure(pairs_q, w, mask, band)
+    ssim_ = np.full(k, np.nan)
+    if ssim_best is None:
+        rows = np.arange(k)
+    else:
+        best = np.argsort(-np.nan_to_num(structure_.reshape(nq, m), nan=-np.inf), axis=1, kind="stable")[:, :ssim_best]
+        rows = (best + (np.arange(nq) * m)[:, None]).reshape(-1)
+    if rows.size:
+        ssim_[rows] = _masked_ssim(pairs_q[rows], w[rows], mask[rows], data_range=data_range, win_size=win_size)
+    few = (count < 16).numpy()
+    out = {"structure": structure_, "ncc": ncc_, "ssim": ssim_, "mse": mse_.numpy(), "psnr": psnr_}
+    return {name: np.where(few, np.nan, values).reshape(nq, m) for name, values in out.items()}
+
+
+def _masked_pearson(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Row-wise Pearson correlation of (k, n) ``a`` and ``b`` over the voxels where ``mask`` is 1
+    (sums in float64)."""
+    count = mask.sum(1, keepdim=True).clamp_min(1)
+    ac = (a - (a * mask).sum(1, keepdim=True) / count) * mask
+    bc = (b - (b * mask).sum(1, keepdim=True) / count) * mask
+    numerator = (ac * bc).sum(1, dtype=torch.float64)
+    denominator = torch.sqrt((ac * ac).sum(1, dtype=torch.float64) * (bc * bc).sum(1, dtype=torch.float64))
+    return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), 0.0).numpy()
+
+
+def _structure(q: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, band: tuple[float, float]) -> np.ndarray:
+    """The correlation of each band-passed pair (q[i], w[i]) at half resolution (2 x 2 voxel means,
+    each band edge halved with it: the same band, at a quarter of the cost), over voxels whose
+    2 x 2 block is valid."""
+    k, grid = len(w), tuple(q.shape[1:])
+    if min(grid) >= 16:
+        pool = F.avg_pool2d if len(grid) == 2 else F.avg_pool3d
+        q, w = pool(q[:, None], 2)[:, 0], pool(w[:, None], 2)[:, 0]
+        mask = pool(mask[:, None].to(torch.float32), 2)[:, 0] > 1 - 1e-6
+        band = (band[0] / 2, band[1] / 2)
+    weights = mask.to(torch.float32)
+    bands = _masked_band(torch.cat([q, w]), torch.cat([weights, weights]), band).reshape(2 * k, -1)
+    return _masked_pearson(bands[:k], bands[k:], weights.reshape(k, -1))
+
+
+def _masked_band(images: torch.Tensor, weights: torch.Tensor, band: tuple[float, float]) -> torch.Tensor:
+    """Difference of Gaussians of (k, *S) ``images`` by normalised convolution with (k, *S) ``weights``:
+    each smoothing of ``images * weights`` divided by the same smoothing of ``weights``."""
+    low, high = band
+    smoothed = []
+    for sigma in (low, high):
+        both = gaussian(torch.cat([images * weights, weights]), sigma)
+        smoothed.append(both[: len(images)] / both[len(images):].clamp_min(1e-6))
+    return smoothed[0] - smoothed[1]
+
+
+def _masked_ssim(q: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, *, data_range: float, win_size: int) -> np.ndarray:
+    """scikit-image's SSIM map (uniform window, sample covariance) of each pair (q[i], w[i]), averaged
+    over the voxels whose whole window lies inside the mask (and inside the image)."""
+    ndim = q.ndim - 1
+    x, y = q, w
+    box = torch.full((win_size,), 1.0 / win_size, dtype=torch.float32)
+    window = lambda t: separable(t, box, pad=False)  # noqa: E731 (means over whole windows only)
+    mx, my = window(x), window(y)
+    scale = covariance_scale(win_size ** ndim)
+    vx = (window(x * x) - mx * mx) * scale
+    vy = (window(y * y) - my * my) * scale
+    vxy = (window(x * y) - mx * my) * scale
+    c1, c2 = (_K1 * data_range) ** 2, (_K2 * data_range) ** 2
+    ssim_map = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    inside = (window(mask.to(torch.float32)) > 1 - 1e-6).to(torch.float32)  # the whole window is valid
+    count = inside.reshape(len(w), -1).sum(1)
+    total = (ssim_map * inside).reshape(len(w), -1).sum(1)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.nan).numpy()
 
 
 def zscored_ssim(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
