@@ -48,6 +48,13 @@ FAMILIES: dict[str, tuple] = {
     "jpeg2000": ({"ratio": 10}, {"ratio": 20}, {"ratio": 40}),
     "elastic": ({"max_displacement": 1.0}, {"max_displacement": 2.0}, {"max_displacement": 4.0}),
     "partial_copy": ({"area_fraction": 0.25}, {"area_fraction": 0.5}, {"area_fraction": 0.75}),
+    # Several changes at once, as a generator's copy shows them (each drawn up to the level's bound).
+    "compound": ({"warp": 0.5, "zoom": 0.02, "shift": 2.0, "resample": 0.75, "gamma": 1.15, "noise": 0.01},
+                 {"warp": 1.0, "zoom": 0.04, "shift": 4.0, "resample": 0.6, "gamma": 1.3, "noise": 0.02},
+                 {"warp": 1.5, "zoom": 0.06, "shift": 6.0, "resample": 0.5, "gamma": 1.5, "noise": 0.03}),
+    "misaligned": ({"degrees": 3.0, "gamma": 1.15, "p_flip": 0.5},
+                   {"degrees": 6.0, "gamma": 1.3, "p_flip": 0.5},
+                   {"degrees": 10.0, "gamma": 1.5, "p_flip": 0.5}),
     # Anatomy-preserving: far stronger intensity changes (not in DEFAULT_FAMILIES).
     "heavy_noise": ({"sigma": 0.12}, {"sigma": 0.2}),
     "strong_bias_field": ({"amplitude": 1.0}, {"amplitude": 1.5}),
@@ -280,6 +287,60 @@ def _elastic(x: np.ndarray, rng: np.random.Generator, *, max_displacement: float
     return out, {"seed": seed, "field_sigma": float(sigma)}
 
 
+# Several changes at once.
+
+def _compound(x: np.ndarray, rng: np.random.Generator, *, warp: float, zoom: float, shift: float, resample: float,
+              gamma: float, noise: float) -> tuple[np.ndarray, dict]:
+    """A smooth warp, an in-plane zoom and shift (one resampling, zero fill), detail lost by down-
+    and up-sampling, a gamma and Gaussian noise, in that order. Each magnitude is drawn between
+    half the level's bound and the bound (the zoom's and gamma's direction at random), so that a
+    level's copies differ but all are of that level's strength."""
+    draw = lambda bound: float(bound * rng.uniform(0.5, 1.0))  # noqa: E731
+    displacement = draw(warp)
+    out, warped = _elastic(x, rng, max_displacement=displacement)
+    factor = 1.0 + _sign(rng) * draw(zoom)
+    direction, length = rng.uniform(0.0, 2.0 * np.pi), draw(shift)
+    moved = [length * math.sin(direction), length * math.cos(direction)]  # (dy, dx)
+    out = _similarity(out, degrees=0.0, zoom=factor, shift=moved)
+    out, resampled = _resample(out, rng, factor=resample)
+    exponent = float(gamma ** (_sign(rng) * rng.uniform(0.5, 1.0)))
+    out = np.clip(out, 0.0, 1.0) ** exponent
+    out, noised = _gaussian_noise(out, rng, sigma=noise)
+    return out, {"warp_applied": displacement, "warp_seed": warped["seed"], "zoom_applied": factor,
+                 "shift_applied": [float(s) for s in moved], "small_shape": resampled["small_shape"],
+                 "gamma_applied": exponent, "noise_seed": noised["seed"]}
+
+
+def _misaligned(x: np.ndarray, rng: np.random.Generator, *, degrees: float, gamma: float,
+                p_flip: float) -> tuple[np.ndarray, dict]:
+    """A flip (with probability ``p_flip``, left-right or up-down), an in-plane rotation of between
+    half of ``degrees`` and ``degrees`` either way, and a gamma between ``gamma ** 0.5`` and
+    ``gamma`` either way: the changes that defeat a pixel-aligned comparison."""
+    flip = None
+    if rng.random() < p_flip:
+        flip = int(rng.integers(2))  # 0: left-right, 1: up-down
+        x = np.flip(x, axis=-1 if flip == 0 else -2)
+    angle = float(_sign(rng) * degrees * rng.uniform(0.5, 1.0))
+    out = _similarity(x, degrees=angle, zoom=1.0, shift=[0.0, 0.0])
+    exponent = float(gamma ** (_sign(rng) * rng.uniform(0.5, 1.0)))
+    return np.clip(out, 0.0, 1.0) ** exponent, {"flip": ["none", "left-right", "up-down"][0 if flip is None else flip + 1],
+                                                  "angle": angle, "gamma_applied": exponent}
+
+
+def _similarity(x: np.ndarray, *, degrees: float, zoom: float, shift: list[float]) -> np.ndarray:
+    """Every in-plane slice rotated by ``degrees`` and enlarged by ``zoom`` about its centre, then
+    moved by ``shift`` (dy, dx) voxels; linear interpolation, zero fill."""
+    theta = math.radians(degrees)
+    # output -> input: inverse rotation and zoom about the centre, minus the shift
+    inverse = np.array([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]]) / zoom
+    centre = (np.array(x.shape[-2:], dtype=np.float64) - 1) / 2
+    offset = centre - inverse @ (centre + np.asarray(shift, dtype=np.float64))
+    planes = x.reshape(-1, *x.shape[-2:])
+    out = np.stack([ndimage.affine_transform(p, inverse, offset=offset, order=1, mode="constant", cval=0.0)
+                    for p in planes])
+    return out.reshape(x.shape)
+
+
 # Codecs.
 
 def _jpeg(x: np.ndarray, rng: np.random.Generator, *, quality: int) -> tuple[np.ndarray, dict]:
@@ -362,6 +423,8 @@ _PERTURBATIONS: dict[str, Callable[..., tuple[np.ndarray, dict]]] = {
     "jpeg2000": _jpeg2000,
     "elastic": _elastic,
     "partial_copy": _partial_copy,
+    "compound": _compound,
+    "misaligned": _misaligned,
     "heavy_noise": _gaussian_noise,  # the same operations at levels that swamp intensity detail
     "strong_bias_field": _bias_field,  # gains from exp(-1.5) = 0.22 to exp(1.5) = 4.5 at the top level
     "contrast": _contrast,
