@@ -243,7 +243,8 @@ def child_scan(config_path: str) -> None:
     imported = time.perf_counter()
     result = replicheck.scan(config["train"], config["synthetic"], holdout=config["holdout"],
                              subject_regex=SUBJECT_REGEX, progress=False, num_workers=config["workers"],
-                             image_ndim=config["image_ndim"], voxel_measure=config.get("voxel_measure", "ncc"))
+                             image_ndim=config["image_ndim"], voxel_measure=config.get("voxel_measure"),
+                             align=config.get("align", "similarity"))
     finished = time.perf_counter()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak = peak_rss_bytes()
@@ -274,12 +275,12 @@ def child_build(config_path: str) -> None:
 
 
 def run_scan(built: dict, out: Path, workers: int, image_ndim: int | None, max_wait: float,
-             voxel_measure: str = "ncc") -> dict:
+             voxel_measure: str | None = None, align: str = "similarity") -> dict:
     """``replicheck.scan`` in a child process; ``image_ndim=3`` makes a (64, 128, 128) .npy one volume, not 64 slices."""
     out.mkdir(parents=True, exist_ok=True)
     idle = wait_idle(max_wait)
     config = {**built["folders"], "out": str(out), "workers": workers, "image_ndim": image_ndim,
-              "voxel_measure": voxel_measure}
+              "voxel_measure": voxel_measure, "align": align}
     config_path = out / "config.json"
     config_path.write_text(json.dumps(config))
     load_before = os.getloadavg()

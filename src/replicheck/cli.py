@@ -19,7 +19,7 @@ import typer
 from typer.exceptions import TyperException
 
 from ._version import __version__
-from .config import CombineRule, Intensity, VoxelMeasure
+from .config import Alignment, CombineRule, Intensity, VoxelMeasure
 from .records import OptionError, ReplicheckError
 
 EXIT_INPUT = 2  # a user-facing error: bad input, bad option
@@ -97,13 +97,14 @@ def scan(
     slices: Annotated[bool, typer.Option("--slices", help="Cut volumes into 2D axial slices and compare slices.")] = False,
     subject_regex: SubjectRegex = None,
     image_ndim: ImageNdim = None,
-    voxel_measure: Annotated[VoxelMeasure, typer.Option("--voxel-measure", help="Ranks training images and sets the voxel flag: ncc, ssim (its own search), mse, psnr.")] = "ncc",
+    align: Annotated[Alignment, typer.Option("--align", help="Voxel level: similarity (flip, rotate, scale and move each candidate onto the synthetic image) or shift (integer shifts of at most --max-shift).")] = "similarity",
+    voxel_measure: Annotated[Optional[VoxelMeasure], typer.Option("--voxel-measure", help="Ranks training images and sets the voxel flag: structure (default with --align similarity), ncc (default with shift), ssim, mse, psnr.")] = None,
     embedder: Embedder = "deepssim",
     cache: Annotated[Optional[str], typer.Option("--cache", help="Feature level: folder of a persistent embedding cache.")] = None,
     masks: Masks = "foreground",
     device: Device = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per embedder batch.")] = 64,
-    max_shift: Annotated[int, typer.Option("--max-shift", help="Largest translation (voxels per axis) searched when aligning a pair.")] = 3,
+    max_shift: Annotated[int, typer.Option("--max-shift", help="With --align shift: the largest translation (voxels per axis) searched.")] = 3,
     skip_unreadable: Annotated[bool, typer.Option("--skip-unreadable", help="Skip unreadable images (listed in summary.json) instead of stopping.")] = False,
     gallery: Annotated[int, typer.Option("--gallery", help="Top pairs shown with their pixels in report.html.")] = 50,
     no_images: NoImages = False,
@@ -118,7 +119,7 @@ def scan(
 
     result = _run(lambda: scan_into(out, train, synthetic, holdout, ScanConfig.from_options(
         levels=levels, k=k, quantile=quantile, combine=combine, grid=grid, intensity=intensity, ct_window=ct_window,
-        slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, voxel_measure=voxel_measure,
+        slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, align=align, voxel_measure=voxel_measure,
         embedder=embedder, device=device, batch_size=batch_size, cache=cache, masks=masks, max_shift=max_shift,
         skip_unreadable=skip_unreadable, num_workers=num_workers, seed=seed, progress=not quiet, gallery=gallery,
         report_images=not no_images), labels=labels, command=" ".join(["replicheck"] + sys.argv[1:])))
@@ -191,7 +192,7 @@ def bench_run(
     bench: Annotated[Path, typer.Argument(help="A folder made by replicheck bench make.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.csv, metrics.json, metrics.md, roc.png and each scan's results.")],
     levels: Levels = "voxel",
-    methods: Annotated[str, typer.Option("--methods", help="Comma-separated extra detectors (ssim-search), or none.")] = "ssim-search",
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated extra detectors (shift: the shift-only voxel level; ssim-search), or none.")] = "shift,ssim-search",
     quantile: Annotated[float, typer.Option("--quantile", help="Quantile of the holdout null used as every detector's threshold.")] = 0.99,
     brute_force_budget: Annotated[float, typer.Option("--brute-force-budget", help="Voxel comparisons a brute-force baseline may spend before it runs on a stratified subset.")] = 1.5e10,
     natural: Annotated[bool, typer.Option("--natural/--no-natural", help="Also count the natural copies of pydicom-data each detector finds.")] = True,

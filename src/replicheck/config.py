@@ -19,11 +19,13 @@ from typing import Literal, get_args
 from .records import OptionError
 
 Intensity = Literal["auto", "ct", "percentile", "8bit", "ct8", "minmax"]
-VoxelMeasure = Literal["ncc", "ssim", "mse", "psnr"]
+VoxelMeasure = Literal["structure", "ncc", "ssim", "mse", "psnr"]
+Alignment = Literal["similarity", "shift"]
 CombineRule = Literal["max-z", "max-robust-z", "any", "bonferroni", "min-p", "fisher"]
 
 INTENSITIES: tuple[str, ...] = get_args(Intensity)
 VOXEL_MEASURES: tuple[str, ...] = get_args(VoxelMeasure)
+ALIGNMENTS: tuple[str, ...] = get_args(Alignment)
 COMBINE_RULES: tuple[str, ...] = get_args(CombineRule)
 MIN_GRID_SIDE = 8  # voxels: the smallest analysis grid a scan accepts (SSIM's 7-voxel window fits)
 
@@ -159,16 +161,28 @@ class Calibration:
 
 @dataclass(frozen=True)
 class VoxelOptions:
-    """The voxel level (:mod:`replicheck.levels.voxel`)."""
+    """The voxel level: ``align`` "similarity" (:mod:`replicheck.levels.aligned`: flips, rotation,
+    scale and translation) or "shift" (:mod:`replicheck.levels.voxel`: integer translations of at
+    most ``max_shift`` voxels, on a shortlist of ``search_size`` voxels a side)."""
 
-    measure: VoxelMeasure = "ncc"  # ranks training images and sets the level's flag
-    max_shift: int = 3  # voxels per axis searched when aligning a pair
-    search_size: int = 32  # side of the downsampled images the index compares
+    align: Alignment = "similarity"
+    measure: VoxelMeasure | None = None  # ranks training images and sets the level's flag; None: structure or ncc
+    max_shift: int = 3  # shift alignment: voxels per axis searched
+    search_size: int = 32  # shift alignment: side of the downsampled images the index compares
 
     def __post_init__(self):
-        check_choice("voxel_measure", self.measure, VOXEL_MEASURES)
+        check_choice("align", self.align, ALIGNMENTS)
+        if self.measure is not None:
+            check_choice("voxel_measure", self.measure, VOXEL_MEASURES)
+        if self.measure == "structure" and self.align != "similarity":
+            raise OptionError("voxel_measure", "structure needs the aligned comparison (align similarity)")
         check_range("max_shift", self.max_shift, low=0)
         check_range("search_size", self.search_size, low=2)
+
+    @property
+    def primary(self) -> str:
+        """The measure that ranks and flags: ``measure``, or the alignment's own default."""
+        return self.measure or ("structure" if self.align == "similarity" else "ncc")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from .progress import Progress
 from .store import ArrayStore, StoredRows
 
 QUERY_CHUNK = 64
+RESCORE_BATCH = 16  # queries a level with ``rescore_batch`` rescores together (per worker thread)
 VECTOR_BATCH_BYTES = 64 * 2**20  # analysis-grid images per batch when computing search vectors
 
 
@@ -57,6 +58,7 @@ class Side:
     subjects: np.ndarray
     coarse_queries: ArrayStore | None = None  # the level's coarse rows used as a query
     coarse: ArrayStore | None = None  # ... and used as a candidate
+    query_vectors: np.ndarray | None = None  # (n, views, d): several search vectors per image as a query
 
 
 def build_side(level: Level, store: ArrayStore, rows: pd.DataFrame, workdir: Path, name: str) -> Side:
@@ -66,7 +68,7 @@ def build_side(level: Level, store: ArrayStore, rows: pd.DataFrame, workdir: Pat
     representation (the segmentation level's masks) is searched and rescored on it, kept in a
     store of its own.
     """
-    vectors, as_query, as_candidate = [], None, None
+    vectors, views, as_query, as_candidate = [], [], None, None
     batch_size = max(1, VECTOR_BATCH_BYTES // (4 * int(np.prod(store.shape))))
     searched = store
     for start, batch in store.batches(batch_size):
@@ -77,6 +79,7 @@ def build_side(level: Level, store: ArrayStore, rows: pd.DataFrame, workdir: Pat
             for array in batch:
                 searched.append(array)
         vectors.append(level.vectors(batch))
+        views.append(level.query_views(batch))
         coarse = level.coarse(batch)
         if coarse is None:
             continue
@@ -87,8 +90,8 @@ def build_side(level: Level, store: ArrayStore, rows: pd.DataFrame, workdir: Pat
         for query_row, candidate_row in zip(*coarse):
             as_query.append(query_row)
             as_candidate.append(candidate_row)
-    return Side(searched, np.concatenate(vectors), rows["subject"].to_numpy(),
-                coarse_queries=as_query, coarse=as_candidate)
+    return Side(searched, np.concatenate(vectors), rows["subject"].to_numpy(), coarse_queries=as_query,
+                coarse=as_candidate, query_vectors=None if views[0] is None else np.concatenate(views))
 
 
 @dataclass(frozen=True)
@@ -149,8 +152,10 @@ def nearest(
     created = Lock()
     advance = (progress or Progress()).step(description, len(query_rows))
 
-    def one(position: int, candidates: np.ndarray) -> None:
-        candidates = candidates[candidates >= 0]
+    def candidates_of(position: int, shortlisted: np.ndarray) -> np.ndarray:
+        """Positions (in ``gallery_rows``) a query's rescoring takes: the refined shortlist, then
+        the extra candidates."""
+        candidates = shortlisted[shortlisted >= 0]
         query_row = query_rows[position]
         if gallery.coarse is not None and candidates.size > depth:
             candidates = candidates[level.refine(queries.store.shape, queries.coarse_queries.read(query_row)[0],
@@ -162,13 +167,9 @@ def nearest(
                 extra = extra[gallery.subjects[gallery_rows[extra]] != queries.subjects[query_row]]
             extra = extra[~np.isin(extra, candidates)]
             candidates = np.concatenate([candidates, extra[np.sort(np.unique(extra, return_index=True)[1])]])
-        if candidates.size == 0:
-            return
-        if level.scores_from_vectors:  # the search vectors are the measure (an embedding's cosine)
-            scores = level.rescore_vectors(queries.vectors[query_row], gallery.vectors[gallery_rows[candidates]])
-        else:
-            scores = level.rescore(queries.store.read(query_row)[0], gallery.store.read(gallery_rows[candidates]),
-                                   keep=0 if primary_only else k)
+        return candidates
+
+    def keep_best(position: int, candidates: np.ndarray, scores: dict[str, np.ndarray]) -> None:
         primary = oriented(scores[level.primary], level.measures[level.primary])
         order = np.argsort(-np.nan_to_num(primary, nan=-np.inf), kind="stable")[:k]
         rows[position, : order.size] = gallery_rows[candidates[order]]
@@ -178,16 +179,70 @@ def nearest(
                     values[name] = _empty(column.dtype, rows.shape)
             values[name][position, : order.size] = column[order]
 
+    def one(position: int, shortlisted: np.ndarray) -> None:
+        candidates = candidates_of(position, shortlisted)
+        if candidates.size == 0:
+            return
+        query_row = query_rows[position]
+        if level.scores_from_vectors:  # the search vectors are the measure (an embedding's cosine)
+            scores = level.rescore_vectors(queries.vectors[query_row], gallery.vectors[gallery_rows[candidates]])
+        else:
+            scores = level.rescore(queries.store.read(query_row)[0], gallery.store.read(gallery_rows[candidates]),
+                                   keep=0 if primary_only else k)
+        keep_best(position, candidates, scores)
+
+    def batch(positions: np.ndarray, shortlisted: np.ndarray) -> int:
+        """The queries at ``positions`` rescored together (a level with ``rescore_batch``); each
+        query's candidate list is padded to the longest with a copy of its first candidate."""
+        lists = [candidates_of(position, row) for position, row in zip(positions, shortlisted)]
+        lists = [(position, found) for position, found in zip(positions, lists) if found.size]
+        if lists:
+            width = max(found.size for _, found in lists)
+            padded = np.stack([np.concatenate([found, np.repeat(found[:1], width - found.size)]) for _, found in lists])
+            images = gallery.store.read(gallery_rows[padded.reshape(-1)]).reshape(len(lists), width, *gallery.store.shape)
+            scores = level.rescore_batch(queries.store.read(query_rows[[position for position, _ in lists]]), images,
+                                         keep=0 if primary_only else k)
+            for number, (position, found) in enumerate(lists):
+                keep_best(position, found, {name: column[number, : found.size] for name, column in scores.items()})
+        return len(positions)
+
     with _one_torch_thread(), ThreadPoolExecutor(max(1, workers)) as pool:
         for start in range(0, len(query_rows), QUERY_CHUNK):
             chunk = np.arange(start, min(start + QUERY_CHUNK, len(query_rows)))
             exclude = queries.subjects[query_rows[chunk]] if exclude_own_subject else None
-            _, shortlisted = index.search(queries.vectors[query_rows[chunk]], shortlist, exclude=exclude)
-            for _ in pool.map(one, chunk, shortlisted):
-                advance()
+            shortlisted = _shortlist(index, queries, query_rows[chunk], shortlist, exclude)
+            if level.rescores_in_batches:
+                pieces = range(0, len(chunk), RESCORE_BATCH)
+                for done in pool.map(batch, (chunk[i:i + RESCORE_BATCH] for i in pieces),
+                                     (shortlisted[i:i + RESCORE_BATCH] for i in pieces)):
+                    advance(done)
+            else:
+                for _ in pool.map(one, chunk, shortlisted):
+                    advance()
     for name in level.measures:
         values.setdefault(name, np.full(rows.shape, np.nan))
     return Hits(rows, values)
+
+
+def _shortlist(index: Index, queries: Side, rows: np.ndarray, shortlist: int, exclude: np.ndarray | None) -> np.ndarray:
+    """The index's ``shortlist`` best gallery rows for each query row, best first (-1 pads): for a
+    level with several views per query, each view is searched and each gallery row keeps its
+    best score over the views."""
+    if queries.query_vectors is None:
+        return index.search(queries.vectors[rows], shortlist, exclude=exclude)[1]
+    views = queries.query_vectors[rows]  # (n, V, d)
+    n, count = views.shape[:2]
+    scores, ids = index.search(views.reshape(n * count, -1), shortlist,
+                               exclude=None if exclude is None else np.repeat(exclude, count))
+    scores, ids = scores.reshape(n, -1), ids.reshape(n, -1)
+    out = np.full((n, shortlist), -1, dtype=np.int64)
+    for row in range(n):
+        found = ids[row] >= 0
+        order = np.argsort(-scores[row][found], kind="stable")
+        unique, first = np.unique(ids[row][found][order], return_index=True)
+        best = unique[np.argsort(first, kind="stable")][:shortlist]  # each id at its best score, best first
+        out[row, : len(best)] = best
+    return out
 
 
 def _empty(dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:

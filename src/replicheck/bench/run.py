@@ -73,12 +73,16 @@ def combined_detector(levels: tuple[str, ...]) -> Detector:
 
 
 METHODS = {
-    "ssim-search": Detector("ssim-search", {"voxel_measure": "ssim"},
+    "ssim-search": Detector("ssim-search", {"voxel_measure": "ssim", "align": "shift"},
                             (("voxel, SSIM search: ssim", "voxel", "ssim", True),),
-                            description="replicheck scan --voxel-measure ssim"),
+                            description="replicheck scan --align shift --voxel-measure ssim"),
+    "shift": Detector("shift", {"align": "shift"},
+                      tuple((f"voxel, shift only: {m}", "voxel", m, higher) for m, higher in HIGHER_IS_SIMILAR.items()),
+                      description="replicheck scan --align shift (integer shifts of at most 3 voxels, no flip, rotation "
+                                  "or scale)"),
 }
 BASELINES = tuple(
-    Detector(f"pixel-{measure}", {"voxel_measure": measure, "max_shift": 0, "k": 1},
+    Detector(f"pixel-{measure}", {"voxel_measure": measure, "align": "shift", "max_shift": 0, "k": 1},
              ((f"brute force: pixel {measure}", "voxel", measure, HIGHER_IS_SIMILAR[measure]),), exhaustive=True,
              description=f"pixel {measure.upper()} of every synthetic image with every training image, no alignment")
     for measure in ("ssim", "ncc", "mse")
@@ -88,7 +92,7 @@ BASELINES = tuple(
 @dataclass
 class RunConfig:
     levels: tuple[str, ...] = ("voxel",)
-    methods: tuple[str, ...] = ("ssim-search",)
+    methods: tuple[str, ...] = ("shift", "ssim-search")
     quantile: float = 0.99
     brute_force_budget: float = BRUTE_FORCE_BUDGET
     natural: bool = True

@@ -16,10 +16,14 @@ __all__ = ["Level", "LevelBase", "LEVELS", "make_level"]
 
 
 def _voxel(config: ScanConfig) -> Level:
+    options = config.voxel
+    if options.align == "similarity":
+        from .aligned import AlignedVoxelLevel
+
+        return AlignedVoxelLevel(primary=options.primary)
     from .voxel import VoxelLevel
 
-    options = config.voxel
-    return VoxelLevel(max_shift=options.max_shift, search_size=options.search_size, primary=options.measure)
+    return VoxelLevel(max_shift=options.max_shift, search_size=options.search_size, primary=options.primary)
 
 
 def _feature(config: ScanConfig) -> Level:

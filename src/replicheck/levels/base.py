@@ -5,6 +5,8 @@ The scan pipeline is the same for every level (shortlist by inner product of the
 exact rescoring of the top-k, calibration against the null, flags); a level supplies
 
 - ``vectors(images)``: unit-norm float32 vectors whose inner product shortlists candidates;
+- ``query_views(images)``: several vectors per image when it is the query (flips, turns), each
+  searched, the candidates merged (default: none; the image's one vector);
 - ``rescore(query, candidates, keep=...)``: its measures for one query against k candidates;
 - ``measures``: measure name -> True when higher is more similar; ``primary``: the measure
   whose calibrated threshold sets the level's flag;
@@ -12,6 +14,8 @@ exact rescoring of the top-k, calibration against the null, flags); a level supp
   re-ranks the index's shortlist before the exact rescoring (default: none);
 - ``shortlist(ndim)``: how many index candidates to refine (default 256);
 - ``depth(ndim, k)``: how many refined candidates to rescore exactly (default k);
+- ``rescores_in_batches`` and ``rescore_batch(queries, candidates, keep=...)``: rescoring several
+  queries with their candidates in one call, (Q, D) measures (default: off, one query at a time);
 - ``scores_from_vectors`` and ``rescore_vectors(query_vector, candidate_vectors)``: measures
   computed from the search vectors alone (an embedding's cosine), so that no image is read
   back to rescore (default: off);
@@ -43,12 +47,20 @@ class Level(Protocol):
     measures: dict[str, bool]
     primary: str
     scores_from_vectors: bool
+    rescores_in_batches: bool
     own_representation: bool
     union_candidates: bool
     cache: object | None
 
     def vectors(self, images: np.ndarray) -> np.ndarray:
         """(b, *grid) images -> (b, d) unit-norm float32 search vectors."""
+
+    def query_views(self, images: np.ndarray) -> np.ndarray | None:
+        """(b, *grid) images -> (b, views, d) search vectors of each image as a query, or None."""
+
+    def rescore_batch(self, queries: np.ndarray, candidates: np.ndarray, *, keep: int | None = None) -> dict[str, np.ndarray]:
+        """Measures of (Q, D, *grid) candidates against their (Q, *grid) queries: name -> (Q, D)
+        (``rescores_in_batches``)."""
 
     def rescore(self, query: np.ndarray, candidates: np.ndarray, *, keep: int | None = None) -> dict[str, np.ndarray]:
         """Measures of ``query`` against (n, *grid) ``candidates``: name -> (n,) array.
@@ -89,9 +101,16 @@ class LevelBase:
     """Defaults of a :class:`Level`'s optional parts; a level subclasses it and overrides what it has."""
 
     scores_from_vectors: ClassVar[bool] = False
+    rescores_in_batches: ClassVar[bool] = False
     own_representation: ClassVar[bool] = False
     union_candidates: ClassVar[bool] = False
     cache = None
+
+    def query_views(self, images: np.ndarray) -> np.ndarray | None:
+        return None
+
+    def rescore_batch(self, queries: np.ndarray, candidates: np.ndarray, *, keep: int | None = None) -> dict[str, np.ndarray]:
+        raise NotImplementedError(f"the {self.name} level rescores one query at a time")
 
     def rescore_vectors(self, query: np.ndarray, candidates: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError(f"the {self.name} level scores images, not vectors")
