@@ -42,3 +42,49 @@ def test_matched_subsample_is_sorted_unique_and_reproducible():
     np.testing.assert_array_equal(a, calibrate.matched_subsample(1000, 100, seed=5))
     np.testing.assert_array_equal(calibrate.matched_subsample(10, 100, seed=5), np.arange(10))
 
+
+
+def test_the_guard_keeps_a_small_nulls_false_positive_rate_near_nominal():
+    """2,000 nulls of 15 correlation-like scores, each judged by a new score from the same source:
+    the null's own 0.99 quantile lets about 6% through, the guarded threshold about 1%."""
+    rng = np.random.default_rng(0)
+    draws = np.tanh(rng.normal(0.8, 0.15, size=(2000, 16)))
+    exceeded = {tail: np.mean([row[-1] > calibrate.threshold(row[:-1], 0.99, tail=tail).value for row in draws])
+                for tail in ("empirical", "guarded")}
+    assert exceeded["empirical"] > 0.04
+    assert 0.005 <= exceeded["guarded"] <= 0.016
+
+
+def test_the_guard_is_a_student_t_prediction_bound_on_fishers_z():
+    rng = np.random.default_rng(1)
+    null = np.tanh(rng.normal(0.5, 0.2, 40))
+    z = np.arctanh(null)
+    expected = np.tanh(z.mean() + stats.t.ppf(0.99, 39) * np.sqrt(1 + 1 / 40) * z.std(ddof=1))
+    limit = calibrate.threshold(null, 0.99, tail="guarded")
+    assert limit.gaussian == pytest.approx(expected, abs=1e-12)
+    assert limit.value == max(limit.gaussian, limit.empirical) and limit.empirical == np.quantile(null, 0.99)
+    assert calibrate.threshold(null, 0.99).value == limit.empirical  # the empirical rule ignores the fit
+    # scores on no bounded scale (PSNR) are fitted as they are
+    psnr = rng.normal(30, 3, 40)
+    assert calibrate.gaussian_quantile(psnr, 0.99) == pytest.approx(
+        psnr.mean() + stats.t.ppf(0.99, 39) * np.sqrt(1 + 1 / 40) * psnr.std(ddof=1))
+    # float32 cosines that overshoot 1 by rounding are still correlations: the bound stays below 1
+    ceiling = np.concatenate([np.full(10, 1.0000001), 1 - rng.random(30) * 1e-3])
+    assert calibrate.threshold(ceiling, 0.99, tail="guarded").value <= 1.0000001
+    assert np.isnan(calibrate.gaussian_quantile(np.array([0.1, 0.2]), 0.99))  # too few to fit
+
+
+def test_the_guarded_holdout_floor_leaves_each_score_out_of_its_fit():
+    rng = np.random.default_rng(2)
+    null = np.tanh(rng.normal(0.6, 0.2, 30))
+    flags = calibrate.leave_one_out_flags(null, 0.99, tail="guarded")
+    expected = [null[i] > calibrate.threshold(np.delete(null, i), 0.99, tail="guarded").value for i in range(30)]
+    assert flags.tolist() == expected
+
+
+def test_z_scores_of_correlations_are_taken_on_fishers_z():
+    """A copy at 0.999 against a wide null of other patients stands far out, as its evidence deserves."""
+    null = np.tanh(np.random.default_rng(3).normal(0.5, 0.25, 200))
+    z = calibrate.z_scores(np.array([0.999]), null)[0]
+    assert z == pytest.approx((np.arctanh(0.999) - np.arctanh(null).mean()) / np.arctanh(null).std())
+    assert z > 10 > (0.999 - null.mean()) / null.std()

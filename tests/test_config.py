@@ -36,7 +36,10 @@ def test_every_flat_name_is_unique_and_reaches_a_field():
     ({"quantile": 1.5}, "quantile must be between 0 and 1 (exclusive), got 1.5"),
     ({"combine": "vote"}, "combine must be one of max-z, max-robust-z, any, bonferroni, min-p, fisher; got 'vote'"),
     ({"intensity": "hu"}, "intensity must be one of auto, ct, percentile, 8bit, ct8, minmax; got 'hu'"),
-    ({"voxel_measure": "mi"}, "voxel_measure must be one of ncc, ssim, mse, psnr; got 'mi'"),
+    ({"voxel_measure": "mi"}, "voxel_measure must be one of structure, ncc, ssim, mse, psnr; got 'mi'"),
+    ({"align": "affine"}, "align must be one of similarity, shift; got 'affine'"),
+    ({"voxel_measure": "structure", "align": "shift"}, "voxel_measure structure needs the aligned comparison"),
+    ({"null_tail": "t"}, "null_tail must be one of guarded, empirical; got 't'"),
     ({"grid": "12x"}, "grid expects sizes such as 128x128"),
     ({"grid": (4, 4)}, "grid needs 2 or 3 sizes of at least 8 voxels"),
     ({"ct_window": "40,0"}, "ct_window must be (level, width) with a positive width"),
@@ -61,7 +64,7 @@ def test_a_bad_option_is_an_error_named_by_its_keyword(options, message):
 def test_settings_are_plain_json():
     settings = asdict(ScanConfig.from_options(grid="64x64", levels=["voxel", "segmentation"]))
     assert json.loads(json.dumps(settings))["preprocessing"]["grid"] == [64, 64]
-    assert settings["voxel"] == {"measure": "ncc", "max_shift": 3, "search_size": 32}
+    assert settings["voxel"] == {"align": "similarity", "measure": None, "max_shift": 3, "search_size": 32}
 
 
 def test_numbers_and_fractions():

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 from dataclasses import asdict
 
@@ -137,9 +138,10 @@ def level_summary(verdict: LevelVerdict, config: ScanConfig, n_training: int, ea
         measures[measure.name] = {
             "higher_is_similar": measure.higher_is_similar,
             "threshold": measure.threshold_value,
+            "threshold_rule": threshold_rule(measure.threshold, measure.higher_is_similar),
             "null": calibrate.null_summary(null, measure.higher_is_similar),
             "n_copies": calibrate.rate(measure.flags).as_dict(),
-            "holdout_floor": calibrate.holdout_floor(null, quantile).as_dict(),
+            "holdout_floor": calibrate.holdout_floor(null, quantile, tail=config.calibration.tail).as_dict(),
         }
     higher, dar = verdict.higher_is_similar, verdict.dar
     copies = verdict.copies_per_training(n_training)
@@ -175,6 +177,13 @@ def level_summary(verdict: LevelVerdict, config: ScanConfig, n_training: int, ea
     }
 
 
+def threshold_rule(limit, higher_is_similar: bool) -> dict:
+    """Which rule set a threshold: the null's own quantile, or the Gaussian guard above it."""
+    binding = "gaussian" if limit.tail == "guarded" and limit.gaussian > limit.empirical else "empirical"
+    return {"tail": limit.tail, "binding": binding, "empirical": unoriented(limit.empirical, higher_is_similar),
+            "gaussian": None if math.isnan(limit.gaussian) else unoriented(limit.gaussian, higher_is_similar)}
+
+
 def level_warnings(verdict: LevelVerdict, quantile: float) -> list[str]:
     n_null = verdict.searches.null.rows.shape[0]
     if n_null < SMALL_NULL:
@@ -205,8 +214,11 @@ def summary(*, config: ScanConfig, preprocessing: Preprocessing, collections: di
         "calibration": {
             "null": "holdout" if has_holdout else "leave-one-subject-out",
             "quantile": config.calibration.quantile,
+            "tail": config.calibration.tail,
             "p_value": "(1 + #null scores >= score) / (1 + #null)",
-            "flag": "nearest-training score of the primary measure above the null's quantile",
+            "flag": "nearest-training score of the primary measure above the null's quantile"
+                    + (" or, if higher, the same quantile of a Gaussian fitted to the null (Fisher z for scores in "
+                       "[-1, 1])" if config.calibration.tail == "guarded" else ""),
         },
         "levels": level_summaries,
         "agreement": calibrate.agreement({verdict.name: verdict.flags for verdict in verdicts}),

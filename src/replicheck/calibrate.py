@@ -30,19 +30,69 @@ def oriented(values: np.ndarray, higher_is_similar: bool) -> np.ndarray:
     return values if higher_is_similar else -values
 
 
-def threshold(null: np.ndarray, quantile: float, *, measure: str = "") -> Threshold:
-    """The ``quantile`` of the (oriented) null scores, linearly interpolated."""
+TAILS = ("guarded", "empirical")
+
+
+def threshold(null: np.ndarray, quantile: float, *, measure: str = "", tail: str = "empirical") -> Threshold:
+    """The ``quantile`` of the (oriented) null scores, linearly interpolated (``tail="empirical"``),
+    or the larger of that and the quantile of a Gaussian fitted to them (``tail="guarded"``,
+    :func:`gaussian_quantile`).
+
+    Why the guard: the empirical 0.99 quantile of a few dozen null images lies among their top two
+    or three scores, and with several images per patient those few come from one or two patients;
+    a new patient then exceeds it far more often than 1% of the time (5-9% with two to four held-out
+    patients, 2-3% with eight, on CT slices: docs/design.md, "Thresholds"). A Gaussian fit uses every
+    null score and extrapolates the tail smoothly; it binds when the null is small or clustered and
+    hardly moves a threshold that a large null sets well.
+    """
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    if tail not in TAILS:
+        raise ValueError(f"tail must be one of {', '.join(TAILS)}, got {tail!r}")
     null = np.asarray(null, dtype=np.float64)
     null = null[~np.isnan(null)]
     if null.size == 0:
         raise ValueError("the null distribution is empty")
     with np.errstate(invalid="ignore"):
-        value = float(np.quantile(null, quantile))
-    if math.isnan(value):  # +inf among the top values (identical images in the null)
-        value = math.inf
-    return Threshold(measure=measure, value=value, quantile=quantile, n_null=int(null.size))
+        empirical = float(np.quantile(null, quantile))
+    if math.isnan(empirical):  # +inf among the top values (identical images in the null)
+        empirical = math.inf
+    gaussian = gaussian_quantile(null, quantile) if tail == "guarded" else math.nan
+    value = max(empirical, gaussian) if not math.isnan(gaussian) else empirical
+    return Threshold(measure=measure, value=value, quantile=quantile, n_null=int(null.size), tail=tail,
+                     empirical=empirical, gaussian=gaussian)
+
+
+def gaussian_quantile(null: np.ndarray, quantile: float) -> float:
+    """The one-sided ``quantile`` prediction bound of a Gaussian fitted to the null scores: the
+    value a new score from the same Gaussian exceeds with probability 1 - ``quantile`` when its
+    mean and spread are estimated from these n scores (Student's t with n - 1 degrees of freedom,
+    times sqrt(1 + 1/n)). Scores that all lie in [-1, 1] (correlations, cosines, SSIM, Dice) are
+    fitted after Fisher's z-transform (``atanh``), which makes their spread near 1 comparable to
+    their spread elsewhere. NaN when it cannot be fitted: fewer than 3 scores, or an infinite one."""
+    null = np.asarray(null, dtype=np.float64)
+    null = null[~np.isnan(null)]
+    if null.size < 3 or not np.isfinite(null).all():
+        return math.nan
+    forward, back = _stabiliser(null)
+    values = forward(null)
+    return float(back(values.mean() + _prediction_factor(quantile, null.size) * values.std(ddof=1)))
+
+
+def _stabiliser(null: np.ndarray):
+    """(forward, inverse) of the variance-stabilising transform :func:`gaussian_quantile` uses."""
+    if null.min() >= -1.0 - 1e-6 and null.max() <= 1.0 + 1e-6:  # float32 cosines reach 1 + 1e-7
+        edge = 1.0 - 1e-7
+        return (lambda x: np.arctanh(np.clip(x, -edge, edge))), np.tanh
+    return (lambda x: x), (lambda x: x)
+
+
+def _prediction_factor(quantile: float, n: int) -> float:
+    """Standard deviations above the mean of n Gaussian scores that a new one exceeds with
+    probability 1 - ``quantile``."""
+    from scipy.stats import t
+
+    return float(t.ppf(quantile, n - 1) * math.sqrt(1 + 1 / n))
 
 
 def p_values(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
@@ -110,7 +160,7 @@ def matched_subsample(n_items: int, size: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n_items, size=size, replace=False))
 
 
-def holdout_floor(null: np.ndarray, quantile: float) -> Rate:
+def holdout_floor(null: np.ndarray, quantile: float, *, tail: str = "empirical") -> Rate:
     """Share of held-out images over a threshold they did not help to set (leave-one-out).
 
     The in-sample share is 1 - quantile by construction; leaving each image out of its own
@@ -120,11 +170,12 @@ def holdout_floor(null: np.ndarray, quantile: float) -> Rate:
     null = null[~np.isnan(null)]
     if null.size < 2:
         return rate(np.zeros(0, dtype=bool))
-    return rate(leave_one_out_flags(null, quantile))
+    return rate(leave_one_out_flags(null, quantile, tail=tail))
 
 
-def leave_one_out_flags(null: np.ndarray, quantile: float) -> np.ndarray:
-    """Per null score (in input order): is it above the ``quantile`` of the *other* null scores?
+def leave_one_out_flags(null: np.ndarray, quantile: float, *, tail: str = "empirical") -> np.ndarray:
+    """Per null score (in input order): is it above the threshold (:func:`threshold`, ``tail``) of
+    the *other* null scores?
 
     Exact and O(n log n): removing the i-th smallest value shifts every order statistic at or
     above it down by one, so each left-out quantile is a linear interpolation between two
@@ -134,7 +185,7 @@ def leave_one_out_flags(null: np.ndarray, quantile: float) -> np.ndarray:
     missing = np.isnan(values)
     if missing.any():  # a missing score is never flagged and takes no part in the others' quantiles
         flags = np.zeros(values.size, dtype=bool)
-        flags[~missing] = leave_one_out_flags(values[~missing], quantile)
+        flags[~missing] = leave_one_out_flags(values[~missing], quantile, tail=tail)
         return flags
     n = values.size
     if n < 2:
@@ -150,9 +201,23 @@ def leave_one_out_flags(null: np.ndarray, quantile: float) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         limits = low_value + (position - low) * (high_value - low_value)
     limits = np.where(np.isnan(limits) & np.isposinf(high_value), np.inf, limits)
+    if tail == "guarded":
+        limits = np.fmax(limits, _leave_one_out_gaussian(ordered, quantile))
     flags = np.empty(n, dtype=bool)
     flags[order] = ordered > limits
     return flags
+
+
+def _leave_one_out_gaussian(values: np.ndarray, quantile: float) -> np.ndarray:
+    """:func:`gaussian_quantile` of the others, for each value (NaN where it cannot be fitted)."""
+    n = values.size
+    if n < 4 or not np.isfinite(values).all():
+        return np.full(n, np.nan)
+    forward, back = _stabiliser(values)
+    z = forward(values)
+    mean = (z.sum() - z) / (n - 1)
+    variance = np.maximum(((z ** 2).sum() - z ** 2 - (n - 1) * mean ** 2) / (n - 2), 0.0)
+    return back(mean + _prediction_factor(quantile, n - 1) * np.sqrt(variance))
 
 
 def leave_one_out_p_values(null: np.ndarray) -> np.ndarray:
@@ -215,7 +280,8 @@ def rule_key(rule: str) -> str:
     return rule.replace("-", "_")
 
 
-def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray], quantile: float) -> RuleOutcome:
+def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray], quantile: float, *,
+            tail: str = "empirical") -> RuleOutcome:
     """One verdict from several levels' evidence, calibrated on the same null images.
 
     ``scores``: level -> the synthetic images' oriented primary scores; ``null``: level -> the
@@ -225,7 +291,10 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
     ``null_flags`` (each judged against the others: their share is the combined holdout floor)
     and the quantile each level's threshold used.
     A missing score (no candidate at that level) counts as no evidence (p = 1). With one level,
-    every rule is that level's own flag.
+    every rule is that level's own flag. ``tail`` (:func:`threshold`) applies to the levels'
+    thresholds and to the continuous max-z statistics; min-p and Fisher's statistics take few
+    values on a small null, where a Gaussian guard could lie above any value they reach, so they
+    keep the empirical quantile.
     """
     if rule not in RULES:
         raise ValueError(f"unknown combination rule {rule!r}; choose one of {', '.join(RULES)}")
@@ -233,13 +302,14 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
     if len(names) == 1:
         score, own = scores[names[0]], null[names[0]]
         return RuleOutcome(statistic=z_scores(score, own), p=p_values(score, own),
-                           flags=exceeds(score, threshold(own, quantile)),
-                           null_flags=leave_one_out_flags(own, quantile), level_quantile=quantile)
+                           flags=exceeds(score, threshold(own, quantile, tail=tail)),
+                           null_flags=leave_one_out_flags(own, quantile, tail=tail), level_quantile=quantile)
     synth_p = np.stack([np.nan_to_num(p_values(scores[name], null[name]), nan=1.0) for name in names])
     if rule in ("any", "bonferroni"):
         level_quantile = quantile if rule == "any" else 1 - (1 - quantile) / len(names)
-        flags = np.logical_or.reduce([exceeds(scores[name], threshold(null[name], level_quantile)) for name in names])
-        null_flags = np.logical_or.reduce([leave_one_out_flags(null[name], level_quantile) for name in names])
+        flags = np.logical_or.reduce([exceeds(scores[name], threshold(null[name], level_quantile, tail=tail))
+                                      for name in names])
+        null_flags = np.logical_or.reduce([leave_one_out_flags(null[name], level_quantile, tail=tail) for name in names])
         smallest = synth_p.min(axis=0)
         return RuleOutcome(statistic=-np.log10(smallest), p=np.minimum(1.0, len(names) * smallest), flags=flags,
                            null_flags=null_flags, level_quantile=level_quantile)
@@ -249,15 +319,17 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
                             for name in names], axis=0)
         own = leave_one_out_z if not robust else (lambda values: z_scores(values, values, robust=True))
         null_statistic = np.max([np.nan_to_num(own(null[name]), nan=-np.inf) for name in names], axis=0)
+        statistic_tail = tail
     else:
+        statistic_tail = "empirical"
         null_p = np.stack([leave_one_out_p_values(null[name]) for name in names])
         if rule == "min-p":
             statistic, null_statistic = -np.log10(synth_p.min(axis=0)), -np.log10(null_p.min(axis=0))
         else:
             statistic, null_statistic = -2 * np.log(synth_p).sum(axis=0), -2 * np.log(null_p).sum(axis=0)
-    limit = threshold(null_statistic, quantile, measure=rule)
+    limit = threshold(null_statistic, quantile, measure=rule, tail=statistic_tail)
     return RuleOutcome(statistic=statistic, p=p_values(statistic, null_statistic), flags=exceeds(statistic, limit),
-                       null_flags=leave_one_out_flags(null_statistic, quantile), level_quantile=quantile)
+                       null_flags=leave_one_out_flags(null_statistic, quantile, tail=statistic_tail), level_quantile=quantile)
 
 
 def leave_one_out_z(null: np.ndarray) -> np.ndarray:
@@ -276,6 +348,8 @@ def leave_one_out_z(null: np.ndarray) -> np.ndarray:
     n = int(finite.sum())
     if n < 3:
         return out
+    null = null.copy()
+    null[finite] = _stabiliser(null[finite])[0](null[finite])
     centred = null[finite] - null[finite].mean()
     mean = -centred / (n - 1)  # the others' mean, relative to the whole null's
     variance = (np.sum(centred**2) - centred**2) / (n - 1) - mean**2
@@ -296,12 +370,22 @@ def z_scores(values: np.ndarray, null: np.ndarray, *, robust: bool = False) -> n
     left out. A null whose scale is zero falls back to its standard deviation, then to 1. The
     null's own scores are standardised leave-one-out (:func:`leave_one_out_z`) for mean and
     standard deviation; median and MAD move by at most one rank when a score is left out.
+
+    Scores that all lie in [-1, 1] are standardised after Fisher's z-transform (as in
+    :func:`gaussian_quantile`): on the raw scale a correlation of 0.999 is only two or three
+    standard deviations above a wide null (CT slices of other patients: 0.1-0.8), so a level that
+    separates copies perfectly would be out-voted by a weak level's noise; after the transform
+    it stands ten or more standard deviations out, as its evidence deserves.
     """
     null = np.asarray(null, dtype=np.float64)
     null = null[np.isfinite(null)]
     values = np.asarray(values, dtype=np.float64)
     if null.size == 0:
         return np.full(values.shape, np.nan)
+    forward = _stabiliser(null)[0]
+    null = forward(null)
+    with np.errstate(invalid="ignore"):
+        values = np.where(np.isfinite(values), forward(np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=-1.0)), values)
     centre, scale = float(null.mean()), float(null.std())
     if robust:
         centre = float(np.median(null))

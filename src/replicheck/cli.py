@@ -19,7 +19,7 @@ import typer
 from typer.exceptions import TyperException
 
 from ._version import __version__
-from .config import Alignment, CombineRule, Intensity, VoxelMeasure
+from .config import Alignment, CombineRule, Intensity, NullTail, VoxelMeasure
 from .records import OptionError, ReplicheckError
 
 EXIT_INPUT = 2  # a user-facing error: bad input, bad option
@@ -90,6 +90,7 @@ def scan(
     levels: Levels = "voxel",
     k: Annotated[int, typer.Option("--k", help="Training neighbours kept per synthetic image.")] = 5,
     quantile: Annotated[float, typer.Option("--quantile", help="Quantile of the null distribution used as threshold.")] = 0.99,
+    null_tail: Annotated[NullTail, typer.Option("--null-tail", help="guarded: a threshold is at least the quantile of a Gaussian fitted to the null (safe with small holdouts); empirical: the null's own quantile only.")] = "guarded",
     combine: Annotated[CombineRule, typer.Option("--combine", help="How several levels become one verdict (docs/design.md); every rule's rate is in summary.json.")] = "max-z",
     grid: Grid = None,
     intensity: IntensityOption = "auto",
@@ -118,7 +119,7 @@ def scan(
     from .pipeline import scan_into
 
     result = _run(lambda: scan_into(out, train, synthetic, holdout, ScanConfig.from_options(
-        levels=levels, k=k, quantile=quantile, combine=combine, grid=grid, intensity=intensity, ct_window=ct_window,
+        levels=levels, k=k, quantile=quantile, null_tail=null_tail, combine=combine, grid=grid, intensity=intensity, ct_window=ct_window,
         slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, align=align, voxel_measure=voxel_measure,
         embedder=embedder, device=device, batch_size=batch_size, cache=cache, masks=masks, max_shift=max_shift,
         skip_unreadable=skip_unreadable, num_workers=num_workers, seed=seed, progress=not quiet, gallery=gallery,

@@ -21,11 +21,13 @@ from .records import OptionError
 Intensity = Literal["auto", "ct", "percentile", "8bit", "ct8", "minmax"]
 VoxelMeasure = Literal["structure", "ncc", "ssim", "mse", "psnr"]
 Alignment = Literal["similarity", "shift"]
+NullTail = Literal["guarded", "empirical"]
 CombineRule = Literal["max-z", "max-robust-z", "any", "bonferroni", "min-p", "fisher"]
 
 INTENSITIES: tuple[str, ...] = get_args(Intensity)
 VOXEL_MEASURES: tuple[str, ...] = get_args(VoxelMeasure)
 ALIGNMENTS: tuple[str, ...] = get_args(Alignment)
+NULL_TAILS: tuple[str, ...] = get_args(NullTail)
 COMBINE_RULES: tuple[str, ...] = get_args(CombineRule)
 MIN_GRID_SIDE = 8  # voxels: the smallest analysis grid a scan accepts (SSIM's 7-voxel window fits)
 
@@ -149,7 +151,8 @@ class Calibration:
     """Thresholds from the null distribution and how levels are combined (:mod:`replicheck.calibrate`)."""
 
     quantile: float = 0.99
-    dar_quantile: float = 0.95  # Dar et al.'s threshold, reported beside ours
+    tail: NullTail = "guarded"  # the quantile as the null's own, or at least a Gaussian fit's (calibrate.threshold)
+    dar_quantile: float = 0.95  # Dar et al.'s threshold, reported beside ours (always the null's own)
     combine: CombineRule = "max-z"
     seed: int = 0  # the size-matched synthetic subsample for N_mem
 
@@ -157,6 +160,7 @@ class Calibration:
         check_range("quantile", self.quantile, low=0, high=1, open_interval=True)
         check_range("dar_quantile", self.dar_quantile, low=0, high=1, open_interval=True)
         check_choice("combine", self.combine, COMBINE_RULES)
+        check_choice("null_tail", self.tail, NULL_TAILS)
 
 
 @dataclass(frozen=True)
@@ -271,7 +275,7 @@ class ScanConfig:
 def _flat_names() -> dict[str, str]:
     """Flat keyword -> place in the groups: each group's field names, except where a name alone
     would not say which level it belongs to."""
-    renamed = {"voxel.measure": "voxel_measure", "report.images": "report_images"}
+    renamed = {"voxel.measure": "voxel_measure", "report.images": "report_images", "calibration.tail": "null_tail"}
     names = {}
     for top in fields(ScanConfig):
         default = ScanConfig().__getattribute__(top.name)

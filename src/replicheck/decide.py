@@ -135,7 +135,7 @@ def decide_level(level: Level, searches: LevelSearches, calibration: Calibration
         rows, values = found.best(name, higher)
         null_values = null.best(name, higher)[1]
         oriented_null = calibrate.oriented(null_values, higher)
-        limit = calibrate.threshold(oriented_null, calibration.quantile, measure=name)
+        limit = calibrate.threshold(oriented_null, calibration.quantile, measure=name, tail=calibration.tail)
         scores = calibrate.oriented(values, higher)
         measures[name] = MeasureVerdict(name, higher, values, rows, calibrate.p_values(scores, oriented_null),
                                         calibrate.exceeds(scores, limit), limit, null_values)
@@ -144,7 +144,8 @@ def decide_level(level: Level, searches: LevelSearches, calibration: Calibration
     # Dar et al.: tau from training -> nearest holdout; N_mem against a size-matched gallery.
     train_null = calibrate.oriented(searches.train_null.values[level.primary][:, 0], higher)
     dar = calibrate.threshold(train_null, calibration.dar_quantile, measure=level.primary)
-    memorized_threshold = calibrate.threshold(train_null, calibration.quantile, measure=level.primary)
+    memorized_threshold = calibrate.threshold(train_null, calibration.quantile, measure=level.primary,
+                                             tail=calibration.tail)
     memorized = calibrate.oriented(searches.memorized.values[level.primary][:, 0], higher)
     return LevelVerdict(level.name, level.primary, measures, searches, labels, dar, memorized_threshold,
                         calibrate.exceeds(memorized, memorized_threshold), calibrate.exceeds(memorized, dar), settings)
@@ -164,7 +165,8 @@ def combine_levels(verdicts: list[LevelVerdict], calibration: Calibration) -> Co
     """Every rule of :data:`replicheck.calibrate.RULES` over the levels' evidence, and the chosen one."""
     scores = {verdict.name: verdict.scores for verdict in verdicts}
     nulls = {verdict.name: verdict.null_scores for verdict in verdicts}
-    rules = {rule: calibrate.combine(rule, scores, nulls, calibration.quantile) for rule in calibrate.RULES}
+    rules = {rule: calibrate.combine(rule, scores, nulls, calibration.quantile, tail=calibration.tail)
+             for rule in calibrate.RULES}
     chosen = rules[calibration.combine]
     return CombinedVerdict(calibration.combine, chosen.statistic, chosen.p, chosen.flags, chosen.null_flags, rules)
 

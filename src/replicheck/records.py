@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 
@@ -79,12 +81,17 @@ class LoadedImage:
 
 @dataclass(frozen=True)
 class Threshold:
-    """A calibrated decision threshold: ``value`` is the ``quantile`` of ``n_null`` null scores."""
+    """A calibrated decision threshold: ``value`` is the ``quantile`` of ``n_null`` null scores,
+    by the ``tail`` rule (:func:`replicheck.calibrate.threshold`): ``empirical`` (the null's own
+    quantile) or ``guarded`` (the larger of that and a Gaussian fit's, ``gaussian``)."""
 
     measure: str
     value: float
     quantile: float
     n_null: int
+    tail: str = "empirical"
+    empirical: float = math.nan
+    gaussian: float = math.nan
 
 
 @dataclass(frozen=True)
