@@ -70,7 +70,9 @@ def test_summary_reports_rates_thresholds_and_dar(slices_scan):
     assert voxel["dar_threshold"] == voxel["dar"]["threshold"]
     matched = min(result.summary["inputs"]["holdout"]["analysed"], result.summary["inputs"]["synthetic"]["analysed"])
     assert voxel["n_mem"]["synthetic_gallery_size"] == matched
-    assert set(voxel["measures"]) == {"ncc", "ssim", "mse", "psnr"}
+    assert set(voxel["measures"]) == {"structure", "ncc", "ssim", "mse", "psnr"}
+    assert voxel["primary_measure"] == "structure"
+    assert voxel["measures"]["structure"]["threshold_rule"]["tail"] == "guarded"
     memorized = result.training["voxel_memorized"]
     assert memorized.sum() >= 1  # some copied training images are found from the training side
     assert result.training["voxel_copies"].sum() == int(result.synthetic["voxel_flag"].sum())

@@ -61,20 +61,72 @@ class Bounds:
 class Transform:
     """How a synthetic image relates to a training image: the training image flipped along
     ``flip`` (array axes), then rotated by ``rotation`` degrees (2D: counter-clockwise as
-    displayed; 3D: about the axis of the rotation), scaled by ``scale`` about its centre, and
+    displayed; 3D: about the unit ``axis``, (z, y, x)), scaled by ``scale`` about its centre, and
     shifted by ``shift`` voxels ((dy, dx) or (dz, dy, dx))."""
 
     flip: tuple[int, ...]
     rotation: float
     scale: float
     shift: tuple[float, ...]
+    axis: tuple[float, ...] = ()
 
     def describe(self) -> str:
-        """E.g. ``flip x; rotation -4.8; scale 1.031; shift 2.3 -1.1``."""
+        """What was done, for a person: e.g. ``flipped along x, turned 4.8°, zoomed ×1.031, moved
+        (2.3, -1.1) voxels``; only the parts that are not negligible; "" for the identity."""
         names = "zyx"[-len(self.shift):]
-        flips = "".join(names[axis] for axis in self.flip) or "none"
-        return (f"flip {flips}; rotation {self.rotation:.1f}; scale {self.scale:.3f}; "
-                f"shift {' '.join(f'{v:.1f}' for v in self.shift)}")
+        parts = []
+        if self.flip:
+            parts.append("flipped along " + " and ".join(names[axis] for axis in self.flip))
+        if abs(self.rotation) >= 0.05:
+            about = f" about ({', '.join(f'{v:.2f}' for v in self.axis)})" if self.axis else ""
+            parts.append(f"turned {self.rotation:.1f}°{about}")
+        if abs(self.scale - 1) >= 5e-4:
+            parts.append(f"zoomed ×{self.scale:.3f}")
+        if any(abs(v) >= 0.05 for v in self.shift):
+            parts.append(f"moved ({', '.join(f'{v:.1f}' for v in self.shift)}) voxels")
+        return ", ".join(parts)
+
+    def linear(self) -> np.ndarray:
+        """The (d, d) matrix, array axis order, that maps a voxel's offset from the centre of the
+        flipped training image to its offset from the centre of the synthetic one (before the shift)."""
+        if len(self.shift) == 2:
+            theta = math.radians(self.rotation)  # counter-clockwise as displayed, rows pointing down
+            turn = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+        else:
+            from scipy.spatial.transform import Rotation
+
+            turn = Rotation.from_rotvec(np.radians(self.rotation) * np.asarray(self.axis or (1.0, 0.0, 0.0))).as_matrix()
+        return self.scale * turn
+
+    def apply(self, training: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The training image (``*grid``) moved onto the synthetic image's grid by this transform
+        (linear interpolation, zero outside) and the mask of the voxels it covers: what the report
+        shows next to the synthetic image. SciPy's ``affine_transform``, independent of :func:`warp`."""
+        from scipy import ndimage
+
+        image = np.flip(training, axis=self.flip) if self.flip else training
+        image = np.asarray(image, dtype=np.float64)
+        centre = (np.array(image.shape, dtype=np.float64) - 1) / 2
+        inverse = np.linalg.inv(self.linear())  # synthetic voxel -> training voxel
+        offset = centre - inverse @ (centre + np.asarray(self.shift))
+        moved = ndimage.affine_transform(image, inverse, offset=offset, order=1, mode="grid-constant", cval=0.0)
+        grid = np.indices(image.shape).reshape(image.ndim, -1)
+        source = inverse @ grid + offset[:, None]
+        inside = np.all((source > -0.5) & (source < np.array(image.shape)[:, None] - 0.5), axis=0)
+        return moved, inside.reshape(image.shape)
+
+    def to_sitk(self, grid: tuple[int, ...]):
+        """The SimpleITK ``AffineTransform`` (synthetic -> flipped training points, unit spacing, x
+        first) equivalent to this transform: for resampling with ``sitk.Resample``."""
+        import SimpleITK as sitk
+
+        inverse = np.linalg.inv(self.linear())[::-1, ::-1]  # x first
+        centre = np.array([(n - 1) / 2 for n in reversed(grid)])
+        found = sitk.AffineTransform(len(grid))
+        found.SetCenter(tuple(centre))
+        found.SetMatrix(tuple(inverse.ravel()))
+        found.SetTranslation(tuple(-inverse @ np.asarray(self.shift[::-1])))
+        return found
 
 
 @dataclass(frozen=True)
@@ -356,7 +408,7 @@ def ecc(references: torch.Tensor, moving: torch.Tensor, matrix: torch.Tensor, of
         inverse = torch.linalg.inv(eye + step[:, : ndim * ndim].view(n, ndim, ndim))
         matrix = matrix @ inverse
         offset = offset - (matrix @ step[:, ndim * ndim:, None])[:, :, 0]
-        matrix, offset = _project(matrix, offset, bounds)
+        matrix, offset = _project(matrix, offset, bounds, grid)
     return matrix.view(q, m, ndim, ndim), offset.view(q, m, ndim), correlation.view(q, m)
 
 
@@ -389,11 +441,7 @@ def transform_of(flip: tuple[int, ...], matrix: torch.Tensor, offset: torch.Tens
     shift = -(inverse @ (half * offset.double()))
     scale = float(abs(torch.linalg.det(inverse)) ** (1 / ndim))
     rotation = inverse / scale
-    if ndim == 2:  # x right, y down: counter-clockwise as displayed is a negative angle in (x, y)
-        degrees = -math.degrees(math.atan2(float(rotation[1, 0]), float(rotation[0, 0])))
-    else:
-        degrees = math.degrees(math.acos(max(-1.0, min(1.0, (float(torch.trace(rotation)) - 1) / 2))))
-    return Transform(tuple(flip), degrees, scale, tuple(float(v) for v in reversed(shift.tolist())))
+    return _transform(flip, rotation.numpy(), scale, shift.numpy())
 
 
 def register_sitk(fixed: np.ndarray, moving: np.ndarray, *, flip: tuple[int, ...] = (),
@@ -434,12 +482,20 @@ def transform_from_sitk(found, flip: tuple[int, ...], grid: tuple[int, ...]) -> 
     inverse = np.linalg.inv(jacobian)  # moving -> fixed: how the synthetic shows the training image
     shift = inverse @ (centre - point)  # where the training image's centre lands, from the synthetic's
     scale = float(abs(np.linalg.det(inverse)) ** (1 / ndim))
-    rotation = inverse / scale
-    if ndim == 2:
-        degrees = -math.degrees(math.atan2(rotation[1, 0], rotation[0, 0]))
-    else:
-        degrees = math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(rotation) - 1) / 2))))
-    return Transform(tuple(flip), degrees, scale, tuple(float(v) for v in reversed(shift)))
+    return _transform(flip, inverse / scale, scale, shift)
+
+
+def _transform(flip: tuple[int, ...], rotation: np.ndarray, scale: float, shift: np.ndarray) -> Transform:
+    """A :class:`Transform` from a rotation matrix and a shift in x-first voxel coordinates."""
+    if len(shift) == 2:  # x right, y down: counter-clockwise as displayed is a negative angle in (x, y)
+        return Transform(tuple(flip), -math.degrees(math.atan2(rotation[1, 0], rotation[0, 0])), scale,
+                         tuple(float(v) for v in reversed(shift)))
+    from scipy.spatial.transform import Rotation
+
+    vector = Rotation.from_matrix(np.asarray(rotation, dtype=np.float64)[::-1, ::-1]).as_rotvec()  # array order
+    angle = float(np.linalg.norm(vector))
+    axis = tuple(float(v) for v in vector / angle) if angle > 1e-9 else (1.0, 0.0, 0.0)
+    return Transform(tuple(flip), math.degrees(angle), scale, tuple(float(v) for v in reversed(shift)), axis)
 
 
 @dataclass(frozen=True)
@@ -467,7 +523,7 @@ def _starts(queries: torch.Tensor, candidates: torch.Tensor, flips, angles) -> _
     best = moment.argmax(2)  # (Q, D) over flips x angles
     moment_codes = best // len(angles)
     angle = torch.tensor(angles, dtype=torch.float32)[best % len(angles)]
-    matrix, offset = _initial(query_frames, candidate_frames, moment_codes, angle, flips)
+    matrix, offset = _initial(query_frames, candidate_frames, moment_codes, angle, flips, tuple(queries.shape[1:]))
     plain_own = plain_views(candidate_frames, side=side)[:, 0].view(q, d, -1)
     plain = torch.bmm(plain_own, plain_views(query_frames, flips=flips, side=side).transpose(1, 2))
     plain_codes = plain.argmax(2)
@@ -477,7 +533,7 @@ def _starts(queries: torch.Tensor, candidates: torch.Tensor, flips, angles) -> _
 
 
 def _initial(queries: Frames, candidates: Frames, codes: torch.Tensor, angles: torch.Tensor,
-             flips) -> tuple[torch.Tensor, torch.Tensor]:
+             flips, grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q, D) similarities that map each query's moment frame onto its flipped candidates' frames,
     turned by the views' angles: the candidates' centroids and radii against the query's."""
     q, d = codes.shape
@@ -500,7 +556,7 @@ def _initial(queries: Frames, candidates: Frames, codes: torch.Tensor, angles: t
     matrix = scale[..., None, None] * rotation
     offset = centre - (matrix @ queries.centre[:, None, :, None])[..., 0]
     matrix, offset = _project(matrix.reshape(q * d, ndim, ndim), offset.reshape(q * d, ndim),
-                              Bounds(rotation=180.0, scale=(0.5, 2.0), translation=1.0))
+                              Bounds(rotation=180.0, scale=(0.5, 2.0), translation=1.0), grid)
     return matrix.view(q, d, ndim, ndim), offset.view(q, d, ndim)
 
 
@@ -534,11 +590,21 @@ def _flipped(images: torch.Tensor, rows: torch.Tensor, codes: torch.Tensor, flip
     return out
 
 
-def _project(matrix: torch.Tensor, offset: torch.Tensor, bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
+def _project(matrix: torch.Tensor, offset: torch.Tensor, bounds: Bounds,
+             grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """The nearest similarity (rotation times scale) to each affine ``matrix``, with its rotation
     angle, scale and ``offset`` clamped to ``bounds``: in 2D the nearest matrix [[a, -b], [b, a]]
-    in the Frobenius norm, in 3D the nearest rotation times the mean singular value."""
+    in the Frobenius norm, in 3D the nearest rotation times the mean singular value.
+
+    Similar in voxels, not in normalised coordinates: on a grid that is not square, a normalised
+    unit is a different number of voxels along each axis, so the matrix is projected after scaling
+    each axis by its size (``grid``) and scaled back."""
     offset = offset.clamp(-bounds.translation, bounds.translation)
+    sizes = torch.tensor([float(n) for n in reversed(grid)], dtype=matrix.dtype)  # x first
+    if bool((sizes != sizes[0]).any()):
+        aspect = sizes / sizes.max()
+        similar, offset = _project(aspect[:, None] * matrix / aspect[None, :], offset, bounds, grid[:1] * len(grid))
+        return similar * aspect[None, :] / aspect[:, None], offset
     if matrix.shape[-1] == 2:
         a = (matrix[:, 0, 0] + matrix[:, 1, 1]) / 2
         b = (matrix[:, 1, 0] - matrix[:, 0, 1]) / 2

@@ -110,7 +110,7 @@ def test_partial_copy_levels_copy_more_of_the_image(images):
 
 
 GRADED = ["gaussian_noise", "rician_noise", "blur", "gamma", "intensity_scale", "bias_field", "rotation",
-          "translation", "resample", "jpeg", "jpeg2000", "elastic"]
+          "translation", "resample", "jpeg", "jpeg2000", "elastic", "compound"]
 
 
 @pytest.mark.parametrize("family", GRADED)
@@ -224,3 +224,30 @@ def test_bad_arguments_name_the_valid_choices(images):
         run(image[0], None, "blur", 0)
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         run(image * 255, None, "blur", 0)
+
+
+@pytest.mark.parametrize("strength", [0, 1, 2])
+def test_misaligned_records_the_flip_and_turn_it_applied(images, strength):
+    """Undoing the recorded flip and rotation brings the copy back onto its source (up to the gamma
+    and the corners the rotation cut off)."""
+    image, donor = images[2]
+    for seed in range(4):
+        out, params = run(image, donor, "misaligned", strength, seed=seed)
+        bound = FAMILIES["misaligned"][strength]["degrees"]
+        assert bound / 2 <= abs(params["angle"]) <= bound
+        back = perturb_module.in_plane_similarity(out, degrees=-params["angle"], zoom=1.0, shift=[0.0, 0.0])
+        axis = {"none": None, "left-right": -1, "up-down": -2}[params["flip"]]
+        back = back if axis is None else np.flip(back, axis=axis)
+        inner = (slice(24, -24), slice(24, -24))
+        undone = np.corrcoef(back[inner].ravel(), image[inner].ravel() ** params["gamma_applied"])[0, 1]
+        as_is = np.corrcoef(out[inner].ravel(), image[inner].ravel())[0, 1]
+        assert undone > 0.97 and undone > as_is
+
+
+def test_compound_draws_each_change_within_its_bound(images):
+    image, donor = images[2]
+    for strength, bounds in enumerate(FAMILIES["compound"]):
+        _, params = run(image, donor, "compound", strength, seed=strength)
+        assert bounds["zoom"] / 2 <= abs(params["zoom_applied"] - 1) <= bounds["zoom"]
+        assert bounds["shift"] / 2 <= np.hypot(*params["shift_applied"]) <= bounds["shift"]
+        assert bounds["warp"] / 2 <= params["warp_applied"] <= bounds["warp"]

@@ -14,7 +14,8 @@ from replicheck.bench import make
 from replicheck.bench.perturb import DEFAULT_FAMILIES, EXTRA_FAMILIES, FAMILIES, perturb
 
 OLD_DEFAULT = ("exact", "gaussian_noise", "rician_noise", "blur", "gamma", "intensity_scale", "bias_field", "rotation",
-               "translation", "flip", "resample", "crop_pad", "jpeg", "jpeg2000", "elastic", "partial_copy")
+               "translation", "flip", "resample", "crop_pad", "jpeg", "jpeg2000", "elastic", "partial_copy",
+               "compound", "misaligned")  # the last two look like generator output and belong in every benchmark
 NEW = [(family, strength) for family in EXTRA_FAMILIES for strength in range(len(FAMILIES[family]))]
 
 

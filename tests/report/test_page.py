@@ -20,25 +20,32 @@ import pytest
 from conftest import perturb, shared, split_patients, write_set
 from typer.testing import CliRunner
 
-from replicheck import calibrate, measures, scan
+from replicheck import calibrate, scan
+from replicheck.bench.perturb import in_plane_similarity
 from replicheck.cli import app
 from replicheck.report import gallery, page
 
 EVIL = "evil<img src=x onerror=alert(1)>"
-COPIES = 6
+PERTURBED = 6  # copies with noise, a gamma change and a small shift
+COPIES = PERTURBED + 1  # and one flipped, turned, zoomed and moved
 
 
 @pytest.fixture(scope="module")
 def results_2d(ctich, tmp_path_factory):
-    """A 2D scan: 6 planted copies (one named like an HTML tag) and 6 slices of unseen patients."""
+    """A 2D scan: 7 planted copies (one named like an HTML tag, one misaligned) and 6 slices of unseen
+    patients."""
     root = tmp_path_factory.mktemp("report2d")
     brain, patients = ctich["flat_brain"], ctich["flat_patient"]
     train_p, hold_p, novel_p = split_patients(patients, seed=3, sizes=(4, 4))
     train_rows = np.flatnonzero(np.isin(patients, train_p))
     rng = np.random.default_rng(5)
-    sources = rng.choice(train_rows, COPIES, replace=False)
+    sources = rng.choice(train_rows, PERTURBED, replace=False)
     synthetic = {f"copy{i}": perturb(brain[row], rng) for i, row in enumerate(sources)}
     synthetic[EVIL] = synthetic.pop("copy0")
+    unused = np.setdiff1d(train_rows, sources)
+    turned = in_plane_similarity(np.flip(brain[unused[len(unused) // 2]], axis=1).astype(np.float32), degrees=8.0,
+                                 zoom=1.05, shift=[2.0, -3.0])
+    synthetic["turned"] = np.clip(turned, 0, 255).round().astype(np.uint8)  # the copy flipped, turned, zoomed, moved
     novel_rows = rng.choice(np.flatnonzero(np.isin(patients, novel_p[:6])), 6, replace=False)
     synthetic.update({f"novel{i}": brain[row] for i, row in enumerate(novel_rows)})
     write_set(root / "train", {f"{patients[r]}_{r}": brain[r] for r in train_rows})
@@ -87,7 +94,7 @@ def test_scan_writes_a_report_with_every_part(results_2d):
     out = results_2d / "out"
     html = _html(out)
     synthetic = pd.read_csv(out / "synthetic.csv", dtype={"id": str})
-    assert _cards(html) == len(synthetic) == 12  # the gallery holds every image of so small a run
+    assert _cards(html) == len(synthetic) == 13  # the gallery holds every image of so small a run
     assert html.count('class="histogram"') == 1  # one level, one histogram
     for section in ("verdict", "levels", "gallery", "flagged", "agreement", "curves", "settings"):
         assert f'id="{section}"' in html
@@ -99,8 +106,10 @@ def test_scan_writes_a_report_with_every_part(results_2d):
 def test_gallery_shows_the_planted_copies_first(results_2d):
     pairs = gallery.Gallery.load(results_2d / "out" / "gallery.npz").pairs
     shown = pairs["synthetic"].tolist()
-    assert set(shown[:COPIES]) == {f"{EVIL}.npy"} | {f"copy{i}.npy" for i in range(1, COPIES)}
-    assert pairs["replica"].iloc[:COPIES].all() and not pairs["replica"].iloc[COPIES:].any()
+    assert set(shown[:COPIES]) == {f"{EVIL}.npy", "turned.npy"} | {f"copy{i}.npy" for i in range(1, COPIES - 1)}
+    assert pairs["replica"].iloc[:COPIES].all()
+    verdicts = pd.read_csv(results_2d / "out" / "synthetic.csv", dtype={"id": str}).set_index("id")["replica"]
+    assert pairs["replica"].tolist() == verdicts.loc[shown].tolist()  # the gallery shows the scan's verdicts
 
 
 def test_file_names_are_escaped_everywhere(results_2d):
@@ -142,7 +151,7 @@ def test_labels_must_cover_every_synthetic_image(results_2d, tmp_path):
     partial.to_csv(tmp_path / "partial.csv", index=False)
     run = CliRunner().invoke(app, ["report", str(results_2d / "out"), "--out", str(tmp_path / "r.html"),
                                    "--labels", str(tmp_path / "partial.csv")])
-    assert run.exit_code == 2 and "partial.csv: no label for 9 synthetic images" in run.output
+    assert run.exit_code == 2 and "partial.csv: no label for 10 synthetic images" in run.output
 
 
 def test_3d_gallery_has_planes_through_the_changed_block_and_slices_to_move_through(results_3d):
@@ -169,11 +178,30 @@ def test_nav_slices_spread_over_the_volume_and_include_the_centre():
         assert positions.min() >= 0 and positions.max() <= depth - 1
 
 
-def test_aligned_undoes_the_shift_the_voxel_level_found(ctich):
+def test_the_shift_only_level_reports_how_the_training_image_moved(ctich):
+    """With ``--align shift`` the reported shift is, as with alignment, how far the training image
+    moved to match; the gallery's transform undoes it exactly (away from the zero-filled rim)."""
+    from replicheck.levels.voxel import VoxelLevel
+
     image = ctich["flat_brain"][100].astype(np.float32) / 255
-    moved = np.roll(image, (2, -1), axis=(0, 1))
-    shift = measures.compare(image, moved[None], data_range=1.0, max_shift=3).shift[0]
-    np.testing.assert_array_equal(gallery.aligned(moved, tuple(shift)), image)
+    training = np.roll(image, (-2, 1), axis=(0, 1))  # the synthetic image is this moved by (2, -1)
+    shift = VoxelLevel(max_shift=3).rescore(image, training[None])["shift"][0]
+    assert shift == "2 -1"
+    moved, covered = gallery.transform_of({"shift": shift}, 2).apply(training)
+    np.testing.assert_allclose(moved[covered][image[covered] > 0], image[covered][image[covered] > 0], atol=1e-6)
+    assert gallery.describe_transform({"shift": shift}, 2) == "moved (2.0, -1.0) voxels"
+    assert gallery.describe_transform({"shift": "0 0"}, 2) == ""
+
+
+def test_the_gallery_shows_a_turned_copy_moved_back_onto_its_source(results_2d):
+    stored = gallery.Gallery.load(results_2d / "out" / "gallery.npz")
+    pairs = stored.pairs.reset_index(drop=True)
+    row = int(pairs.index[pairs["synthetic"] == "turned.npy"][0])
+    assert pairs.at[row, "flip"] == "x" and abs(float(pairs.at[row, "rotation"]) - 8.0) <= 1.0
+    synthetic, training = (stored.arrays[role][row].astype(float) for role in ("synthetic", "training"))
+    inner = (slice(16, -16), slice(16, -16))
+    assert np.corrcoef(synthetic[inner].ravel(), training[inner].ravel())[0, 1] > 0.95
+    assert "training image flipped along x, turned 8." in _html(results_2d / "out")
 
 
 def test_most_different_finds_a_changed_block():
@@ -239,7 +267,7 @@ def _open(report: Path, tmp_path: Path, screenshot: str) -> tuple[str, int]:
 @needs_chromium
 def test_2d_report_renders_in_chromium(results_2d, tmp_path):
     dom, pictures = _open(results_2d / "out" / "report.html", tmp_path, "report-2d.png")
-    assert pictures == 12 * 3 + 2  # gallery triples, the histogram, the ROC figure
+    assert pictures == 13 * 3 + 2  # gallery triples, the histogram, the ROC figure
     flagged = int(pd.read_csv(results_2d / "out" / "synthetic.csv")["replica"].sum())
     body = dom.split('id="flagged-table"', 1)[1].split("</table>", 1)[0]
     assert body.count("<tr>") == 1 + flagged  # header row and one row per flagged image

@@ -184,8 +184,9 @@ def test_train_contrastive_command(ctich, tmp_path):
 
 
 def test_a_scan_finds_a_flipped_copy_at_the_feature_level(trained_2d, ctich, tmp_path):
-    """Up-down flipped training slices: the voxel level (NCC over shifts) cannot see them as
-    copies, the contrastive feature level scores them 1 against their source."""
+    """Up-down flipped training slices: the contrastive feature level scores them 1 against their
+    source (the default voxel level finds them too, by aligning each flip; the shift-only one
+    cannot)."""
     images, patients = ctich["flat_brain"], ctich["flat_patient"]
     trained = np.asarray(list(trained_2d.split.train_subjects)).astype(patients.dtype)
     others = np.setdiff1d(np.unique(patients), np.unique(patients)[:10])
@@ -204,7 +205,8 @@ def test_a_scan_finds_a_flipped_copy_at_the_feature_level(trained_2d, ctich, tmp
     copies = table.loc[[f"flip_{i:04d}.npy" for i in sources]]
     assert_array_equal(copies["feature_nearest"], [f"{patients[i]:03d}_{i:04d}.npy" for i in sources])
     assert_allclose(copies["feature_score"], 1.0, atol=1e-5)
-    assert copies["feature_flag"].all() and not copies["voxel_flag"].any()
+    assert copies["feature_flag"].all() and copies["voxel_flag"].all()
+    assert (copies["voxel_flip"] == "y").all() and (copies["voxel_nearest"] == copies["feature_nearest"]).all()
     novel = table[table.index.str.startswith("novel_")]
     assert novel["feature_score"].max() < copies["feature_score"].min()
     feature = result.summary["levels"]["feature"]  # Dar's 95th-percentile rule beside our calibrated threshold

@@ -301,7 +301,7 @@ def _compound(x: np.ndarray, rng: np.random.Generator, *, warp: float, zoom: flo
     factor = 1.0 + _sign(rng) * draw(zoom)
     direction, length = rng.uniform(0.0, 2.0 * np.pi), draw(shift)
     moved = [length * math.sin(direction), length * math.cos(direction)]  # (dy, dx)
-    out = _similarity(out, degrees=0.0, zoom=factor, shift=moved)
+    out = in_plane_similarity(out, degrees=0.0, zoom=factor, shift=moved)
     out, resampled = _resample(out, rng, factor=resample)
     exponent = float(gamma ** (_sign(rng) * rng.uniform(0.5, 1.0)))
     out = np.clip(out, 0.0, 1.0) ** exponent
@@ -321,13 +321,13 @@ def _misaligned(x: np.ndarray, rng: np.random.Generator, *, degrees: float, gamm
         flip = int(rng.integers(2))  # 0: left-right, 1: up-down
         x = np.flip(x, axis=-1 if flip == 0 else -2)
     angle = float(_sign(rng) * degrees * rng.uniform(0.5, 1.0))
-    out = _similarity(x, degrees=angle, zoom=1.0, shift=[0.0, 0.0])
+    out = in_plane_similarity(x, degrees=angle, zoom=1.0, shift=[0.0, 0.0])
     exponent = float(gamma ** (_sign(rng) * rng.uniform(0.5, 1.0)))
     return np.clip(out, 0.0, 1.0) ** exponent, {"flip": ["none", "left-right", "up-down"][0 if flip is None else flip + 1],
                                                   "angle": angle, "gamma_applied": exponent}
 
 
-def _similarity(x: np.ndarray, *, degrees: float, zoom: float, shift: list[float]) -> np.ndarray:
+def in_plane_similarity(x: np.ndarray, *, degrees: float, zoom: float, shift: list[float]) -> np.ndarray:
     """Every in-plane slice rotated by ``degrees`` and enlarged by ``zoom`` about its centre, then
     moved by ``shift`` (dy, dx) voxels; linear interpolation, zero fill."""
     theta = math.radians(degrees)

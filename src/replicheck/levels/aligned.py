@@ -102,10 +102,13 @@ class AlignedVoxelLevel(LevelBase):
         transforms = found.transforms()
         names = "zyx"[-queries.ndim + 1:]
         details = {"flip": lambda t: "".join(names[a] for a in t.flip), "rotation": lambda t: t.rotation,
+                   "rotation_axis": lambda t: " ".join(f"{v:.3f}" for v in t.axis),
                    "scale": lambda t: t.scale, "shift": lambda t: " ".join(f"{v:.2f}" for v in t.shift)}
+        if queries.ndim - 1 == 2:
+            del details["rotation_axis"]
         for name, read in details.items():
             scored[name] = np.array([[read(t) for t in row] for row in transforms],
-                                    dtype=object if name in ("flip", "shift") else np.float64)
+                                    dtype=np.float64 if name in ("rotation", "scale") else object)
         rows = found.rows.numpy()
         out = {}
         for name, values in scored.items():

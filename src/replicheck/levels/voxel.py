@@ -114,7 +114,8 @@ class VoxelLevel(LevelBase):
         scores = measures.compare(query, candidates, data_range=DATA_RANGE, max_shift=self.max_shift,
                                   ssim_best=ssim_best)
         out = {name: scores.measure(name) for name in self.measures}
-        out["shift"] = np.array([" ".join(str(int(v)) for v in row) for row in scores.shift])
+        # Reported as the aligned level reports it: how far the training image moved to match.
+        out["shift"] = np.array([" ".join(str(-int(v)) for v in row) for row in scores.shift])
         return out
 
     def shortlist(self, ndim: int) -> int:

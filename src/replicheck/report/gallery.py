@@ -2,8 +2,8 @@
 
 A scan keeps its analysis-grid images only in a temporary folder, so before that folder goes
 the scan copies what the report needs into ``gallery.npz`` in the results folder: for each of
-the top pairs, the synthetic image and its nearest training image aligned by the shift the
-voxel level found, as 8-bit display copies. In 3D it keeps the three orthogonal planes
+the top pairs, the synthetic image and its nearest training image moved onto it by the transform
+the voxel level found (flip, rotation, scale, shift), as 8-bit display copies. In 3D it keeps the three orthogonal planes
 through the region where the two volumes differ most and a stack of slices along z to move
 through, not whole volumes, so the file stays small (about 0.5 MB per 3D pair).
 ``replicheck report RESULTS`` re-renders from that file without the original images.
@@ -20,19 +20,22 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from ..align import Transform
 from ..files import atomic_write
 from ..records import ReplicheckError
 
 NAV_SLICES = 12  # slices along z kept per 3D volume for moving through it
 NAV_SIDE = 96  # their largest in-plane side (the three planes keep the analysis resolution)
 GALLERY_FILE = "gallery.npz"
+TRANSFORM_COLUMNS = ("flip", "rotation", "rotation_axis", "scale", "shift")  # a level's per-pair details
 
 
 @dataclass(frozen=True)
 class Gallery:
     """Display copies (uint8, 0 = 0.0 and 255 = 1.0 of the analysis intensity range) of the top
     pairs. ``pairs`` has one row per pair: synthetic id, training id, the level whose nearest
-    image it is, the shift applied, and for 3D the centre (z, y, x) of the most different region.
+    image it is, the transform applied to the training image (:data:`TRANSFORM_COLUMNS`, empty
+    when the level found none), and for 3D the centre (z, y, x) of the most different region.
     ``arrays`` maps "synthetic"/"training" (2D: (n, H, W)) or, in 3D, "synthetic.y",
     "training.x", ... (the planes through the centre across y and x), "synthetic.nav" and
     "training.nav" (slices along z, positions in "nav_positions") to stacked arrays."""
@@ -55,8 +58,8 @@ class Gallery:
     def load(cls, path: str | Path) -> "Gallery":
         try:
             with np.load(path, allow_pickle=False) as data:
-                pairs = pd.read_csv(io.StringIO(str(data["pairs"])), keep_default_na=False, dtype={"synthetic": str,
-                                    "training": str, "shift": str})
+                pairs = pd.read_csv(io.StringIO(str(data["pairs"])), keep_default_na=False,
+                                    dtype={"synthetic": str, "training": str, **{c: str for c in TRANSFORM_COLUMNS}})
                 arrays = {key: data[key] for key in data.files if key != "pairs"}
         except (OSError, ValueError, KeyError) as error:
             raise ReplicheckError(f"{path}: not a readable replicheck gallery ({error})") from None
@@ -83,16 +86,15 @@ def choose(synthetic: pd.DataFrame, levels: dict[str, bool], top: int) -> pd.Dat
     rows = []
     for row in order:
         level = names[deciding[row]]
-        shift = synthetic.get(f"{level}_shift")
         rows.append({
             "row": int(row),
             "synthetic": synthetic["id"].iat[row],
             "training": synthetic[f"{level}_nearest"].iat[row],
             "level": level,
             "replica": bool(flagged[row]),
-            "shift": "" if shift is None or pd.isna(shift.iat[row]) else str(shift.iat[row]),
+            **{column: _text(synthetic.get(f"{level}_{column}"), row) for column in TRANSFORM_COLUMNS},
         })
-    return pd.DataFrame(rows, columns=["row", "synthetic", "training", "level", "replica", "shift"])
+    return pd.DataFrame(rows, columns=["row", "synthetic", "training", "level", "replica", *TRANSFORM_COLUMNS])
 
 
 def extract(chosen: pd.DataFrame, synthetic_store, training_store, training_ids) -> Gallery:
@@ -104,10 +106,12 @@ def extract(chosen: pd.DataFrame, synthetic_store, training_store, training_ids)
         return Gallery(pairs, {})
     synth = synthetic_store.read(wanted["row"].to_numpy())
     train = training_store.read([position[i] for i in wanted["training"]])
-    train = np.stack([aligned(image, _parse_shift(s, image.ndim)) for image, s in zip(train, wanted["shift"])])
+    moved = [transform_of(pair, image.ndim).apply(image) for image, (_, pair) in zip(train, wanted.iterrows())]
+    train = np.stack([image for image, _ in moved])
     if synth.ndim - 1 == 2:
         return Gallery(pairs, {"synthetic": to_uint8(synth), "training": to_uint8(train)})
-    centres = np.array([most_different(s, t) for s, t in zip(synth, train)], dtype=int).reshape(-1, 3)
+    centres = np.array([most_different(s, t, covered) for s, t, (_, covered) in zip(synth, train, moved)],
+                       dtype=int).reshape(-1, 3)
     pairs = pairs.assign(centre=[" ".join(map(str, c)) for c in centres])
     arrays = {}
     for role, volumes in (("synthetic", synth), ("training", train)):
@@ -119,19 +123,31 @@ def extract(chosen: pd.DataFrame, synthetic_store, training_store, training_ids)
     return Gallery(pairs, arrays)
 
 
-def aligned(image: np.ndarray, shift: tuple[int, ...]) -> np.ndarray:
-    """The training image moved onto the synthetic one: the voxel level matched synthetic voxel
-    p with training voxel p + shift (``measures.compare``); edges wrap (a few voxels)."""
-    if not any(shift):
-        return image
-    return np.roll(image, tuple(-int(s) for s in shift), axis=tuple(range(image.ndim)))
+def transform_of(pair, ndim: int) -> Transform:
+    """The transform that moves a pair's training image onto its synthetic one, from the pair's
+    :data:`TRANSFORM_COLUMNS` (the identity where they are empty: a level that does not align)."""
+    names = "zyx"[-ndim:]
+    shift = _numbers(pair.get("shift"))
+    axis = _numbers(pair.get("rotation_axis"))
+    return Transform(flip=tuple(names.index(c) for c in str(pair.get("flip") or "")),
+                     rotation=float(pair.get("rotation") or 0.0), scale=float(pair.get("scale") or 1.0),
+                     shift=shift if len(shift) == ndim else (0.0,) * ndim, axis=axis if len(axis) == 3 else ())
 
 
-def most_different(synthetic: np.ndarray, training: np.ndarray) -> tuple[int, ...]:
+def describe_transform(pair, ndim: int) -> str:
+    """What the report says was done to the training image, "" when nothing was."""
+    return transform_of(pair, ndim).describe()
+
+
+def most_different(synthetic: np.ndarray, training: np.ndarray, covered: np.ndarray | None = None) -> tuple[int, ...]:
     """Centre (z, y, x) of the region where two volumes differ most: the maximum of the absolute
-    difference averaged over a box an eighth of the volume wide (one voxel is noise, not a region)."""
+    difference averaged over a box an eighth of the volume wide (one voxel is noise, not a region),
+    among the voxels the moved training image ``covered`` (its zero-filled rim is no difference)."""
     size = tuple(max(3, n // 8) for n in synthetic.shape)
-    local = ndimage.uniform_filter(np.abs(synthetic - training).astype(np.float32), size=size, mode="nearest")
+    difference = np.abs(synthetic - training).astype(np.float32)
+    if covered is not None:
+        difference = np.where(covered, difference, 0.0)
+    local = ndimage.uniform_filter(difference, size=size, mode="nearest")
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(local)), local.shape))
 
 
@@ -153,6 +169,12 @@ def _shrunk(stack: np.ndarray) -> np.ndarray:
     return stack if factor >= 1 else ndimage.zoom(stack, (1, factor, factor), order=1, grid_mode=True, mode="nearest")
 
 
-def _parse_shift(text: str, ndim: int) -> tuple[int, ...]:
-    parts = str(text).split() if text else []
-    return tuple(int(float(p)) for p in parts) if len(parts) == ndim else (0,) * ndim
+def _numbers(text) -> tuple[float, ...]:
+    return tuple(float(p) for p in str(text).split()) if text else ()
+
+
+def _text(column: pd.Series | None, row: int) -> str:
+    if column is None:
+        return ""
+    value = column.iat[row]
+    return "" if pd.isna(value) else str(value)

@@ -24,7 +24,7 @@ from ..embedders.ssim_map import DEEPSSIM_BANDS
 from ..files import write_text
 from ..records import ReplicheckError
 from . import figures
-from .gallery import GALLERY_FILE, Gallery, choose
+from .gallery import GALLERY_FILE, Gallery, choose, describe_transform
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 REPORT_FILE = "report.html"
@@ -162,7 +162,7 @@ def _gallery(gallery: Gallery, synthetic: pd.DataFrame, summary: dict, top: int 
     for i in range(count):
         pair = gallery.pairs.iloc[i]
         card = {"rank": i + 1, "synthetic": pair["synthetic"], "training": pair["training"], "level": pair["level"],
-                "replica": bool(pair["replica"]), "shift": pair["shift"],
+                "replica": bool(pair["replica"]), "transform": describe_transform(pair, gallery.ndim),
                 "scores": _scores(by_id.loc[pair["synthetic"]], summary, pair["training"])}
         if gallery.ndim == 2:
             s, t = gallery.arrays["synthetic"][i], gallery.arrays["training"][i]
