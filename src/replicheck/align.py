@@ -372,13 +372,14 @@ def ecc(references: torch.Tensor, moving: torch.Tensor, matrix: torch.Tensor, of
                           (jacobian[:, :, :, None] * jacobian[:, :, None, :]).reshape(q, -1, params * params)], 2)
     weighted = torch.cat([ones, r, jacobian], 2)
     stack = torch.stack([moving, torch.ones_like(moving)], 2).reshape(n, 2, *grid)  # channel 2 samples to coverage
+    inside = _inner(grid).reshape(1, -1)
     matrix, offset = matrix.reshape(n, ndim, ndim), offset.reshape(n, ndim)
     eye = torch.eye(ndim)
     correlation = torch.full((n,), float("nan"))
     for _ in range(steps):
         sampling = F.affine_grid(torch.cat([matrix, offset[:, :, None]], 2), [n, 1, *grid], align_corners=False)
         sampled = F.grid_sample(stack, sampling, align_corners=False, padding_mode="zeros").reshape(n, 2, -1)
-        warped, mask = sampled[:, 0], (sampled[:, 1] > 0.999).to(sampled.dtype)  # inside: fully covered
+        warped, mask = sampled[:, 0], (sampled[:, 1] > 0.999).to(sampled.dtype) * inside  # fully covered
         image = mask * warped
         sums = torch.bmm(mask.view(q, m, -1), features).reshape(n, -1)  # counts and sums over the overlap
         by_image = torch.bmm(image.view(q, m, -1), weighted).reshape(n, -1)
@@ -564,13 +565,22 @@ def _correlation(references: torch.Tensor, moving: torch.Tensor, matrix: torch.T
     """(Q, M) Pearson correlation of each reference and its warped candidates over the voxels they cover."""
     q, m = moving.shape[:2]
     warped, valid = warp(moving, matrix, offset, tuple(references.shape[1:]))
-    mask = valid.reshape(q, m, -1).to(warped.dtype)
+    mask = valid.reshape(q, m, -1).to(warped.dtype) * _inner(tuple(references.shape[1:])).reshape(1, 1, -1)
     a = references.reshape(q, 1, -1).expand(q, m, -1)
     b = warped.reshape(q, m, -1)
     count = mask.sum(2, keepdim=True).clamp_min(1)
     a = (a - (a * mask).sum(2, keepdim=True) / count) * mask
     b = (b - (b * mask).sum(2, keepdim=True) / count) * mask
     return (a * b).sum(2) / torch.sqrt(((a * a).sum(2) * (b * b).sum(2)).clamp_min(1e-24))
+
+
+@functools.lru_cache(maxsize=16)
+def _inner(grid: tuple[int, ...]) -> torch.Tensor:
+    """1 inside ``grid``, 0 on its outermost voxels: the estimator ignores the query's rim, where a
+    generator's or a resampler's edge artefacts (a dark frame, a wrapped row) would pull it."""
+    inner = torch.zeros(grid)
+    inner[tuple(slice(1, -1) if n > 2 else slice(None) for n in grid)] = 1.0
+    return inner
 
 
 def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

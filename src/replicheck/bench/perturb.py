@@ -225,11 +225,13 @@ def _boundary_noise(x: np.ndarray, rng: np.random.Generator, *, share: float) ->
     return out, {"seed": seed, "field_sigma": BOUNDARY_FIELD_SIGMA}
 
 
-# Geometric families.
+# Geometric families. Zero outside the field of view, interpolated at its edge (SciPy's
+# "grid-constant"): "constant" zeroes every sample that falls a hair outside the image, so the
+# smallest rotation would blacken whole border rows, a frame no generator draws.
 
 def _rotation(x: np.ndarray, rng: np.random.Generator, *, degrees: float) -> tuple[np.ndarray, dict]:
     angle = _sign(rng) * degrees
-    out = ndimage.rotate(x, angle, axes=_in_plane(x), reshape=False, order=1, mode="constant", cval=0.0)
+    out = ndimage.rotate(x, angle, axes=_in_plane(x), reshape=False, order=1, mode="grid-constant", cval=0.0)
     return out, {"angle": float(angle)}
 
 
@@ -237,7 +239,7 @@ def _translation(x: np.ndarray, rng: np.random.Generator, *, voxels: float) -> t
     """Sub-voxel in-plane shift of length ``voxels`` in a random direction; zero fill, not a roll."""
     direction = rng.uniform(0.0, 2.0 * np.pi)
     shift = [voxels * math.sin(direction), voxels * math.cos(direction)]  # (dy, dx)
-    out = ndimage.shift(x, [0.0] * (x.ndim - 2) + shift, order=1, mode="constant", cval=0.0)
+    out = ndimage.shift(x, [0.0] * (x.ndim - 2) + shift, order=1, mode="grid-constant", cval=0.0)
     return out, {"shift": [float(s) for s in shift]}
 
 
@@ -336,7 +338,7 @@ def in_plane_similarity(x: np.ndarray, *, degrees: float, zoom: float, shift: li
     centre = (np.array(x.shape[-2:], dtype=np.float64) - 1) / 2
     offset = centre - inverse @ (centre + np.asarray(shift, dtype=np.float64))
     planes = x.reshape(-1, *x.shape[-2:])
-    out = np.stack([ndimage.affine_transform(p, inverse, offset=offset, order=1, mode="constant", cval=0.0)
+    out = np.stack([ndimage.affine_transform(p, inverse, offset=offset, order=1, mode="grid-constant", cval=0.0)
                     for p in planes])
     return out.reshape(x.shape)
 
