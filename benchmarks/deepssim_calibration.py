@@ -4,7 +4,7 @@
 
 BENCH: a ``bench make`` folder (made with ``--misalign-negatives``); MODEL: the DeepSSIM
 checkpoint the feature scan used; FEATURE_SCAN_DIR: that ``bench run``'s ``scans/feature``.
-The calibration (:mod:`replicheck.train.adapt`, as ``replicheck train
+The calibration (:mod:`replicheck.embedders.fitting`, as ``replicheck train
 calibrate`` fits it) uses the benchmark's training images alone, at their 128-px grid; it is
 applied to the scan's cosines without writing a checkpoint, so that a model one may not
 re-save (the bundled one) can be measured too. Prints the macro F1 with the raw cosine and with
@@ -23,7 +23,7 @@ from PIL import Image
 
 from replicheck.bench.metrics import deepssim_macro_f1
 from replicheck.embedders import load_embedder, ssim_map
-from replicheck.train import adapt
+from replicheck.embedders import fitting
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     training = pd.read_csv(args.bench / "training.csv")
     images = np.stack([np.asarray(Image.open(args.bench / p), dtype=np.float32) / 255 for p in training["path"]])
-    calibration = adapt.fit_ssim_map(load_embedder(args.model), images, training["subject"].to_numpy())
+    calibration = fitting.fit_ssim_map(load_embedder(args.model), images, training["subject"].to_numpy())
     print(f"calibration: {calibration['pairs']:,} nearest pairs of {calibration['images']:,} training images, median "
           f"cosine {calibration['median_cosine']:.3f}, median SSIM {calibration['median_ssim']:.3f}\n")
     labels = pd.read_csv(args.bench / "labels.csv", keep_default_na=False).set_index("id")

@@ -25,7 +25,7 @@ from skimage.io import imread
 from replicheck.bench.metrics import ranking
 from replicheck.embedders.deepssim import DeepSSIMEmbedder, DeepSSIMNet, load_checkpoint
 from replicheck.embedders.views import view_max_cosine
-from replicheck.train.adapt import whiten_network
+from replicheck.embedders.fitting import whiten_network
 from replicheck.train.deepssim import VIEW_GAMMAS, VIEW_ROTATIONS
 
 

@@ -89,7 +89,6 @@ def tables(results: Path) -> list[str]:
     lines.append("| false-positive rate on novel patients (95% CI) | " + " | ".join(
         f"{float(overall.loc[d, 'fpr_novel']):.3f} ({_interval(overall.loc[d, 'fpr_novel_ci95'])}; "
         f"n = {int(overall.loc[d, 'n_novel'])})" for d in DETECTORS) + " |")
-    lines.append("| scan wall time (s) | " + " | ".join(f"{float(overall.loc[d, 'wall_s']):.0f}" for d in DETECTORS) + " |")
     return lines
 
 

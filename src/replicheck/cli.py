@@ -102,6 +102,9 @@ def scan(
     voxel_measure: Annotated[Optional[VoxelMeasure], typer.Option("--voxel-measure", help="Ranks training images and sets the voxel flag: structure (default with --align similarity), ncc (default with shift), ssim, mse, psnr.")] = None,
     embedder: Embedder = "deepssim",
     cache: Annotated[Optional[str], typer.Option("--cache", help="Feature level: folder of a persistent embedding cache.")] = None,
+    adapt: Annotated[str, typer.Option("--adapt", help="Feature level: fit (refit a DeepSSIM model's whitening and cosine->SSIM map on the training images when it was fitted on others), train[=MINUTES] (first train a DeepSSIM model on them, default 10 minutes; cached for later scans of the same training set) or none.")] = "fit",
+    no_adapt: Annotated[bool, typer.Option("--no-adapt", help="Feature level: use the embedder as it is (same as --adapt none).")] = False,
+    model_cache: Annotated[Optional[str], typer.Option("--model-cache", help="Folder of the models --adapt train trains (default: ~/.cache/replicheck/models).")] = None,
     masks: Masks = "foreground",
     device: Device = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per embedder batch.")] = 64,
@@ -115,13 +118,14 @@ def scan(
     quiet: Quiet = False,
 ) -> None:
     """Scan SYNTHETIC images for replicas of TRAIN images and write the results to --out."""
-    from .config import ScanConfig
+    from .config import ScanConfig, parse_adapt
     from .pipeline import scan_into
 
     result = _run(lambda: scan_into(out, train, synthetic, holdout, ScanConfig.from_options(
-        levels=levels, k=k, quantile=quantile, null_tail=null_tail, combine=combine, grid=grid, intensity=intensity, ct_window=ct_window,
-        slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, align=align, voxel_measure=voxel_measure,
-        embedder=embedder, device=device, batch_size=batch_size, cache=cache, masks=masks, max_shift=max_shift,
+        levels=levels, k=k, quantile=quantile, null_tail=null_tail, combine=combine, grid=grid, intensity=intensity,
+        ct_window=ct_window, slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, align=align,
+        voxel_measure=voxel_measure, embedder=embedder, device=device, batch_size=batch_size, cache=cache,
+        **parse_adapt("none" if no_adapt else adapt), model_cache=model_cache, masks=masks, max_shift=max_shift,
         skip_unreadable=skip_unreadable, num_workers=num_workers, seed=seed, progress=not quiet, gallery=gallery,
         report_images=not no_images), labels=labels, command=" ".join(["replicheck"] + sys.argv[1:])))
     _warn(result.warnings, quiet)

@@ -22,12 +22,14 @@ Intensity = Literal["auto", "ct", "percentile", "8bit", "ct8", "minmax"]
 VoxelMeasure = Literal["structure", "ncc", "ssim", "mse", "psnr"]
 Alignment = Literal["similarity", "shift"]
 NullTail = Literal["guarded", "empirical"]
+Adaptation = Literal["fit", "train", "none"]
 CombineRule = Literal["max-z", "max-robust-z", "any", "bonferroni", "min-p", "fisher"]
 
 INTENSITIES: tuple[str, ...] = get_args(Intensity)
 VOXEL_MEASURES: tuple[str, ...] = get_args(VoxelMeasure)
 ALIGNMENTS: tuple[str, ...] = get_args(Alignment)
 NULL_TAILS: tuple[str, ...] = get_args(NullTail)
+ADAPTATIONS: tuple[str, ...] = get_args(Adaptation)
 COMBINE_RULES: tuple[str, ...] = get_args(CombineRule)
 MIN_GRID_SIDE = 8  # voxels: the smallest analysis grid a scan accepts (SSIM's 7-voxel window fits)
 
@@ -59,6 +61,20 @@ def parse_grid(text: str | tuple | None, option: str = "grid") -> tuple[int, ...
         return tuple(int(part) for part in str(text).lower().replace(",", "x").split("x"))
     except ValueError:
         raise OptionError(option, f"expects sizes such as 128x128 or 64x128x128, got {text!r}") from None
+
+
+def parse_adapt(text: str) -> dict:
+    """``--adapt``: "fit", "none", "train" or "train=MINUTES" as the feature options ``adapt`` and,
+    for training, ``adapt_minutes``."""
+    mode, _, minutes = str(text).strip().lower().partition("=")
+    if mode not in ADAPTATIONS or (minutes and mode != "train"):
+        raise OptionError("adapt", f"must be fit, train, train=MINUTES or none; got {text!r}")
+    if not minutes:
+        return {"adapt": mode}
+    try:
+        return {"adapt": mode, "adapt_minutes": float(minutes)}
+    except ValueError:
+        raise OptionError("adapt", f"train=MINUTES needs a number of minutes, got {text!r}") from None
 
 
 def parse_numbers(text: str | tuple, option: str) -> tuple[float, ...]:
@@ -197,9 +213,17 @@ class FeatureOptions:
     device: str = "cpu"
     batch_size: int = 64
     cache: str | None = None  # folder of a persistent embedding cache
+    # "fit": refit a DeepSSIM model's whitening and cosine -> SSIM map on the training images when it
+    # was fitted on others; "train": train a DeepSSIM model on them first (adapt_minutes, cached in
+    # model_cache); "none": use the embedder as it is.
+    adapt: Adaptation = "fit"
+    adapt_minutes: float = 10.0
+    model_cache: str | None = None  # folder of models trained by adapt="train" (default: the user's cache)
 
     def __post_init__(self):
         check_range("batch_size", self.batch_size, low=1)
+        check_choice("adapt", self.adapt, ADAPTATIONS)
+        check_range("adapt_minutes", self.adapt_minutes, low=0.1)
 
 
 @dataclass(frozen=True)

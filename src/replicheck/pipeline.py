@@ -90,6 +90,9 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
         n_training = len(collections["training"])
         for level in levels:
             tick = time.perf_counter()
+            _prepare(level, collections["training"], config, progress)
+            timings[f"{level.name}.prepare"] = time.perf_counter() - tick
+            tick = time.perf_counter()
             sides = {role: build_side(level, c.store, c.rows, Path(workdir), f"{level.name}.{role}")
                      for role, c in collections.items()}
             timings[f"{level.name}.represent"] = time.perf_counter() - tick
@@ -125,6 +128,18 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
             null=assemble.null_table(items[null_role], null_role, verdicts, items["training"]),
             warnings=tuple(warnings), gallery=shown)
     return result
+
+
+def _prepare(level, training: Collection, config: ScanConfig, progress: Progress) -> None:
+    """Let ``level`` learn from the training images; with ``adapt="train"`` the feature level first
+    gets a DeepSSIM model trained on them (:mod:`replicheck.train.in_scan`)."""
+    subjects = training.items["subject"].to_numpy()
+    if level.name == "feature" and config.feature.adapt == "train":
+        from .train.in_scan import scan_trained_embedder
+
+        level.use_embedder(scan_trained_embedder(training.store, subjects, config.feature, seed=config.calibration.seed,
+                                                 progress=progress))
+    level.prepare(training.store, subjects)
 
 
 def _calibration_warnings(collections: dict[str, Collection]) -> list[str]:

@@ -24,7 +24,7 @@ from replicheck.embedders.deepssim import (
 )
 from replicheck.embedders.whitening import fit_whitening
 from replicheck.records import ReplicheckError
-from replicheck.train.adapt import whiten_network
+from replicheck.embedders.fitting import whiten_network
 from replicheck.transforms import rotate
 
 TINY = {"input_size": 32, "widths": (4, 8, 16), "dim": 24}

@@ -1,4 +1,4 @@
-"""DeepSSIM's cosine -> SSIM calibration (train/adapt.py, embedders/ssim_map.py) on real CT slices."""
+"""DeepSSIM's cosine -> SSIM calibration (embedders/fitting.py, train/adapt.py, embedders/ssim_map.py) on real CT slices."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from replicheck import measures
 from replicheck.cli import app
-from replicheck.embedders import BUNDLED_WEIGHTS, load_embedder, ssim_map
+from replicheck.embedders import BUNDLED_WEIGHTS, fitting, load_embedder, ssim_map
 from replicheck.embedders.deepssim import load_checkpoint, save_checkpoint
 from replicheck.levels.feature import FeatureLevel
 from replicheck.train import adapt
@@ -34,7 +34,7 @@ def fitted(slices):
     images, subjects = slices
     first = np.isin(subjects, np.unique(subjects)[:12])
     embedder = load_embedder("deepssim")
-    return embedder, adapt.fit_ssim_map(embedder, images[first], subjects[first]), ~first
+    return embedder, fitting.fit_ssim_map(embedder, images[first], subjects[first]), ~first
 
 
 def test_calibration_brings_the_estimate_close_to_the_true_ssim_of_unseen_patients(slices, fitted):
@@ -43,7 +43,7 @@ def test_calibration_brings_the_estimate_close_to_the_true_ssim_of_unseen_patien
     images, subjects = slices
     embedder, calibration, other = fitted
     vectors = embedder.embed(images[other]).astype(np.float64)
-    cosine, partner = adapt._nearest(vectors @ vectors.T, subjects[other], same_subject=False)
+    cosine, partner = fitting._nearest(vectors @ vectors.T, subjects[other], same_subject=False)
     held = images[other]
     truth = np.array([measures.zscored_ssim(held[i], held[partner[i]][None])[0] for i in range(len(held))])
     raw_error = np.abs(cosine - truth).mean()

@@ -19,8 +19,35 @@ import torch.nn.functional as F
 
 from ..records import InputError, ReplicheckError, one_line
 
+IMAGE_DTYPE = "<f4"  # images are hashed as little-endian float32, whatever the machine
+
 __all__ = ["resize", "embed_in_batches", "flips", "flip_mean", "slice_positions", "file_sha256", "require",
            "existing_file"]
+
+
+def image_hashes(images: np.ndarray) -> list[bytes]:
+    """sha256 digests (32 bytes each) of the images of a (b, *grid) batch.
+
+    Each digest covers the image's shape and its bytes as little-endian float32 in C order:
+    the content an embedder sees. Equal images give equal digests; any changed value (even
+    0.0 against -0.0) gives another digest, which only costs a cache miss.
+    """
+    batch = np.ascontiguousarray(images, dtype=IMAGE_DTYPE)
+    header = f"{IMAGE_DTYPE}{tuple(batch.shape[1:])}".encode()
+    hashes = []
+    for image in batch:
+        digest = hashlib.sha256(header)
+        digest.update(image.data)
+        hashes.append(digest.digest())
+    return hashes
+
+
+def images_digest(images) -> str:
+    """sha256 hex of a set of images, whatever their order: of their sorted :func:`image_hashes`.
+    ``images`` is an array (b, *grid) or an iterable of such batches."""
+    batches = [images] if isinstance(images, np.ndarray) else images
+    hashes = sorted(h for batch in batches for h in image_hashes(batch))
+    return hashlib.sha256(b"".join(hashes)).hexdigest()
 
 
 def resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:

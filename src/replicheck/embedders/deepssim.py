@@ -185,7 +185,7 @@ class DeepSSIMEmbedder:
 
     def __init__(self, model: DeepSSIMNet, *, flip_average: bool = False, rotations: tuple[float, ...] = (),
                  gammas: tuple[float, ...] = (), device: str = "cpu", batch_size: int = 64,
-                 calibration: dict | None = None):
+                 calibration: dict | None = None, fitted_on: str | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.rotations, self.gammas = check_views(rotations, gammas)
@@ -197,6 +197,7 @@ class DeepSSIMEmbedder:
         self.input_size = model.input_size
         self.dim = model.dim
         self.calibration = calibration  # cosine -> SSIM knots (ssim_map); the embedding does not depend on it
+        self.fitted_on = fitted_on  # images_digest of the images the whitening and the map were fitted on
         self.digest = state_digest(model)
         if self.flip_average:  # a different embedding of the same weights: a different digest (feature cache key)
             self.digest = hashlib.sha256(f"{self.digest}|flip_average".encode()).hexdigest()
@@ -214,7 +215,8 @@ class DeepSSIMEmbedder:
         embedding = meta.get("embedding", {})
         return cls(model, flip_average=bool(embedding.get("flip_average", False)),
                    rotations=tuple(embedding.get("rotations", ())), gammas=tuple(embedding.get("gammas", ())),
-                   device=device, batch_size=batch_size, calibration=meta.get("ssim_calibration"))
+                   device=device, batch_size=batch_size, calibration=meta.get("ssim_calibration"),
+                   fitted_on=meta.get("fitted_on"))
 
     def estimate_ssim(self, cosine: np.ndarray) -> np.ndarray:
         """DeepSSIM's SSIM estimate of each cosine: calibrated when the checkpoint carries a

@@ -9,7 +9,7 @@ principal direction to unit variance (Jegou and Chum, ECCV 2012, for image retri
 cone, so that the cosine of two whitened vectors compares what is particular to each image.
 
 The fit needs no labels: the mean and covariance of the training images' own embeddings
-(:func:`replicheck.train.adapt.whiten_network` embeds them). The shrinkage ``SHRINKAGE`` (a share
+(:func:`replicheck.embedders.fitting.whiten_network` embeds them). The shrinkage ``SHRINKAGE`` (a share
 of the mean eigenvalue added to every eigenvalue) keeps directions with almost no variance from
 being amplified into noise.
 """

@@ -33,7 +33,8 @@ def _feature(config: ScanConfig) -> Level:
 
     options = config.feature
     embedder = load_embedder(options.embedder, device=options.device, batch_size=options.batch_size)
-    return FeatureLevel(embedder, cache=FeatureCache(options.cache, embedder) if options.cache else None)
+    return FeatureLevel(embedder, cache=FeatureCache(options.cache, embedder) if options.cache else None,
+                        adapt=options.adapt, seed=config.calibration.seed)
 
 
 def _segmentation(config: ScanConfig) -> Level:

@@ -27,7 +27,9 @@ exact rescoring of the top-k, calibration against the null, flags); a level supp
   best value per measure, counted in summary.json (default: none);
 - ``union_candidates``: the level runs after the others and also rescores the nearest images
   they found (default: off);
-- ``cache``: an embedding cache the level reads and fills, or None.
+- ``cache``: an embedding cache the level reads and fills, or None;
+- ``prepare(store, subjects)``: learn from the training images (analysis grid, with subject ids)
+  before any vector is computed, e.g. refit an embedder's whitening (default: nothing).
 """
 
 from __future__ import annotations
@@ -107,6 +109,9 @@ class LevelBase:
     cache = None
 
     def query_views(self, images: np.ndarray) -> np.ndarray | None:
+        return None
+
+    def prepare(self, store, subjects: np.ndarray) -> None:
         return None
 
     def rescore_batch(self, queries: np.ndarray, candidates: np.ndarray, *, keep: int | None = None) -> dict[str, np.ndarray]:

@@ -23,7 +23,6 @@ namespace id, so it can be pickled to worker processes and used from any thread.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..embedders.common import image_hashes
 from ..records import ReplicheckError
 
 __all__ = ["FILENAME", "FeatureCache", "image_hashes"]
@@ -52,21 +52,6 @@ _TABLES = {
 }
 
 
-def image_hashes(images: np.ndarray) -> list[bytes]:
-    """sha256 digests (32 bytes each) of the images of a (b, *grid) batch.
-
-    Each digest covers the image's shape and its bytes as little-endian float32 in C order:
-    the content an embedder sees. Equal images give equal digests; any changed value (even
-    0.0 against -0.0) gives another digest, which only costs a cache miss.
-    """
-    batch = np.ascontiguousarray(images, dtype=DTYPE)
-    header = f"{DTYPE}{tuple(batch.shape[1:])}".encode()
-    hashes = []
-    for image in batch:
-        digest = hashlib.sha256(header)
-        digest.update(image.data)
-        hashes.append(digest.digest())
-    return hashes
 
 
 class FeatureCache:

@@ -39,7 +39,8 @@ from ..config import Preprocessing, Reading, check_range
 from ..embedders.deepssim import DeepSSIMNet, preprocess, save_checkpoint, zscore
 from ..embedders.views import check_views
 from ..progress import Progress
-from .adapt import SSIM_MAP_SIZE, adapt_checkpoint
+from ..embedders.fitting import SSIM_MAP_SIZE
+from .adapt import adapt_checkpoint
 from .augment import Augmentation, augment
 from .data import read_training_set, require_subjects
 from .loop import Budget, TrainingReport, check_training_data, split_subjects, train, training_meta, validation_record
@@ -196,7 +197,7 @@ def train_deepssim_from(source: str, *, out: str | Path, reading: Reading = Read
     """Train DeepSSIM on the images of ``source`` (a folder, manifest or array file; volumes are
     cut into slices) at ``size`` pixels, then adapt the checkpoint to them
     (:func:`~replicheck.train.adapt.adapt_checkpoint`: whitening and the cosine -> SSIM map, the
-    map on the grid a scan compares, :data:`~replicheck.train.adapt.SSIM_MAP_SIZE`). ``options``
+    map on the grid a scan compares, :data:`~replicheck.embedders.fitting.SSIM_MAP_SIZE`). ``options``
     are those of :func:`train_deepssim`. The map's summary is in the report's ``details``."""
     check_views(options.get("rotations", VIEW_ROTATIONS), options.get("gammas", VIEW_GAMMAS))  # before reading images
     check_range("size", size, low=8)
