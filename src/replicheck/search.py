@@ -139,73 +139,13 @@ def nearest(
     """
     query_rows = np.arange(len(queries.vectors)) if query_rows is None else np.asarray(query_rows)
     gallery_rows = np.arange(len(gallery.vectors)) if gallery_rows is None else np.asarray(gallery_rows)
-    position_of = None
-    if extra_candidates is not None:
-        extra_candidates = np.asarray(extra_candidates, dtype=np.int64).reshape(len(query_rows), -1)
-        position_of = np.full(len(gallery.vectors) + 1, -1, dtype=np.int64)  # last entry: row -1
-        position_of[gallery_rows] = np.arange(len(gallery_rows))
     index = Index(gallery.vectors[gallery_rows], gallery.subjects[gallery_rows] if exclude_own_subject else None)
     depth = max(k, min(depth, len(gallery_rows)))
     shortlist = max(depth, shortlist) if gallery.coarse is not None else depth
-    rows = np.full((len(query_rows), k), -1, dtype=np.int64)
-    values: dict[str, np.ndarray] = {}
-    created = Lock()
+    rescorer = _Rescorer(level, queries, gallery, query_rows, gallery_rows, k=k, depth=depth,
+                         exclude_own_subject=exclude_own_subject, keep=0 if primary_only else k,
+                         extra_candidates=extra_candidates)
     advance = (progress or Progress()).step(description, len(query_rows))
-
-    def candidates_of(position: int, shortlisted: np.ndarray) -> np.ndarray:
-        """Positions (in ``gallery_rows``) a query's rescoring takes: the refined shortlist, then
-        the extra candidates."""
-        candidates = shortlisted[shortlisted >= 0]
-        query_row = query_rows[position]
-        if gallery.coarse is not None and candidates.size > depth:
-            candidates = candidates[level.refine(queries.store.shape, queries.coarse_queries.read(query_row)[0],
-                                                 StoredRows(gallery.coarse, gallery_rows[candidates]), depth)]
-        if position_of is not None:
-            extra = position_of[extra_candidates[position]]
-            extra = extra[extra >= 0]
-            if exclude_own_subject:
-                extra = extra[gallery.subjects[gallery_rows[extra]] != queries.subjects[query_row]]
-            extra = extra[~np.isin(extra, candidates)]
-            candidates = np.concatenate([candidates, extra[np.sort(np.unique(extra, return_index=True)[1])]])
-        return candidates
-
-    def keep_best(position: int, candidates: np.ndarray, scores: dict[str, np.ndarray]) -> None:
-        primary = oriented(scores[level.primary], level.measures[level.primary])
-        order = np.argsort(-np.nan_to_num(primary, nan=-np.inf), kind="stable")[:k]
-        rows[position, : order.size] = gallery_rows[candidates[order]]
-        for name, column in scores.items():
-            with created:
-                if name not in values:
-                    values[name] = _empty(column.dtype, rows.shape)
-            values[name][position, : order.size] = column[order]
-
-    def one(position: int, shortlisted: np.ndarray) -> None:
-        candidates = candidates_of(position, shortlisted)
-        if candidates.size == 0:
-            return
-        query_row = query_rows[position]
-        if level.scores_from_vectors:  # the search vectors are the measure (an embedding's cosine)
-            scores = level.rescore_vectors(queries.vectors[query_row], gallery.vectors[gallery_rows[candidates]])
-        else:
-            scores = level.rescore(queries.store.read(query_row)[0], gallery.store.read(gallery_rows[candidates]),
-                                   keep=0 if primary_only else k)
-        keep_best(position, candidates, scores)
-
-    def batch(positions: np.ndarray, shortlisted: np.ndarray) -> int:
-        """The queries at ``positions`` rescored together (a level with ``rescore_batch``); each
-        query's candidate list is padded to the longest with a copy of its first candidate."""
-        lists = [candidates_of(position, row) for position, row in zip(positions, shortlisted)]
-        lists = [(position, found) for position, found in zip(positions, lists) if found.size]
-        if lists:
-            width = max(found.size for _, found in lists)
-            padded = np.stack([np.concatenate([found, np.repeat(found[:1], width - found.size)]) for _, found in lists])
-            images = gallery.store.read(gallery_rows[padded.reshape(-1)]).reshape(len(lists), width, *gallery.store.shape)
-            scores = level.rescore_batch(queries.store.read(query_rows[[position for position, _ in lists]]), images,
-                                         keep=0 if primary_only else k)
-            for number, (position, found) in enumerate(lists):
-                keep_best(position, found, {name: column[number, : found.size] for name, column in scores.items()})
-        return len(positions)
-
     with _one_torch_thread(), ThreadPoolExecutor(max(1, workers)) as pool:
         for start in range(0, len(query_rows), QUERY_CHUNK):
             chunk = np.arange(start, min(start + QUERY_CHUNK, len(query_rows)))
@@ -213,15 +153,97 @@ def nearest(
             shortlisted = _shortlist(index, queries, query_rows[chunk], shortlist, exclude)
             if level.rescores_in_batches:
                 pieces = range(0, len(chunk), RESCORE_BATCH)
-                for done in pool.map(batch, (chunk[i:i + RESCORE_BATCH] for i in pieces),
+                for done in pool.map(rescorer.batch, (chunk[i:i + RESCORE_BATCH] for i in pieces),
                                      (shortlisted[i:i + RESCORE_BATCH] for i in pieces)):
                     advance(done)
             else:
-                for _ in pool.map(one, chunk, shortlisted):
+                for _ in pool.map(rescorer.one, chunk, shortlisted):
                     advance()
-    for name in level.measures:
-        values.setdefault(name, np.full(rows.shape, np.nan))
-    return Hits(rows, values)
+    return rescorer.hits()
+
+
+class _Rescorer:
+    """The exact rescoring of :func:`nearest`: each query's shortlist refined, extra candidates
+    added, scored by the level, and its ``k`` best kept in ``rows`` and ``values`` (filled from
+    several threads, each query in its own row)."""
+
+    def __init__(self, level: Level, queries: Side, gallery: Side, query_rows: np.ndarray, gallery_rows: np.ndarray,
+                 *, k: int, depth: int, exclude_own_subject: bool, keep: int, extra_candidates: np.ndarray | None):
+        self.level, self.queries, self.gallery = level, queries, gallery
+        self.query_rows, self.gallery_rows = query_rows, gallery_rows
+        self.k, self.depth, self.keep, self.exclude_own_subject = k, depth, keep, exclude_own_subject
+        self.extra, self.position_of = None, None
+        if extra_candidates is not None:
+            self.extra = np.asarray(extra_candidates, dtype=np.int64).reshape(len(query_rows), -1)
+            self.position_of = np.full(len(gallery.vectors) + 1, -1, dtype=np.int64)  # last entry: row -1
+            self.position_of[gallery_rows] = np.arange(len(gallery_rows))
+        self.rows = np.full((len(query_rows), k), -1, dtype=np.int64)
+        self.values: dict[str, np.ndarray] = {}
+        self.created = Lock()
+
+    def candidates_of(self, position: int, shortlisted: np.ndarray) -> np.ndarray:
+        """Positions (in ``gallery_rows``) a query's rescoring takes: the refined shortlist, then
+        the extra candidates."""
+        candidates = shortlisted[shortlisted >= 0]
+        query_row = self.query_rows[position]
+        if self.gallery.coarse is not None and candidates.size > self.depth:
+            candidates = candidates[self.level.refine(
+                self.queries.store.shape, self.queries.coarse_queries.read(query_row)[0],
+                StoredRows(self.gallery.coarse, self.gallery_rows[candidates]), self.depth)]
+        if self.position_of is not None:
+            extra = self.position_of[self.extra[position]]
+            extra = extra[extra >= 0]
+            if self.exclude_own_subject:
+                extra = extra[self.gallery.subjects[self.gallery_rows[extra]] != self.queries.subjects[query_row]]
+            extra = extra[~np.isin(extra, candidates)]
+            candidates = np.concatenate([candidates, extra[np.sort(np.unique(extra, return_index=True)[1])]])
+        return candidates
+
+    def one(self, position: int, shortlisted: np.ndarray) -> None:
+        """One query rescored on its own (the search vectors themselves for a level whose measure they are)."""
+        candidates = self.candidates_of(position, shortlisted)
+        if candidates.size == 0:
+            return
+        query_row, level = self.query_rows[position], self.level
+        if level.scores_from_vectors:  # the search vectors are the measure (an embedding's cosine)
+            scores = level.rescore_vectors(self.queries.vectors[query_row],
+                                           self.gallery.vectors[self.gallery_rows[candidates]])
+        else:
+            scores = level.rescore(self.queries.store.read(query_row)[0],
+                                   self.gallery.store.read(self.gallery_rows[candidates]), keep=self.keep)
+        self.keep_best(position, candidates, scores)
+
+    def batch(self, positions: np.ndarray, shortlisted: np.ndarray) -> int:
+        """The queries at ``positions`` rescored together (a level with ``rescore_batch``); each
+        query's candidate list is padded to the longest with a copy of its first candidate."""
+        lists = [(position, self.candidates_of(position, row)) for position, row in zip(positions, shortlisted)]
+        lists = [(position, found) for position, found in lists if found.size]
+        if lists:
+            width = max(found.size for _, found in lists)
+            padded = np.stack([np.concatenate([found, np.repeat(found[:1], width - found.size)]) for _, found in lists])
+            store = self.gallery.store
+            images = store.read(self.gallery_rows[padded.reshape(-1)]).reshape(len(lists), width, *store.shape)
+            queries = self.queries.store.read(self.query_rows[[position for position, _ in lists]])
+            scores = self.level.rescore_batch(queries, images, keep=self.keep)
+            for number, (position, found) in enumerate(lists):
+                self.keep_best(position, found, {name: column[number, : found.size] for name, column in scores.items()})
+        return len(positions)
+
+    def keep_best(self, position: int, candidates: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+        level = self.level
+        primary = oriented(scores[level.primary], level.measures[level.primary])
+        order = np.argsort(-np.nan_to_num(primary, nan=-np.inf), kind="stable")[: self.k]
+        self.rows[position, : order.size] = self.gallery_rows[candidates[order]]
+        for name, column in scores.items():
+            with self.created:
+                if name not in self.values:
+                    self.values[name] = _empty(column.dtype, self.rows.shape)
+            self.values[name][position, : order.size] = column[order]
+
+    def hits(self) -> Hits:
+        for name in self.level.measures:
+            self.values.setdefault(name, np.full(self.rows.shape, np.nan))
+        return Hits(self.rows, self.values)
 
 
 def _shortlist(index: Index, queries: Side, rows: np.ndarray, shortlist: int, exclude: np.ndarray | None) -> np.ndarray:
