@@ -121,13 +121,13 @@ def ctich_slices(data: Path, out: Path) -> Path:
     archive = data / "ct_ich" / "ctich_128.npz"
     with np.load(archive) as arrays:
         patients, slices = arrays["flat_patient"], arrays["flat_slice"]
-    return _write(out / "ctich_slices.csv", (
+    return write_manifest(out / "ctich_slices.csv", (
         (f"{archive.resolve()}:flat_brain[{row}]", f"pct{int(patient):03d}_{int(z):03d}", f"pct{int(patient):03d}")
         for row, (patient, z) in enumerate(zip(patients, slices))))
 
 
 def ixi_volumes_manifest(data: Path, out: Path) -> Path:
-    return _write(out / "ixi_volumes.csv", _ixi_rows(data))
+    return write_manifest(out / "ixi_volumes.csv", _ixi_rows(data))
 
 
 def all_volumes(data: Path, out: Path) -> Path:
@@ -136,7 +136,7 @@ def all_volumes(data: Path, out: Path) -> Path:
     with np.load(archive) as arrays:
         patients = arrays["patient_ids"]
     ctich = ((f"{archive.resolve()}:images[{row}]", f"pct{int(p):03d}", f"pct{int(p):03d}") for row, p in enumerate(patients))
-    return _write(out / "volumes.csv", [*ctich, *_ixi_rows(data)])
+    return write_manifest(out / "volumes.csv", [*ctich, *_ixi_rows(data)])
 
 
 def ctich_bone_volumes(data: Path, out: Path) -> Path:
@@ -145,7 +145,7 @@ def ctich_bone_volumes(data: Path, out: Path) -> Path:
     archive = data / "ct_ich" / "ctich_128.npz"
     with np.load(archive) as arrays:
         patients = arrays["patient_ids"]
-    return _write(out / "ctich_bone_volumes.csv", (
+    return write_manifest(out / "ctich_bone_volumes.csv", (
         (f"{archive.resolve()}:bone_images[{row}]", f"pct{int(p):03d}", f"pct{int(p):03d}") for row, p in enumerate(patients)))
 
 
@@ -157,7 +157,7 @@ def adrenal_masks(data: Path, out: Path) -> Path:
     archive = data / "adrenalmnist3d" / "adrenalmnist3d_64.npz"
     with np.load(archive) as arrays:
         sizes = {split: len(arrays[f"{split}_images"]) for split in ("train", "val", "test")}
-    return _write(out / "adrenal_masks.csv", (
+    return write_manifest(out / "adrenal_masks.csv", (
         (f"{archive.resolve()}:{split}_images[{row}]", f"adr_{split}{row:04d}", f"adr_{split}{row:04d}")
         for split, size in sizes.items() for row in range(size)))
 
@@ -167,7 +167,7 @@ def _ixi_rows(data: Path):
         yield str(volume.resolve()), volume.name.removesuffix(".nii.gz"), volume.name.split("-")[0]
 
 
-def _write(path: Path, rows) -> Path:
+def write_manifest(path: Path, rows) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "id", "subject"])

@@ -13,12 +13,16 @@ What it does, per dimension:
    perturbed copies of training images (Gaussian noise, gamma, a shift of up to 2 voxels) in
    the synthetic set; every image is written as one uint8 ``.npy`` file to a temporary folder
    (never into the repository), and the files are evicted from the page cache before the scan;
-2. runs ``replicheck.scan`` in a child process (``python benchmarks/speed.py _scan ...``) and
-   records its wall time, the stage timings of the summary, and the child's peak RSS;
+2. runs ``replicheck.scan`` (default settings: aligned comparison) in a child process
+   (``python benchmarks/speed.py _scan ...``) and records its wall time, the stage timings of the
+   summary, and the child's peak RSS;
 3. scores the replica flags against the truth (recall on copies, false-positive rate on novel
-   images) and, in 2D, checks the tool's nearest training image against an exact brute-force
-   search (``replicheck.measures.compare`` against every training image) for a random subset
-   of synthetic queries.
+   images);
+4. in 2D, scans the same data again with the shift-only comparison (``align="shift"``), by NCC and
+   by SSIM, and checks those scans' nearest training image against an exact brute-force search
+   (``replicheck.measures.compare`` against every training image) for a random subset of synthetic
+   queries. (The aligned level's search is checked against aligning every pair in
+   ``tests/levels/test_aligned.py``.) Rerunning one dimension keeps the other's section.
 
 Raw numbers go to ``bench-out/speed.json`` (merged with earlier runs of the other dimension),
 the tables to ``BENCHMARKS.md``. Nothing is downloaded.
@@ -44,6 +48,7 @@ import numpy as np
 from common import (
     DEFAULT_DATA,
     GRID_3D,
+    REPLICAS_MARKER,
     ROOT,
     busy_cpu_seconds,
     evict,
@@ -56,7 +61,7 @@ from common import (
     write_above_marker,
     write_set,
 )
-from speed_markdown import markdown
+from speed_markdown import keep_missing_sections, markdown
 
 from replicheck.calibrate import wilson
 from replicheck.files import plain
@@ -512,42 +517,65 @@ def run_dimension(dim: str, args, data: Path, workdir: Path) -> dict:
         "timings_s": timings, "threshold": level["threshold"], "n_null": level["n_null"],
         "detection": found, "machine": machine(),
     }
-    subset = args.subset if args.subset is not None else (40 if args.quick else 250)
-    ssim_synthetic = None
     if dim == "2d":
-        log("2d: scanning again with --voxel-measure ssim ...")
-        ssim_child = run_scan(built, workdir / "result-2d-ssim", args.workers, None, args.wait_idle, voxel_measure="ssim")
-        ssim_synthetic, _ = read_results(workdir / "result-2d-ssim")
-        record["ssim_scan"] = {"scan": {k: v for k, v in ssim_child.items() if k != "summary"},
-                               "timings_s": ssim_child["summary"]["timings_s"],
-                               "detection": detection(ssim_synthetic, built["truth"])}
-        log(f"2d: SSIM scan {ssim_child['scan_wall_s']:.1f} s")
-    if dim == "2d" and subset > 0:
-        idle = wait_idle(args.wait_idle)
-        busy_before, tick = busy_cpu_seconds(), time.perf_counter()
-        own_before = resource.getrusage(resource.RUSAGE_SELF)
-        bf = brute_force(built, synthetic, pairs, built["truth"], subset, args.seed, BF_BATCH, args.workers,
-                         ssim_synthetic)
-        own_after = resource.getrusage(resource.RUSAGE_SELF)
-        own = own_after.ru_utime + own_after.ru_stime - own_before.ru_utime - own_before.ru_stime
-        bf["wall_s"] = time.perf_counter() - tick
-        bf["others_cpu_s"] = max(0.0, busy_cpu_seconds() - busy_before - own)
-        bf["wait_idle"] = idle
-        n_synth = built["counts"]["synthetic"]
-        total_bf = bf["time_per_query_s"] * n_synth
-        bf["speedup_vs_search_synthetic"] = total_bf / timings["voxel.search_synthetic"]
-        bf["speedup_vs_scan"] = total_bf / child["scan_wall_s"]
-        bf["brute_force_all_queries_s"] = total_bf
-        # The reference brute force runs on one core; two cores would at best halve it.
-        bf["skimage_all_queries_two_cores_s"] = bf["skimage_time_per_query_s"] * n_synth / 2
-        bf["speedup_skimage_vs_search_synthetic"] = bf["skimage_all_queries_two_cores_s"] / timings["voxel.search_synthetic"]
-        bf["speedup_skimage_vs_scan"] = bf["skimage_all_queries_two_cores_s"] / child["scan_wall_s"]
-        record["brute_force"] = bf
-        log(f"2d: top-1 NCC {bf['ncc_top1']['rate']:.3f}, SSIM search {bf['ssim_search_top1']['rate']:.3f}; speed-up "
-            f"{bf['speedup_vs_search_synthetic']:.0f}x (search), {bf['speedup_vs_scan']:.0f}x (scan)")
+        record["shift"] = shift_scans(built, args, workdir, record)
     record["loadavg_end"] = os.getloadavg()
     (Path(args.out) / f"truth-{dim}{'-quick' if args.quick else ''}.json").write_text(json.dumps(built["truth"], indent=0))
     return record
+
+
+def shift_scans(built: dict, args, workdir: Path, aligned: dict) -> dict:
+    """The 2D data scanned again with the shift-only comparison (``--align shift``), by NCC and by
+    SSIM, and both searches checked against a brute force over every training image (the brute force
+    shifts, it does not align: the aligned level is checked against aligning every pair in
+    tests/levels/test_aligned.py)."""
+    log("2d: scanning again with --align shift ...")
+    child = run_scan(built, workdir / "result-2d-shift", args.workers, None, args.wait_idle, align="shift")
+    synthetic, pairs = read_results(workdir / "result-2d-shift")
+    level = child["summary"]["levels"]["voxel"]
+    record = {"scan": {k: v for k, v in child.items() if k != "summary"}, "timings_s": child["summary"]["timings_s"],
+              "threshold": level["threshold"], "n_null": level["n_null"],
+              "detection": detection(synthetic, built["truth"]), "data": aligned["data"], "machine": aligned["machine"]}
+    log(f"2d: shift-only scan {child['scan_wall_s']:.1f} s; scanning again with --align shift --voxel-measure ssim ...")
+    ssim_child = run_scan(built, workdir / "result-2d-ssim", args.workers, None, args.wait_idle, voxel_measure="ssim",
+                          align="shift")
+    ssim_synthetic, _ = read_results(workdir / "result-2d-ssim")
+    record["ssim_scan"] = {"scan": {k: v for k, v in ssim_child.items() if k != "summary"},
+                           "timings_s": ssim_child["summary"]["timings_s"],
+                           "detection": detection(ssim_synthetic, built["truth"])}
+    log(f"2d: SSIM scan {ssim_child['scan_wall_s']:.1f} s")
+    subset = args.subset if args.subset is not None else (40 if args.quick else 250)
+    if subset > 0:
+        record["brute_force"] = timed_brute_force(built, synthetic, pairs, ssim_synthetic, record, subset, args)
+    return record
+
+
+def timed_brute_force(built: dict, synthetic, pairs, ssim_synthetic, record: dict, subset: int, args) -> dict:
+    """Top-1 agreement of the shift-only scans with a brute-force search, and the speed-ups."""
+    timings = record["timings_s"]
+    child = record["scan"]
+    idle = wait_idle(args.wait_idle)
+    busy_before, tick = busy_cpu_seconds(), time.perf_counter()
+    own_before = resource.getrusage(resource.RUSAGE_SELF)
+    bf = brute_force(built, synthetic, pairs, built["truth"], subset, args.seed, BF_BATCH, args.workers,
+                     ssim_synthetic)
+    own_after = resource.getrusage(resource.RUSAGE_SELF)
+    own = own_after.ru_utime + own_after.ru_stime - own_before.ru_utime - own_before.ru_stime
+    bf["wall_s"] = time.perf_counter() - tick
+    bf["others_cpu_s"] = max(0.0, busy_cpu_seconds() - busy_before - own)
+    bf["wait_idle"] = idle
+    n_synth = built["counts"]["synthetic"]
+    total_bf = bf["time_per_query_s"] * n_synth
+    bf["speedup_vs_search_synthetic"] = total_bf / timings["voxel.search_synthetic"]
+    bf["speedup_vs_scan"] = total_bf / child["scan_wall_s"]
+    bf["brute_force_all_queries_s"] = total_bf
+    # The reference brute force runs on one core; two cores would at best halve it.
+    bf["skimage_all_queries_two_cores_s"] = bf["skimage_time_per_query_s"] * n_synth / 2
+    bf["speedup_skimage_vs_search_synthetic"] = bf["skimage_all_queries_two_cores_s"] / timings["voxel.search_synthetic"]
+    bf["speedup_skimage_vs_scan"] = bf["skimage_all_queries_two_cores_s"] / child["scan_wall_s"]
+    log(f"2d: top-1 NCC {bf['ncc_top1']['rate']:.3f}, SSIM search {bf['ssim_search_top1']['rate']:.3f}; speed-up "
+        f"{bf['speedup_vs_search_synthetic']:.0f}x (search), {bf['speedup_vs_scan']:.0f}x (scan)")
+    return bf
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -593,7 +621,8 @@ def main(argv: list[str] | None = None) -> None:
             results[dim] = run_dimension(dim, args, args.data, workdir)
             json_path.write_text(json.dumps(plain(results), indent=1, default=str))
             gc.collect()
-    write_above_marker(md_path, markdown(results))
+    old = md_path.read_text().partition(REPLICAS_MARKER)[0] if md_path.exists() else ""
+    write_above_marker(md_path, keep_missing_sections(markdown(results), old))
     log(f"wrote {json_path} and {md_path}")
 
 

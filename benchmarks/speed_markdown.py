@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from common import IXI_SLICES
 
-GOALS = {"2d_wall_s": 60.0, "3d_wall_s": 300.0, "3d_peak_rss_gb": 4.0, "top1": 0.99}
+GOALS = {"2d_wall_s": 90.0, "2d_shift_wall_s": 60.0, "3d_wall_s": 300.0, "3d_peak_rss_gb": 4.0, "top1": 0.99}
 
 
 def _pct(rate: float, ci=None) -> str:
@@ -27,14 +27,14 @@ def _machine_line(r: dict) -> str:
             f"Load average (1 min) before the scan {load[0]:.2f}, after it {r['scan']['loadavg_after'][0]:.2f}.")
 
 
-def _detection_rows(r: dict) -> list[str]:
+def _detection_rows(r: dict, measure: str) -> list[str]:
     d = r["detection"]
     return [
         f"| recall on copies (replica flag) | — | {d['copies_flagged']}/{d['copies']} = {_pct(d['recall'], d['recall_ci95'])} | — |",
         f"| false-positive rate on novel images | ≈ 1% by design (0.99 holdout quantile) | {d['novel_flagged']}/{d['novel']} = "
         f"{_pct(d['fpr'], d['fpr_ci95'])} | — |",
         f"| copies whose nearest training image is their source | — | {_pct(d['copies_nearest_is_source'])} | — |",
-        f"| NCC threshold (from {r['n_null']} holdout images); lowest copy score; highest novel score | — | "
+        f"| {measure} threshold (from {r['n_null']} holdout images); lowest copy score; highest novel score | — | "
         f"{r['threshold']:.4f}; {d['copy_score_min']:.4f}; {d['novel_score_max']:.4f} | — |",
     ]
 
@@ -106,57 +106,7 @@ def markdown(results: dict) -> str:
         "",
     ]
     if "2d" in results:
-        r = results["2d"]
-        c = r["data"]["counts"]
-        lines += [
-            *_section_head(f"## 2D: {c['train']:,} training × {c['synthetic']:,} synthetic images, 128×128", r),
-            f"Data: CT-ICH brain-window slices (`ctich_128.npz`, `flat_brain`) and IXI T1 axial slices (RAS, z = "
-            f"{IXI_SLICES.start}–{IXI_SLICES.stop - 1} of 120, padded to square, resized to 128×128, scaled by the "
-            f"volume's 99.5th percentile). {c['train']:,} training, {c['synthetic']:,} synthetic ({c['copies']} copies, "
-            f"{c['novel']:,} novel), {c['holdout']} holdout images; patients per split: {r['data']['patients']}.",
-            "",
-            "| measure | goal | measured | result |",
-            "|---|---|---|---|",
-            *_scan_rows(r, GOALS["2d_wall_s"]),
-            f"| peak RSS of the scan process (`VmHWM` of the child) | — | {r['scan']['peak_rss_bytes'] / 2**30:.2f} GiB | — |",
-            *_detection_rows(r),
-        ]
-        bf = r.get("brute_force")
-        if bf:
-            lines += [
-                *_top1_rows(bf, "ncc", f"NCC (`voxel_nearest` = argmax of best-shift NCC over all "
-                                       f"{bf['gallery']:,} training images), {bf['queries']} queries"),
-                *_top1_rows(bf, "ssim_search", "SSIM (scan with `voxel_measure=\"ssim\"`: its `voxel_nearest` = "
-                                               "argmax of best-shift SSIM)"),
-                *_top1_rows(bf, "ssim", "SSIM column of the NCC scan (`voxel_ssim_nearest`: best SSIM among the "
-                                        "k = 5 NCC nearest, not a search by SSIM)", goal=False),
-                f"| extra: `voxel_ssim_nearest` = argmax of plain SSIM without shift (scikit-image semantics) | — | "
-                f"{_pct(bf['plain_ssim_top1']['rate'])} (copies {_pct(bf['plain_ssim_top1_copy']['rate'])}, novel "
-                f"{_pct(bf['plain_ssim_top1_novel']['rate'])}) | — |",
-                f"| brute-force time per query (`measures.compare`, max_shift=3, all {bf['gallery']:,} training "
-                f"images, batches of {bf['batch']}, {bf['workers']} queries at a time with 1 torch thread each, "
-                f"as the tool runs) | — | "
-                f"{bf['time_per_query_s']:.2f} s (plain SSIM without shift: {bf['plain_ssim_time_per_query_s']:.2f} s; "
-                f"other processes used {bf.get('others_cpu_s', float('nan')):.0f} CPU s during the "
-                f"{bf.get('wall_s', float('nan')):.0f} s of brute force) | — |",
-                f"| speed-up: brute force × {c['synthetic']:,} queries ({bf['brute_force_all_queries_s'] / 60:.0f} min) "
-                f"/ `voxel.search_synthetic` ({r['timings_s']['voxel.search_synthetic']:.1f} s) | — | "
-                f"{bf['speedup_vs_search_synthetic']:.0f}× | — |",
-                f"| speed-up: same brute force / whole scan ({r['scan']['scan_wall_s']:.1f} s) | — | "
-                f"{bf['speedup_vs_scan']:.0f}× | — |",
-                f"| reference brute force: `skimage.metrics.structural_similarity` per pair, plain SSIM, "
-                f"{bf['skimage_queries']} queries × {bf['gallery']:,} training images on one core | — | "
-                f"{bf['skimage_time_per_query_s']:.2f} s per query; × {c['synthetic']:,} queries / 2 cores = "
-                f"{bf['skimage_all_queries_two_cores_s'] / 60:.0f} min | — |",
-                f"| speed-up: reference brute force / `voxel.search_synthetic`; / whole scan | ≥ 100× | "
-                f"{bf['speedup_skimage_vs_search_synthetic']:.0f}×; {bf['speedup_skimage_vs_scan']:.0f}× | "
-                f"{_mark(bf['speedup_skimage_vs_search_synthetic'] >= 100)} |",
-            ]
-        lines += ["", "Where the scan's time goes:", "", *_timings_table(r), ""]
-        if "ssim_scan" in r:
-            lines += _ssim_scan_section(r["ssim_scan"], r)
-        if bf:
-            lines += _disagreements(bf)
+        lines += _section_2d(results["2d"])
     if "3d" in results:
         r = results["3d"]
         c = r["data"]["counts"]
@@ -177,7 +127,7 @@ def markdown(results: dict) -> str:
             f"| peak RSS of the scan process (`VmHWM` of the child) | < {GOALS['3d_peak_rss_gb']:g} GB | "
             f"{rss:.2f} GiB ({r['scan']['peak_rss_bytes'] / 1e9:.2f} GB) | "
             f"{_mark(r['scan']['peak_rss_bytes'] / 1e9 < GOALS['3d_peak_rss_gb'])} |",
-            *_detection_rows(r),
+            *_detection_rows(r, "NCC"),
             "",
             "Top-1 agreement with a brute-force search is measured in 2D only (the 3D search uses the same cascade).",
             "",
@@ -189,17 +139,102 @@ def markdown(results: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+
+def _section_2d(r: dict) -> list[str]:
+    """The default (aligned) scan, then the same data with the shift-only comparison."""
+    c = r["data"]["counts"]
+    lines = [
+        *_section_head(f"## 2D: {c['train']:,} training × {c['synthetic']:,} synthetic images, 128×128", r),
+        f"Data: CT-ICH brain-window slices (`ctich_128.npz`, `flat_brain`) and IXI T1 axial slices (RAS, z = "
+        f"{IXI_SLICES.start}–{IXI_SLICES.stop - 1} of 120, padded to square, resized to 128×128, scaled by the "
+        f"volume's 99.5th percentile). {c['train']:,} training, {c['synthetic']:,} synthetic ({c['copies']} copies, "
+        f"{c['novel']:,} novel), {c['holdout']} holdout images; patients per split: {r['data']['patients']}.",
+        "",
+        "The default scan: aligned comparison (`--align similarity`, structure as the primary measure).",
+        "",
+        "| measure | goal | measured | result |",
+        "|---|---|---|---|",
+        *_scan_rows(r, GOALS["2d_wall_s"]),
+        f"| peak RSS of the scan process (`VmHWM` of the child) | — | {r['scan']['peak_rss_bytes'] / 2**30:.2f} GiB | — |",
+        *_detection_rows(r, "structure"),
+        "",
+        "Where the scan's time goes:",
+        "",
+        *_timings_table(r),
+        "",
+    ]
+    if "shift" in r:
+        shift = r["shift"]
+        lines += [
+            "### The same data with the shift-only comparison (`--align shift`)",
+            "",
+            f"Default scan (aligned) {r['scan']['scan_wall_s']:.1f} s; shift-only {shift['scan']['scan_wall_s']:.1f} s "
+            f"(the aligned scan takes {r['scan']['scan_wall_s'] / shift['scan']['scan_wall_s']:.2f}× as long, same run).",
+            "",
+            *_shift_table(shift),
+        ]
+    return lines
+
+
+def _shift_table(r: dict) -> list[str]:
+    c = r["data"]["counts"]
+    lines = [
+        "| measure | goal | measured | result |",
+        "|---|---|---|---|",
+        *_scan_rows(r, GOALS["2d_shift_wall_s"]),
+        f"| peak RSS of the scan process (`VmHWM` of the child) | — | {r['scan']['peak_rss_bytes'] / 2**30:.2f} GiB | — |",
+        *_detection_rows(r, "NCC"),
+    ]
+    bf = r.get("brute_force")
+    if bf:
+        lines += [
+            *_top1_rows(bf, "ncc", f"NCC (`voxel_nearest` = argmax of best-shift NCC over all "
+                                   f"{bf['gallery']:,} training images), {bf['queries']} queries"),
+            *_top1_rows(bf, "ssim_search", "SSIM (scan with `voxel_measure=\"ssim\"`: its `voxel_nearest` = "
+                                           "argmax of best-shift SSIM)"),
+            *_top1_rows(bf, "ssim", "SSIM column of the NCC scan (`voxel_ssim_nearest`: best SSIM among the "
+                                    "k = 5 NCC nearest, not a search by SSIM)", goal=False),
+            f"| extra: `voxel_ssim_nearest` = argmax of plain SSIM without shift (scikit-image semantics) | — | "
+            f"{_pct(bf['plain_ssim_top1']['rate'])} (copies {_pct(bf['plain_ssim_top1_copy']['rate'])}, novel "
+            f"{_pct(bf['plain_ssim_top1_novel']['rate'])}) | — |",
+            f"| brute-force time per query (`measures.compare`, max_shift=3, all {bf['gallery']:,} training "
+            f"images, batches of {bf['batch']}, {bf['workers']} queries at a time with 1 torch thread each, "
+            f"as the tool runs) | — | "
+            f"{bf['time_per_query_s']:.2f} s (plain SSIM without shift: {bf['plain_ssim_time_per_query_s']:.2f} s; "
+            f"other processes used {bf.get('others_cpu_s', float('nan')):.0f} CPU s during the "
+            f"{bf.get('wall_s', float('nan')):.0f} s of brute force) | — |",
+            f"| speed-up: brute force × {c['synthetic']:,} queries ({bf['brute_force_all_queries_s'] / 60:.0f} min) "
+            f"/ `voxel.search_synthetic` ({r['timings_s']['voxel.search_synthetic']:.1f} s) | — | "
+            f"{bf['speedup_vs_search_synthetic']:.0f}× | — |",
+            f"| speed-up: same brute force / whole scan ({r['scan']['scan_wall_s']:.1f} s) | — | "
+            f"{bf['speedup_vs_scan']:.0f}× | — |",
+            f"| reference brute force: `skimage.metrics.structural_similarity` per pair, plain SSIM, "
+            f"{bf['skimage_queries']} queries × {bf['gallery']:,} training images on one core | — | "
+            f"{bf['skimage_time_per_query_s']:.2f} s per query; × {c['synthetic']:,} queries / 2 cores = "
+            f"{bf['skimage_all_queries_two_cores_s'] / 60:.0f} min | — |",
+            f"| speed-up: reference brute force / `voxel.search_synthetic`; / whole scan | ≥ 100× | "
+            f"{bf['speedup_skimage_vs_search_synthetic']:.0f}×; {bf['speedup_skimage_vs_scan']:.0f}× | "
+            f"{_mark(bf['speedup_skimage_vs_search_synthetic'] >= 100)} |",
+        ]
+    lines += ["", "Where the scan's time goes:", "", *_timings_table(r), ""]
+    if "ssim_scan" in r:
+        lines += _ssim_scan_section(r["ssim_scan"], r)
+    if bf:
+        lines += _disagreements(bf)
+    return lines
+
+
 def _ssim_scan_section(ssim: dict, ncc: dict) -> list[str]:
-    """The same 2D scan with SSIM as the voxel level's primary measure (its own search cascade)."""
+    """The same 2D scan, shift-only, with SSIM as the voxel level's primary measure (its own search cascade)."""
     s, d, t = ssim["scan"], ssim["detection"], ssim["timings_s"]
     goal = GOALS["2d_wall_s"]
     return [
-        "The same data scanned with `voxel_measure=\"ssim\"` (`--voxel-measure ssim`: SSIM ranks the training",
+        "The same data scanned with `align=\"shift\", voxel_measure=\"ssim\"` (SSIM ranks the training",
         "images and sets the flag; the index adds an SSIM proxy to its vectors and keeps 1,024 candidates, SSIM at",
         "32, 64 and then 96 pixels a side after a small shift refines them to 10, `docs/design.md`). Its top-1 agreement",
         "with a brute-force SSIM search is the `SSIM (scan with voxel_measure=\"ssim\")` row above:",
         "",
-        "| measure | goal | NCC scan (default) | SSIM scan | result (SSIM scan) |",
+        "| measure | goal | NCC scan (shift-only) | SSIM scan (shift-only) | result (SSIM scan) |",
         "|---|---|---:|---:|---|",
         f"| whole scan wall time (reading included) | < {goal:g} s | {ncc['scan']['scan_wall_s']:.1f} s | "
         f"{s['scan_wall_s']:.1f} s ({s['scan_wall_s'] / ncc['scan']['scan_wall_s']:.2f}×) | "
@@ -260,3 +295,15 @@ def _disagreements(bf: dict) -> list[str]:
             lines.append(f"| … {len(rows) - 15} more in `bench-out/speed.json` | | | | | |" + (" |" if extra else ""))
         lines.append("")
     return lines
+
+
+def keep_missing_sections(new: str, old: str) -> str:
+    """``new`` plus the ``## `` sections of ``old`` whose titles' first words (e.g. ``3D:``) it
+    lacks, so that rerunning one dimension keeps the other's last measurement."""
+    def sections(text: str) -> dict[str, str]:
+        parts = text.split("\n## ")
+        return {" ".join(part.split()[:1]): "## " + part for part in parts[1:]}
+
+    have = sections(new)
+    kept = [body for key, body in sections(old).items() if key not in have]
+    return "\n".join([new.rstrip() + "\n", *kept]).rstrip() + "\n"
