@@ -3,7 +3,7 @@ look like generator output, per perturbation family and strength, written into
 BENCHMARKS-realistic.md.
 
     .venv/bin/python benchmarks/realistic.py [--only ct2d|cxr2d|mri3d] [--data ../shared/data]
-        [--out bench-out/realistic]
+        [--out bench-out/realistic] [--summary-only]
 
 For each set it runs ``replicheck bench make`` (seed 11: the sets we tuned on used other seeds and
 other patients' splits) and ``replicheck bench run --levels voxel --methods shift``, then tabulates,
@@ -11,6 +11,7 @@ for the default voxel level (aligned, structure) and the shift-only one (``--ali
 TPR at 1% FPR against images of unseen patients (ROC, no threshold involved) and the recall of the
 calibrated flag (0.99 quantile of the holdout null, the verdict a user gets), with the false-positive
 rate on unseen patients. Negatives are novel patients only (``--mix R,0,N``), as in the issue.
+The default scan's TPR at 1% FPR per family and strength also goes into a section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from common import DEFAULT_DATA, ROOT, ctich_slices, ixi_volumes_manifest
+from common import DEFAULT_DATA, REPLICAS_MARKER, ROOT, ctich_slices, ixi_volumes_manifest
 
 MILD = ("exact", "gaussian_noise", "gamma", "translation")  # the copies the old default already found
 SETS = {
@@ -102,7 +103,12 @@ def main() -> None:
     parser.add_argument("--only", choices=tuple(SETS))
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "realistic")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="only rewrite BENCHMARKS.md's summary from the results under --out")
     args = parser.parse_args()
+    if args.summary_only:
+        _write_summary(args.out)
+        return
     replicheck = str(Path(sys.executable).with_name("replicheck"))
     args.out.mkdir(parents=True, exist_ok=True)
     target = ROOT / "BENCHMARKS-realistic.md"
@@ -117,12 +123,51 @@ def main() -> None:
                      "--methods", "shift", "--no-baselines", "--no-natural", "--quiet"]]
         seconds = [run(command) for command in commands]
         notes = json.loads((bench / "bench.json").read_text()).get("notes") or []
-        shown = [" ".join(["replicheck", *[shlex.quote(p) for p in c[1:]]]) for c in commands]
+        shown = [" ".join(["replicheck", *[shlex.quote(p) for p in c[1:]]]).replace(f"{ROOT}/", "") for c in commands]
         section = [f"## {spec['title']}", "", f"Data: {spec['about']}.", "", "```", *shown, "```", "",
                    f"`bench make` took {seconds[0]:.0f} s and `bench run` {seconds[1]:.0f} s on 2 cores. "
                    f"Benchmark notes: {'; '.join(notes) or 'none'}.", "", *tables(results), ""]
         _replace_section(target, spec["title"], "\n".join(section))
         print(f"wrote {name} into {target}")
+    _write_summary(args.out)
+
+
+SUMMARY_TITLE = "Realistic copies: TPR at 1% FPR per family and strength"
+
+
+def _write_summary(out: Path) -> None:
+    """The default scan's TPR at 1% FPR per family and strength for every set measured so far, as a
+    section of BENCHMARKS.md (above the replica benchmarks' marker, which benchmarks/speed.py keeps)."""
+    blocks = [f"## {SUMMARY_TITLE}", "",
+              "The default scan (aligned comparison, structure) against unseen patients, from `benchmarks/realistic.py`;",
+              "the shift-only comparison (`--align shift`), calibrated recall and the commands are in",
+              "[BENCHMARKS-realistic.md](BENCHMARKS-realistic.md).", ""]
+    for name, spec in SETS.items():
+        results = out / f"results-{name}"
+        if (results / "metrics_by_family.csv").exists():
+            blocks += [f"**{spec['title']}**", "", *_strength_table(results), ""]
+    target = ROOT / "BENCHMARKS.md"
+    text = target.read_text()
+    head, marker, tail = text.partition(REPLICAS_MARKER)
+    parts = head.split(f"\n## {SUMMARY_TITLE}")
+    rest = parts[1].split("\n## ", 1)[1] if len(parts) > 1 and "\n## " in parts[1] else ""
+    head = parts[0].rstrip() + "\n\n" + "\n".join(blocks).rstrip() + "\n" + (f"\n## {rest}" if rest else "")
+    target.write_text(head.rstrip() + "\n\n" + marker + tail)
+
+
+def _strength_table(results: Path) -> list[str]:
+    families = pd.read_csv(results / "metrics_by_family.csv", keep_default_na=False)
+    default, shift = (families[families["detector"] == d] for d in DETECTORS)
+    strengths = sorted({s for s in default["strength"] if s != "all"}, key=int)
+    lines = ["| family | " + " | ".join(f"strength {s}" for s in strengths) + " | all | all, shift only |",
+             "|---|" + "---:|" * (len(strengths) + 2)]
+    for family, group in default.groupby("family", sort=True):
+        tpr = group.set_index("strength")["tpr_at_1pct_fpr"].astype(float)
+        other = shift[(shift["family"] == family) & (shift["strength"] == "all")]["tpr_at_1pct_fpr"].astype(float)
+        cells = [f"{tpr[s]:.2f}" if s in tpr.index else "" for s in strengths]
+        lines.append(f"| {family} | " + " | ".join(cells) + f" | {tpr.get('all', float('nan')):.2f} | "
+                     f"{other.iloc[0] if len(other) else float('nan'):.2f} |")
+    return lines
 
 
 def _replace_section(target: Path, title: str, text: str) -> None:
