@@ -1,5 +1,5 @@
 """Geometric and intensity transforms of image batches in torch: rotation, shift and zoom by one
-resampler, and Gaussian blur. Used to augment training pairs (:mod:`replicheck.train.augment`,
+resampler, a smooth deformation, down- and up-sampling, and Gaussian blur. Used to augment training pairs (:mod:`replicheck.train.augment`,
 Dar et al.'s augmentation) and to embed rotated views of an image (:mod:`replicheck.embedders.deepssim`).
 """
 
@@ -47,3 +47,29 @@ def blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     y = F.conv2d(y, kernel.view(b, 1, 1, -1), groups=b)
     y = F.conv2d(y, kernel.view(b, 1, -1, 1), groups=b)
     return y.transpose(0, 1)
+
+
+def deform(x: torch.Tensor, coarse: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
+    """A smooth deformation of the (b, c, H, W) batch: ``coarse`` (b, 2, g, g) displacements in
+    [-1, 1] are interpolated bicubically to the grid and scaled to at most ``amplitude`` (b,)
+    pixels, the small warps a generator's copy shows (bilinear, border padding)."""
+    b, _, h, w = x.shape
+    field = F.interpolate(coarse.to(x.dtype), size=(h, w), mode="bicubic", align_corners=True)
+    field = field * amplitude.to(x.dtype).view(b, 1, 1, 1)
+    identity = F.affine_grid(torch.eye(2, 3, dtype=x.dtype, device=x.device).expand(b, 2, 3), list(x.shape),
+                             align_corners=False)
+    step = torch.tensor([2.0 / w, 2.0 / h], dtype=x.dtype, device=x.device)  # pixels -> normalised (x, y)
+    grid = identity + field.permute(0, 2, 3, 1) * step
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def resample(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Each image of the (b, c, H, W) batch area-averaged down by its ``factor`` (b,) in (0, 1] and
+    interpolated back up (bilinear): the detail a generator loses at a lower resolution."""
+    h, w = x.shape[-2:]
+    out = torch.empty_like(x)
+    for i, f in enumerate(factor.tolist()):
+        small = (max(2, round(h * f)), max(2, round(w * f)))
+        down = F.interpolate(x[i:i + 1], size=small, mode="area")
+        out[i:i + 1] = F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False)
+    return out

@@ -3,9 +3,11 @@
 The transformations a replica may have undergone and that DeepSSIM training must make the
 embedding ignore (Scardace et al., arXiv 2509.16582, and its later version): flips, rotation
 up to +-10 degrees, gamma contrast 0.5-1.5, a small affine (+-5 degrees, +-4 px), zoom
-0.9-1.05, a smooth multiplicative bias field and light Gaussian smoothing. Each is applied with
-its own probability, independently per image; all randomness comes from one
-``torch.Generator``, so a seeded generator gives the same batch every time.
+0.9-1.05, a smooth multiplicative bias field and light Gaussian smoothing; and, as in the
+compound copies generators emit (issue #18), a smooth deformation of up to 1.5 px, detail lost by
+down- and up-sampling, and Gaussian noise. Each is applied with its own probability,
+independently per image; all randomness comes from one ``torch.Generator``, so a seeded
+generator gives the same batch every time.
 
 Intensity changes (gamma, bias field) act on each image min-max scaled to [0, 1] and are mapped
 back to the image's original range, so they work on z-scored data too. The geometric changes
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..transforms import blur, warp
+from ..transforms import blur, deform, resample, warp
 
 __all__ = ["Augmentation", "augment", "dar_augment", "DAR_ROTATE"]
 
@@ -35,7 +37,10 @@ class Augmentation:
 
     Angles in degrees, shifts in pixels of the batch's grid, ``zoom`` > 1 enlarges the content,
     ``bias`` is the largest log-amplitude of the bias field (0.3: intensities scaled by up to
-    e^0.3 = 1.35 or down to 0.74), ``blur_sigma`` the Gaussian's standard deviation in pixels.
+    e^0.3 = 1.35 or down to 0.74), ``blur_sigma`` the Gaussian's standard deviation in pixels,
+    ``deform`` the largest displacement of the smooth deformation in pixels, ``resample`` the
+    range of the down-sampling factor, ``noise`` that of the noise's standard deviation as a share
+    of the image's intensity range.
     """
 
     p_flip: float = 1 / 3  # per axis
@@ -52,18 +57,28 @@ class Augmentation:
     bias: float = 0.3
     p_blur: float = 0.2
     blur_sigma: tuple[float, float] = (0.3, 1.0)
+    p_deform: float = 0.3
+    deform: float = 1.5
+    p_resample: float = 0.2
+    resample: tuple[float, float] = (0.5, 0.85)
+    p_noise: float = 0.3
+    noise: tuple[float, float] = (0.005, 0.04)
 
     def __post_init__(self):
-        for name in ("p_flip", "p_rotate", "p_gamma", "p_affine", "p_zoom", "p_bias", "p_blur"):
+        for name in ("p_flip", "p_rotate", "p_gamma", "p_affine", "p_zoom", "p_bias", "p_blur", "p_deform",
+                     "p_resample", "p_noise"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
-        for name in ("gamma", "zoom", "blur_sigma"):
+        if self.resample[1] > 1.0:
+            raise ValueError(f"resample factors must be at most 1 (down-sampling), got {self.resample}")
+        for name in ("gamma", "zoom", "blur_sigma", "resample", "noise"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"{name} must be a range 0 < low <= high, got {getattr(self, name)}")
 
 
-NONE = Augmentation(p_flip=0, p_rotate=0, p_gamma=0, p_affine=0, p_zoom=0, p_bias=0, p_blur=0)
+NONE = Augmentation(p_flip=0, p_rotate=0, p_gamma=0, p_affine=0, p_zoom=0, p_bias=0, p_blur=0, p_deform=0,
+                    p_resample=0, p_noise=0)
 
 
 def augment(x: torch.Tensor, *, generator: torch.Generator | None = None, config: Augmentation = Augmentation()) -> torch.Tensor:
@@ -92,6 +107,12 @@ def augment(x: torch.Tensor, *, generator: torch.Generator | None = None, config
     do_bias = chance(config.p_bias)
     coarse = (2 * torch.rand((b, 1, 4, 4), generator=generator, dtype=torch.float64) - 1).to(x.device)
     do_blur, sigma = chance(config.p_blur), uniform(*config.blur_sigma)
+    # drawn after the others, so the draws above are those of a generator seeded before they existed
+    do_deform = chance(config.p_deform)
+    displacement = (2 * torch.rand((b, 2, 4, 4), generator=generator, dtype=torch.float64) - 1).to(x.device)
+    do_resample, factor = chance(config.p_resample), uniform(*config.resample)
+    do_noise, noise_sigma = chance(config.p_noise), _log_uniform(uniform(0, 1), *config.noise)
+    noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
 
     out = x.clone()
     if bool((do_gamma | do_bias).any()):
@@ -103,8 +124,16 @@ def augment(x: torch.Tensor, *, generator: torch.Generator | None = None, config
         out = torch.where(geometric.view(-1, 1, 1, 1), warped, out)
     out = torch.where(flip_x.view(-1, 1, 1, 1), out.flip(-1), out)
     out = torch.where(flip_y.view(-1, 1, 1, 1), out.flip(-2), out)
+    if bool(do_deform.any()):
+        out = torch.where(do_deform.view(-1, 1, 1, 1), deform(out, displacement, torch.full((b,), config.deform)), out)
     if bool(do_blur.any()):
         out = torch.where(do_blur.view(-1, 1, 1, 1), blur(out, sigma), out)
+    if bool(do_resample.any()):
+        out = torch.where(do_resample.view(-1, 1, 1, 1), resample(out, torch.where(do_resample, factor, 1.0)), out)
+    if bool(do_noise.any()):
+        flat = x.reshape(b, -1)
+        span = (flat.max(dim=1).values - flat.min(dim=1).values).view(-1, 1, 1, 1)
+        out = out + torch.where(do_noise, noise_sigma, 0.0).to(x.dtype).view(-1, 1, 1, 1) * span * noise
     return out
 
 
