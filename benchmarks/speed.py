@@ -611,7 +611,7 @@ def main(argv: list[str] | None = None) -> None:
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
     md_path = out / "BENCHMARKS-quick.md" if args.quick else ROOT / "BENCHMARKS.md"
     if args.markdown_only:
-        write_above_marker(md_path, markdown(results))
+        write_markdown(md_path, results)
         log(f"wrote {md_path} from {json_path}")
         return
     dims = [args.only] if args.only else ["2d", "3d"]
@@ -621,9 +621,15 @@ def main(argv: list[str] | None = None) -> None:
             results[dim] = run_dimension(dim, args, args.data, workdir)
             json_path.write_text(json.dumps(plain(results), indent=1, default=str))
             gc.collect()
-    old = md_path.read_text().partition(REPLICAS_MARKER)[0] if md_path.exists() else ""
-    write_above_marker(md_path, keep_missing_sections(markdown(results), old))
+    write_markdown(md_path, results)
     log(f"wrote {json_path} and {md_path}")
+
+
+def write_markdown(path: Path, results: dict) -> None:
+    """The speed sections of ``path`` from ``results``; sections of dimensions (or other benchmarks)
+    that ``results`` lacks keep their last text."""
+    old = path.read_text().partition(REPLICAS_MARKER)[0] if path.exists() else ""
+    write_above_marker(path, keep_missing_sections(markdown(results), old))
 
 
 if __name__ == "__main__":

@@ -227,7 +227,7 @@ def _shift_table(r: dict) -> list[str]:
 def _ssim_scan_section(ssim: dict, ncc: dict) -> list[str]:
     """The same 2D scan, shift-only, with SSIM as the voxel level's primary measure (its own search cascade)."""
     s, d, t = ssim["scan"], ssim["detection"], ssim["timings_s"]
-    goal = GOALS["2d_wall_s"]
+    goal = GOALS["2d_shift_wall_s"]
     return [
         "The same data scanned with `align=\"shift\", voxel_measure=\"ssim\"` (SSIM ranks the training",
         "images and sets the flag; the index adds an SSIM proxy to its vectors and keeps 1,024 candidates, SSIM at",
