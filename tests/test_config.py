@@ -32,7 +32,10 @@ def test_every_flat_name_is_unique_and_reaches_a_field():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"k": 0}, "k must be at least 1, got 0"),
+    ({"k": 0}, "k must be between 1 and 1000, got 0"),
+    ({"k": 10**9}, "k must be between 1 and 1000"),
+    ({"grid": (4096, 4096)}, "grid 4096x4096 is too large"),
+    ({"device": "tpu"}, "device must be cpu, cuda, cuda:N or mps"),
     ({"quantile": 1.5}, "quantile must be between 0 and 1 (exclusive), got 1.5"),
     ({"combine": "vote"}, "combine must be one of max-z, max-robust-z, any, bonferroni, min-p, fisher; got 'vote'"),
     ({"intensity": "hu"}, "intensity must be one of auto, ct, percentile, 8bit, ct8, minmax; got 'hu'"),
@@ -46,7 +49,8 @@ def test_every_flat_name_is_unique_and_reaches_a_field():
     ({"ct_window": "40"}, "ct_window expects LEVEL,WIDTH"),
     ({"subject_regex": "("}, "subject_regex is not a valid regular expression"),
     ({"subject_regex": "^p"}, "subject_regex needs a group"),
-    ({"max_shift": -1}, "max_shift must be at least 0"),
+    ({"max_shift": -1}, "max_shift must be between 0 and 16"),
+    ({"max_shift": 17}, "max_shift must be between 0 and 16"),
     ({"levels": ""}, "levels must name at least one level"),
     ({"levels": "voxel,voxel"}, "levels must not repeat a level"),
     ({"gallery": -1}, "gallery must be at least 0"),

@@ -12,6 +12,7 @@ turns that name into its flag. :data:`OPTIONS` maps each flat keyword to its pla
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal, get_args
@@ -32,6 +33,30 @@ NULL_TAILS: tuple[str, ...] = get_args(NullTail)
 ADAPTATIONS: tuple[str, ...] = get_args(Adaptation)
 COMBINE_RULES: tuple[str, ...] = get_args(CombineRule)
 MIN_GRID_SIDE = 8  # voxels: the smallest analysis grid a scan accepts (SSIM's 7-voxel window fits)
+MAX_GRID_SIDE = 2048  # voxels a side of the largest analysis grid ...
+MAX_GRID_VOXELS = 2**24  # ... and its most voxels (256**3; 64 MiB of float32 per image in every working copy)
+MAX_K = 1000  # neighbours per synthetic image: more than a person reads, and pairs.csv grows with k
+MAX_SHIFT = 16  # voxels per axis of the shift-only search; larger moves are what --align similarity is for
+DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
+
+
+def check_device(option: str, device: str) -> None:
+    """A torch device that exists on this machine; torch is imported only for a device other than the CPU."""
+    if not DEVICE.fullmatch(device):
+        raise OptionError(option, f"must be cpu, cuda, cuda:N or mps, got {device!r}")
+    if device == "cpu":
+        return
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise OptionError(option, f"{device} is not available: this torch ({torch.__version__}) sees no CUDA GPU; "
+                                      f"use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise OptionError(option, f"{device} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif not torch.backends.mps.is_available():
+        raise OptionError(option, "mps is not available on this machine; use --device cpu")
 
 
 def check_choice(option: str, value, allowed: tuple) -> None:
@@ -51,6 +76,15 @@ def check_range(option: str, value, *, low=None, high=None, open_interval: bool 
         else:
             what = f"{'below' if open_interval else 'at most'} {high:g}"
         raise OptionError(option, f"must be {what}, got {value}")
+
+
+def check_grid_size(option: str, grid: tuple[int, ...]) -> None:
+    """At most :data:`MAX_GRID_SIDE` a side and :data:`MAX_GRID_VOXELS` in all: every image is held
+    on this grid in float32, several at a time."""
+    voxels = math.prod(grid)
+    if max(grid) > MAX_GRID_SIDE or voxels > MAX_GRID_VOXELS:
+        raise OptionError(option, f"{'x'.join(map(str, grid))} is too large: at most {MAX_GRID_SIDE} voxels a side and "
+                                  f"{MAX_GRID_VOXELS:,} in all ({voxels * 4 / 2**20:,.0f} MiB of float32 per image asked)")
 
 
 def parse_grid(text: str | tuple | None, option: str = "grid") -> tuple[int, ...] | None:
@@ -121,6 +155,8 @@ class Preprocessing:
             raise OptionError("ct_window", f"must be (level, width) with a positive width in HU, got {self.ct_window}")
         if self.grid is not None and (len(self.grid) not in (2, 3) or min(self.grid) < 1):
             raise OptionError("grid", f"must have 2 or 3 positive sizes, got {self.grid}")
+        if self.grid is not None:
+            check_grid_size("grid", self.grid)
 
     def on_grid(self, grid: tuple[int, ...]) -> "Preprocessing":
         return replace(self, grid=tuple(int(n) for n in grid))
@@ -156,7 +192,7 @@ class Search:
     depth: int | None = None  # refined candidates rescored exactly
 
     def __post_init__(self):
-        check_range("k", self.k, low=1)
+        check_range("k", self.k, low=1, high=MAX_K)
         for name in ("shortlist", "depth"):
             if getattr(self, name) is not None:
                 check_range(name, getattr(self, name), low=1)
@@ -196,7 +232,7 @@ class VoxelOptions:
             check_choice("voxel_measure", self.measure, VOXEL_MEASURES)
         if self.measure == "structure" and self.align != "similarity":
             raise OptionError("voxel_measure", "structure needs the aligned comparison (align similarity)")
-        check_range("max_shift", self.max_shift, low=0)
+        check_range("max_shift", self.max_shift, low=0, high=MAX_SHIFT)
         check_range("search_size", self.search_size, low=2)
 
     @property
@@ -222,6 +258,7 @@ class FeatureOptions:
 
     def __post_init__(self):
         check_range("batch_size", self.batch_size, low=1)
+        check_device("device", self.device)
         check_choice("adapt", self.adapt, ADAPTATIONS)
         check_range("adapt_minutes", self.adapt_minutes, low=0.1)
 

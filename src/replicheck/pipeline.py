@@ -26,7 +26,7 @@ from .decide import combine_levels, copied_training, decide_level
 from .levels import make_level
 from .preprocess import choose_grid
 from .progress import Progress
-from .records import ReplicheckError
+from .records import OptionError, ReplicheckError
 from .report import gallery
 from .report.gallery import Gallery
 from .search import build_side, search_level
@@ -61,6 +61,17 @@ class ScanResult:
         return write_results(self, out, labels=labels)
 
 
+def _check_shift(config: ScanConfig, grid: tuple[int, ...]) -> None:
+    """The shift-only search fits the grid (before any image is read, not after)."""
+    if "voxel" not in config.levels or config.voxel.align != "shift":
+        return
+    shift = config.voxel.max_shift
+    needed = max(7 + 2 * shift, 4 * shift + 1)  # SSIM's 7-voxel window at every shift (measures.compare)
+    if min(grid) < needed:
+        raise OptionError("max_shift", f"{shift} needs an analysis grid of at least {needed} voxels a side; the grid is "
+                                       f"{'x'.join(map(str, grid))} (lower --max-shift, or --align similarity)")
+
+
 def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | None = None) -> ScanResult:
     """Find replicas of ``train`` images among ``synthetic`` images, calibrated on ``holdout``
     (or on the training set, leaving each subject out, when None); ``command`` is recorded in
@@ -76,6 +87,7 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
     timings["discover"] = time.perf_counter() - started
     settings = config.preprocessing.on_grid(config.preprocessing.grid or choose_grid(sets["training"].refs, slices=slices))
     check_grid(sets, settings.grid, slices)
+    _check_shift(config, settings.grid)
     with tempfile.TemporaryDirectory(prefix="replicheck-") as workdir, progress.session():
         tick = time.perf_counter()
         collections = {role: collect(image_set, settings, Path(workdir), skip_unreadable=config.reading.skip_unreadable,

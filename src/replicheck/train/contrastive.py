@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Preprocessing, Reading, check_choice, check_range
+from ..config import Preprocessing, Reading, check_choice, check_device, check_range
 from ..embedders.contrastive import DEFAULTS, TEMPERATURE, ContrastiveNet, minmax, nt_xent, save_checkpoint, to_input_size
 from ..images import discover
 from ..progress import Progress
@@ -134,6 +134,7 @@ def train_contrastive_from(source: str, *, out: str | Path, reading: Reading = R
         check_range("size", size, low=8)
     check_range("batch_size", options.get("batch_size", 64), low=2)  # in-batch negatives
     check_range("epochs", options.get("epochs", 20), low=1)
+    check_device("device", options.get("device", "cpu"))
     images, subjects = read_training_images(source, ndim=ndim, size=size, reading=reading)
     return train_contrastive(images, subjects, out=out, size=size, progress=progress,
                              description=options.pop("description", f"replicheck train contrastive {source}"), **options)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import measures
-from ..config import Preprocessing, Reading, check_range
+from ..config import Preprocessing, Reading, check_device, check_range
 from ..embedders.deepssim import DeepSSIMNet, preprocess, save_checkpoint, zscore
 from ..embedders.views import check_views
 from ..progress import Progress
@@ -200,6 +200,7 @@ def train_deepssim_from(source: str, *, out: str | Path, reading: Reading = Read
     map on the grid a scan compares, :data:`~replicheck.embedders.fitting.SSIM_MAP_SIZE`). ``options``
     are those of :func:`train_deepssim`. The map's summary is in the report's ``details``."""
     check_views(options.get("rotations", VIEW_ROTATIONS), options.get("gammas", VIEW_GAMMAS))  # before reading images
+    check_device("device", options.get("device", "cpu"))
     check_range("size", size, low=8)
     check_range("epochs", options.get("epochs", 20), low=1)
     images, subjects = read_training_set(source, Preprocessing(grid=(size, size), slices=True), reading=reading)
