@@ -12,11 +12,11 @@ from pathlib import Path
 import pandas as pd
 
 from . import images
-from .config import Preprocessing, Reading
+from .config import MIN_GRID_SIDE, Preprocessing, Reading
 from .images import ImageSet
 from .preprocess import prepare
 from .progress import Progress
-from .records import InputError, OptionError
+from .records import InputError, OptionError, ReplicheckError
 from .store import ArrayStore
 
 
@@ -85,9 +85,15 @@ def discover_inputs(train, synthetic, holdout, reading: Reading, *, slices: bool
 
 
 def check_grid(sets: dict[str, ImageSet], grid: tuple[int, ...], slices: bool) -> None:
+    """The analysis grid fits the images: as many axes, and (chosen from the training images or
+    given) at least :data:`~replicheck.config.MIN_GRID_SIDE` voxels a side, where SSIM's window fits."""
     ndim = 2 if slices else next(iter(sets["training"].ndims))
     if len(grid) != ndim:
         raise OptionError("grid", f"has {len(grid)} sizes but the images are {ndim}D")
+    if min(grid) < MIN_GRID_SIDE:
+        raise ReplicheckError(f"{sets['training'].source}: the training images' common shape gives the analysis grid "
+                              f"{'x'.join(map(str, grid))}, but every side needs at least {MIN_GRID_SIDE} voxels; "
+                              f"give --grid to resample them deliberately (e.g. --grid {MIN_GRID_SIDE}x{MIN_GRID_SIDE})")
 
 
 def collect(image_set: ImageSet, settings: Preprocessing, workdir: Path, *, skip_unreadable: bool,
@@ -127,10 +133,17 @@ def collect(image_set: ImageSet, settings: Preprocessing, workdir: Path, *, skip
 
 
 def check_output(out: str | Path, sources: list, *, what: str = "output") -> None:
-    """Refuse to write results (or a cache) inside an input folder: inputs are never modified or added to."""
+    """Before any work: ``out`` is a folder (or will be), and lies inside no folder that an input
+    reads from (an input folder, or the folders of a manifest's images), so that inputs are never
+    modified or added to and a later scan of them does not meet our results."""
+    option = "out" if what == "output" else what
     target = Path(out).resolve()
+    if target.exists() and not target.is_dir():
+        raise OptionError(option, f"{out} is an existing file, not a folder")
     for source in sources:
-        folder = Path(source).resolve()
-        if folder.is_dir() and (target == folder or folder in target.parents):
-            raise OptionError("out" if what == "output" else what, f"{out} lies inside the input folder {source}; "
-                                                                   f"choose a folder outside the inputs")
+        for folder in images.input_folders(source):
+            folder = folder.resolve()
+            if target == folder or folder in target.parents:
+                where = f"the input folder {source}" if folder == Path(str(source)).resolve() else \
+                    f"{folder}, where images listed in {source} lie"
+                raise OptionError(option, f"{out} lies inside {where}; choose a folder outside the inputs")

@@ -52,6 +52,35 @@ class ImageSet:
         return {ref.ndim for ref in self.refs}
 
 
+def input_folders(source) -> list[Path]:
+    """The folders whose files ``source`` reads, so that results never land among them: a folder
+    itself, or the folders of a manifest's paths (a listed folder, as a DICOM series, itself);
+    none for an array file or a single image. A manifest that cannot be read lists none here:
+    :func:`discover` then reports it."""
+    path = Path(str(source))
+    if path.is_dir():
+        return [path]
+    if not (path.is_file() and readers.suffix_of(path) in (".csv", ".tsv")):
+        return []
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
+    except Exception:
+        return []
+    table.columns = [c.strip().lower() for c in table.columns]
+    folders = set()
+    for entry in table.get("path", []):
+        entry = entry.strip()
+        if not entry:
+            continue
+        listed = Path(entry if os.path.isabs(entry) else path.parent / entry)
+        address = _ADDRESS.match(str(listed)) if not listed.exists() else None
+        listed = Path(address["path"]) if address else listed
+        folders.add(listed if listed.is_dir() else listed.parent)
+    return sorted(folders)
+
+
 def discover(
     source: str | os.PathLike,
     *,

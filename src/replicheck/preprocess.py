@@ -35,6 +35,7 @@ from .records import ImageRef, InputError, LoadedImage
 
 CT_METHODS = ("ct", "ct8")  # normalisations whose [0, 1] is the CT window ``ct_window``
 DATA_RANGE = 1.0
+MAX_STRETCH_2D = 4.0  # how much more a 2D image may be stretched along one axis than along the other
 
 
 @dataclass
@@ -60,11 +61,12 @@ def prepare(image: LoadedImage, settings: Preprocessing) -> Prepared:
     """Normalise one image, then resample it (or each of its slices) to the analysis grid."""
     method = image.intensity if settings.intensity == "auto" else settings.intensity
     array = normalise(image.array, method, settings)
-    source = image.ref.id
+    source = image.ref.source
     if settings.slices and array.ndim == 3:
         kept, positions = [], []
         for z, plane in enumerate(array):
             if plane.max() > plane.min():
+                check_stretch(source, plane.shape, settings.grid)
                 kept.append(resample(plane, settings.grid))
                 positions.append(z)
         if not kept:
@@ -72,6 +74,7 @@ def prepare(image: LoadedImage, settings: Preprocessing) -> Prepared:
         return Prepared(kept, positions, method, dropped_slices=len(array) - len(kept), notes=image.notes)
     if array.ndim != len(settings.grid):
         raise InputError(source, f"is {array.ndim}D but the analysis grid {settings.grid} is {len(settings.grid)}D")
+    check_stretch(source, array.shape, settings.grid)
     resampled = resample(array, settings.grid)
     if not resampled.max() > resampled.min():
         raise InputError(source, f"image is constant after {_describe(method, settings)} normalisation; try another --intensity")
@@ -95,6 +98,23 @@ def normalise(array: np.ndarray, method: str, settings: Preprocessing) -> np.nda
         raise ValueError(f"unknown normalisation {method!r}; expected one of {', '.join(INTENSITIES[1:])}")
     scaled = (array.astype(np.float32) - np.float32(low)) / np.float32(high - low)
     return np.clip(scaled, 0.0, 1.0, out=scaled)
+
+
+def check_stretch(source: str, shape: tuple[int, ...], grid: tuple[int, ...]) -> None:
+    """Refuse to invent an image: an axis of one voxel stretched to many, or a 2D image stretched
+    along one axis more than :data:`MAX_STRETCH_2D` times as much as along the other (a 1x128 strip
+    on a 128x128 grid). Volumes may be stretched unevenly: thick slices are resampled to the grid."""
+    size = "x".join(map(str, shape))
+    for axis, (n, g) in enumerate(zip(shape, grid)):
+        if n == 1 and g > 1:
+            raise InputError(source, f"is {size} voxels: a single voxel along axis {axis} cannot be resampled to the "
+                                     f"analysis grid {'x'.join(map(str, grid))}")
+    if len(shape) == 2:
+        factors = [g / n for n, g in zip(shape, grid)]
+        if max(factors) / min(factors) > MAX_STRETCH_2D:
+            raise InputError(source, f"is {size} pixels but the analysis grid is {'x'.join(map(str, grid))}: it would be "
+                                     f"stretched {max(factors) / min(factors):.0f}x more along one axis than the other "
+                                     f"(at most {MAX_STRETCH_2D:g}x); give a --grid of the images' proportions")
 
 
 def resample(array: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
