@@ -10,6 +10,7 @@ imported inside the commands, so ``replicheck --help`` starts fast.
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -350,14 +351,24 @@ def _with_progress(quiet: bool, work):
 
 
 def _fail(message: str):
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    typer.secho(f"error: {terminal_safe(message)}", err=True, fg=typer.colors.RED)
     raise typer.Exit(EXIT_INPUT)
 
 
 def _warn(lines, quiet: bool, *, prefix: str = "warning: ") -> None:
     if not quiet:
         for line in lines:
-            typer.secho(f"{prefix}{line}", err=True, fg=typer.colors.YELLOW)
+            typer.secho(f"{prefix}{terminal_safe(line)}", err=True, fg=typer.colors.YELLOW)
+
+
+def terminal_safe(message: str) -> str:
+    """One line with no control characters: a library's multi-line message joined with " | ", and
+    escape sequences (a file named to move the cursor or recolour the terminal) shown as \\xNN."""
+    text = " | ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def main() -> None:
@@ -368,7 +379,7 @@ def main() -> None:
         if type(error).__name__ == "NoArgsIsHelpError":  # no arguments: the help, as asked for
             typer.echo(error.format_message())
             sys.exit(0)
-        typer.secho(f"error: {error.format_message()}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {terminal_safe(error.format_message())}", err=True, fg=typer.colors.RED)
         sys.exit(EXIT_INPUT)
     sys.exit(code or 0)
 

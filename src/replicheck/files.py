@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -41,10 +42,37 @@ def atomic_write(path: str | Path, write: Callable, *, binary: bool = False) -> 
     return path
 
 
-def write_csv(table, path: str | Path) -> Path:
-    """A pandas DataFrame as CSV: no index, numbers to 6 significant digits, Unix line ends."""
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
+_NUMBERS = re.compile(r"[+-]?\d[\d.eE+-]*(?: [+-]?\d[\d.eE+-]*)*")
+
+
+def write_csv(table, path: str | Path, *, guard_formulas: bool = False) -> Path:
+    """A pandas DataFrame as CSV: no index, numbers to 6 significant digits, Unix line ends.
+    ``guard_formulas``: text cells that a spreadsheet would run as a formula (a file named
+    ``=1+2.png``) get a leading apostrophe, as OWASP recommends against CSV injection; for tables
+    people open, not for manifests that replicheck reads back as paths."""
+    if guard_formulas:
+        table = guard_cells(table)
     return atomic_write(path, lambda handle: table.to_csv(handle, index=False, float_format="%.6g",
                                                           lineterminator="\n"))
+
+
+def guard_cells(table):
+    """A copy of ``table`` whose text cells starting like a formula are prefixed with ``'``; a list
+    of signed numbers (a transform's shift, ``-1.50 2.00``) is data, not a formula, and stays."""
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    table = table.copy()
+    for column in table.columns:
+        if is_object_dtype(table[column]) or is_string_dtype(table[column]):
+            table[column] = table[column].map(_guarded)
+    return table
+
+
+def _guarded(cell):
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) and not _NUMBERS.fullmatch(cell):
+        return "'" + cell
+    return cell
 
 
 def write_json(data, path: str | Path) -> Path:

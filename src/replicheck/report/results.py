@@ -25,10 +25,10 @@ def write_results(result, out: str | Path, *, labels: str | Path | None = None) 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ReplicheckError(f"{out}: cannot create the output folder ({error.strerror})") from None
-    write_csv(result.synthetic, out / "synthetic.csv")
-    write_csv(result.pairs, out / "pairs.csv")
-    write_csv(result.training, out / "training.csv")
-    write_csv(result.null, out / "null.csv")
+    write_csv(result.synthetic, out / "synthetic.csv", guard_formulas=True)
+    write_csv(result.pairs, out / "pairs.csv", guard_formulas=True)
+    write_csv(result.training, out / "training.csv", guard_formulas=True)
+    write_csv(result.null, out / "null.csv", guard_formulas=True)
     write_json(result.summary, out / "summary.json")
     gallery_file = out / GALLERY_FILE
     if result.gallery is not None:
