@@ -101,3 +101,38 @@ def test_cells_a_spreadsheet_would_run_are_defused(tiny, tmp_path):
     assert {"'=1+2.npy", "'@SUM(A1).npy"} <= set(written["id"])
     assert not written["id"].str.match(r"^[=+@]").any()
     assert set(result.synthetic["id"]) >= {"=1+2.npy", "@SUM(A1).npy"}  # the in-memory table is the data itself
+
+
+def _png_claiming(path, width: int, height: int):
+    """A PNG whose header claims width x height pixels, with almost no data behind it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+                     + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_refused_or_skipped_by_its_header(tiny, tmp_path):
+    train, synth = tiny
+    _png_claiming(train / "bomb.png", 30000, 30000)
+    _assert_one_line_error(run("scan", train, synth, "--out", tmp_path / "r"), "bomb.png", "decompression bomb")
+    done = run("scan", train, synth, "--out", tmp_path / "r2", "--skip-unreadable", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "bomb.png" not in set(pd.read_csv(tmp_path / "r2" / "training.csv", dtype=str)["id"])
+
+
+def test_a_volume_header_claiming_billions_of_voxels_is_refused_before_reading(tmp_path):
+    import nibabel as nib
+
+    folder = tmp_path / "t"
+    folder.mkdir()
+    header = nib.Nifti1Header()
+    header.set_data_shape((2000, 2000, 2000))
+    header.set_data_dtype(np.uint8)
+    (folder / "huge.nii").write_bytes(header.binaryblock + b"\0" * 68)  # 30 GiB declared, 420 bytes on disk
+    done = run("scan", folder, folder, "--out", tmp_path / "r")
+    _assert_one_line_error(done, "huge.nii", "declares 2000x2000x2000 voxels", "more than the 268,435,456")

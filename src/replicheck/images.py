@@ -15,6 +15,7 @@ An array of N images is N records. Only headers are read here; pixels are read b
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections import defaultdict
@@ -105,6 +106,7 @@ def discover(
         collector.entry(source, id_hint=None, subject=None, mask=None)
     else:
         raise InputError(source, f"{role} images not found: no such file or folder")
+    collector.refs = [ref for ref in collector.refs if collector.within_budget(ref)]
     if not collector.refs:
         what = "folder" if path.is_dir() else "source"
         problem = f"no images found in this {what}"
@@ -166,6 +168,16 @@ class _Collector:
         if not self.skip_unreadable:
             raise error
         self.skipped.append((error.source, error.problem))
+
+    def within_budget(self, ref: ImageRef) -> bool:
+        """Whether the size ``ref``'s header declares is one replicheck will decode: a header can claim
+        billions of voxels in a few bytes (a decompression bomb); checked before any pixel is read."""
+        voxels = math.prod(ref.shape)
+        if voxels <= readers.MAX_IMAGE_VOXELS:
+            return True
+        self.fail(InputError(ref.source, f"declares {'x'.join(map(str, ref.shape))} voxels ({voxels * 4 / 2**30:,.1f} GiB as "
+                                         f"float32), more than the {readers.MAX_IMAGE_VOXELS:,} replicheck decodes"))
+        return False
 
     def folder(self, root: Path) -> None:
         dicoms: list[tuple[str, str]] = []  # (path, id)

@@ -29,6 +29,9 @@ _LUMA = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
 _HU_LIKE_MINIMUM = -500.0
 
 
+MAX_IMAGE_VOXELS = 2**28  # the largest image a header may declare: 1 GiB as float32 (a 512x512x1024 CT fits)
+
+
 def suffix_of(path: str | Path) -> str:
     """Lower-case suffix, with ``.nii.gz`` kept whole."""
     name = Path(path).name.lower()
@@ -96,6 +99,8 @@ def peek_raster(path: str) -> tuple[int, ...]:
     try:
         with Image.open(path) as image:
             width, height = image.size
+    except Image.DecompressionBombError as error:
+        raise InputError(path, f"refused as a decompression bomb: {one_line(error)}") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise InputError(path, f"cannot read as an image: {one_line(error)}") from None
     return (height, width)
@@ -238,6 +243,8 @@ def _load_raster(ref: ImageRef):
             elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                 image = image.convert("RGB")
             array = np.asarray(image)
+    except Image.DecompressionBombError as error:
+        raise InputError(ref.source, f"refused as a decompression bomb: {one_line(error)}") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise InputError(ref.source, f"cannot read image pixels: {one_line(error)}") from None
     raw_dtype = array.dtype
