@@ -136,3 +136,15 @@ def test_a_volume_header_claiming_billions_of_voxels_is_refused_before_reading(t
     (folder / "huge.nii").write_bytes(header.binaryblock + b"\0" * 68)  # 30 GiB declared, 420 bytes on disk
     done = run("scan", folder, folder, "--out", tmp_path / "r")
     _assert_one_line_error(done, "huge.nii", "declares 2000x2000x2000 voxels", "more than the 268,435,456")
+
+
+def test_a_holdout_too_small_to_calibrate_is_refused_and_a_tiny_null_has_no_floor(tiny, tmp_path):
+    train, synth = tiny
+    holdout = _npy_set(tmp_path / "h", 1, (32, 32), 2)
+    _assert_one_line_error(run("scan", train, synth, "--holdout", holdout, "--out", tmp_path / "r"),
+                           "a holdout of 1 image(s) cannot calibrate", "at least 5")
+    assert not (tmp_path / "r").exists()
+    done = run("scan", train, synth, "--out", tmp_path / "r2", "--quiet")  # leave-one-subject-out on 6 images
+    assert done.returncode == 0, done.stderr
+    assert "not estimable from 6 null images (the 0.99 quantile needs at least 100)" in done.stdout
+    assert "0.0% (holdout floor)" not in done.stdout

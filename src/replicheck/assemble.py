@@ -208,7 +208,7 @@ def summary(*, config: ScanConfig, preprocessing: Preprocessing, collections: di
              for rule, outcome in combined.rules.items()}
     out = {
         "replicheck_version": __version__,
-        "headline": headline(replica, copied, floor.rate),
+        "headline": headline(replica, copied, floor, config.calibration.quantile),
         "inputs": {role: collection.describe() for role, collection in collections.items()},
         "preprocessing": describe_preprocessing(preprocessing, {role: c.methods for role, c in collections.items()}),
         "calibration": {
@@ -247,11 +247,16 @@ def summary(*, config: ScanConfig, preprocessing: Preprocessing, collections: di
     return out
 
 
-def headline(combined, replica_training: int, floor: float) -> str:
+def headline(combined, replica_training: int, floor, quantile: float) -> str:
+    """The two lines a user reads first. The holdout floor is a share of the null images; below
+    1 / (1 - quantile) of them it cannot show a rate near 1 - quantile, so it is not given as 0.0%."""
     low, high = combined.low * 100, combined.high * 100
+    needed = math.ceil(1 / (1 - quantile) - 1e-9)
+    chance = (f"{floor.rate * 100:.1f}% (holdout floor)" if floor.total >= needed else
+              f"not estimable from {floor.total} null images (the {quantile:g} quantile needs at least {needed})")
     return (f"{combined.count:,} of {combined.total:,} synthetic images ({combined.rate * 100:.1f}%, 95% CI "
             f"{low:.1f}–{high:.1f}%) are replicas of {replica_training:,} training images.\n"
-            f"Expected by chance at this threshold: {floor * 100:.1f}% (holdout floor).")
+            f"Expected by chance at this threshold: {chance}.")
 
 
 def versions() -> dict:

@@ -61,6 +61,17 @@ class ScanResult:
         return write_results(self, out, labels=labels)
 
 
+MIN_HOLDOUT = 5  # held-out images below which no threshold is estimable: the guarded tail's Student-t bound with
+# n - 1 <= 3 degrees of freedom is too wide to mean anything (and one image has no spread at all)
+
+
+def _check_holdout_size(source: str, images: int) -> None:
+    if images < MIN_HOLDOUT:
+        raise ReplicheckError(f"{source}: a holdout of {images} image(s) cannot calibrate a threshold; at least "
+                              f"{MIN_HOLDOUT} are needed (100 for a 0.99 quantile of the images alone), or leave "
+                              f"--holdout out to calibrate leave-one-subject-out on the training set")
+
+
 def _check_shift(config: ScanConfig, grid: tuple[int, ...]) -> None:
     """The shift-only search fits the grid (before any image is read, not after)."""
     if "voxel" not in config.levels or config.voxel.align != "shift":
@@ -88,6 +99,8 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
     settings = config.preprocessing.on_grid(config.preprocessing.grid or choose_grid(sets["training"].refs, slices=slices))
     check_grid(sets, settings.grid, slices)
     _check_shift(config, settings.grid)
+    if "holdout" in sets and not slices:  # before reading: one image per file (slices are counted after)
+        _check_holdout_size(sets["holdout"].source, len(sets["holdout"].refs))
     with tempfile.TemporaryDirectory(prefix="replicheck-") as workdir, progress.session():
         tick = time.perf_counter()
         collections = {role: collect(image_set, settings, Path(workdir), skip_unreadable=config.reading.skip_unreadable,
@@ -157,6 +170,7 @@ def _prepare(level, training: Collection, config: ScanConfig, progress: Progress
 def _calibration_warnings(collections: dict[str, Collection]) -> list[str]:
     """Refuses a scan that cannot be calibrated; warns when the null is not a holdout."""
     if "holdout" in collections:
+        _check_holdout_size(collections["holdout"].image_set.source, len(collections["holdout"]))
         return []
     if collections["training"].items["subject"].nunique() < 2:
         raise ReplicheckError("cannot calibrate without a holdout: every training image belongs to one "
