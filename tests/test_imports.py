@@ -20,8 +20,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "replicheck"
 
 # Lowest first. A subpackage is one component (``levels`` covers replicheck.levels.*).
 LAYERS = (
-    ("_version", "records", "config", "files", "progress"),
-    ("readers", "images", "preprocess", "store", "kernels", "align", "measures", "mask_measures", "index", "transforms",
+    ("_version", "records", "config", "workspace", "files", "progress"),
+    ("readers", "images", "pseudonyms", "preprocess", "store", "kernels", "align", "measures", "mask_measures", "index", "transforms",
      "embedders", "segmenters"),
     ("levels", "search", "calibrate", "collect", "decide", "assemble"),
     ("pipeline", "report", "train", "bench", "demo"),

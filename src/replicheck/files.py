@@ -2,7 +2,9 @@
 
 Every output of replicheck (tables, summary.json, gallery.npz, report.html, checkpoints) is
 written to a temporary name in its destination folder and renamed into place: an interrupted run
-leaves the previous file intact, never a truncated one.
+leaves the previous file intact, never a truncated one. The temporary name carries the writing
+process (:mod:`replicheck.workspace`), so the next write of the same file removes what a killed
+run left.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .records import ReplicheckError
+from .workspace import owner_tag, sweep
 
 
 def atomic_write(path: str | Path, write: Callable, *, binary: bool = False) -> Path:
@@ -27,8 +30,9 @@ def atomic_write(path: str | Path, write: Callable, *, binary: bool = False) -> 
     :class:`~replicheck.records.ReplicheckError` naming it.
     """
     path = Path(path)
+    sweep(path.parent, f".{path.name}.")
     try:
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}-", suffix=".tmp", dir=path.parent)
     except OSError as error:
         raise ReplicheckError(f"{path.parent}: cannot write results here ({error.strerror})") from None
     try:

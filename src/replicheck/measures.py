@@ -159,6 +159,8 @@ def _masked_pearson(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> np.
     """Row-wise Pearson correlation of (k, n) ``a`` and ``b`` over the voxels where ``mask`` is 1
     (sums in float64)."""
     count = mask.sum(1, keepdim=True).clamp_min(1)
+    first = mask.argmax(dim=1, keepdim=True)  # a valid voxel of each row: see _centred
+    a, b = a - a.gather(1, first), b - b.gather(1, first)
     ac = (a - (a * mask).sum(1, keepdim=True) / count) * mask
     bc = (b - (b * mask).sum(1, keepdim=True) / count) * mask
     numerator = (ac * bc).sum(1, dtype=torch.float64)
@@ -248,6 +250,11 @@ def psnr(a: np.ndarray, b: np.ndarray, *, data_range: float) -> float:
     return float(compare(a, np.asarray(b)[None], data_range=data_range).psnr[0])
 
 
+def smallest_side(max_shift: int, win_size: int = 7) -> int:
+    """The fewest voxels an axis needs for SSIM's window at every shift of at most ``max_shift``."""
+    return max(win_size + 2 * max_shift, 4 * max_shift + 1)
+
+
 def _check_options(shape: tuple[int, ...], *, data_range: float, max_shift: int, win_size: int) -> None:
     if not data_range > 0:
         raise ValueError(f"data_range must be positive, got {data_range}")
@@ -255,7 +262,7 @@ def _check_options(shape: tuple[int, ...], *, data_range: float, max_shift: int,
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
     if win_size < 3 or win_size % 2 == 0:
         raise ValueError(f"win_size must be an odd integer >= 3, got {win_size}")
-    needed = max(win_size + 2 * max_shift, 4 * max_shift + 1)
+    needed = smallest_side(max_shift, win_size)
     if min(shape) < needed:
         raise ValueError(
             f"images of shape {shape} are too small for win_size={win_size} with max_shift={max_shift}: "
@@ -269,8 +276,7 @@ def _pearson(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     Float32 products of centred rows with torch's cascaded float32 sums, which stay within
     1e-7 of ``numpy.corrcoef`` on real images at a third of the cost of float64 sums.
     """
-    qc = q - q.mean(dim=1, keepdim=True)
-    cc = c - c.mean(dim=1, keepdim=True)
+    qc, cc = _centred(q), _centred(c)
     q_var = (qc * qc).sum(dim=1).double()
     c_var = (cc * cc).sum(dim=1).double()
     numerator = (qc * cc).sum(dim=1).double()
@@ -280,8 +286,17 @@ def _pearson(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 def unit_rows(rows: torch.Tensor) -> torch.Tensor:
     """Rows centred and scaled to unit norm (constant rows become 0), so dot products are Pearson r."""
-    rows = rows - rows.mean(dim=1, keepdim=True)
+    rows = _centred(rows)
     return rows.div_(torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min_(1e-12))  # 0 / 1e-12 = 0
+
+
+def _centred(rows: torch.Tensor) -> torch.Tensor:
+    """Rows minus their mean, exactly 0 for a constant row. Each row first loses its first value
+    (exact where the values are equal): a float32 mean of equal values is not always that value,
+    and the residue, divided by its own tiny norm, became a direction (a Pearson r of 0.76
+    between a constant image and a near-constant one)."""
+    rows = rows - rows[:, :1]
+    return rows - rows.mean(dim=1, keepdim=True)
 
 
 def _ssim(q: np.ndarray, c: np.ndarray, *, data_range: float, win_size: int) -> np.ndarray:
@@ -338,7 +353,7 @@ def _best_shifts(q: torch.Tensor, c: torch.Tensor, s: int) -> torch.Tensor:
     centre = q[tuple(slice(s, n - s) for n in q.shape)]
     length = tuple(centre.shape)
     n = centre.numel()
-    centre = centre - centre.mean()
+    centre = _centred(centre.reshape(1, -1)).reshape(centre.shape)
     norm = torch.linalg.vector_norm(centre)
     if norm == 0:
         return torch.zeros((c.shape[0], d), dtype=torch.long)

@@ -12,7 +12,6 @@ are plug-ins (:mod:`replicheck.levels`): this module never branches on a level's
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +23,14 @@ from .collect import Collection, check_grid, check_output, collect, discover_inp
 from .config import ScanConfig
 from .decide import combine_levels, copied_training, decide_level
 from .levels import make_level
+from .measures import smallest_side
 from .preprocess import choose_grid
 from .progress import Progress
 from .records import OptionError, ReplicheckError
 from .report import gallery
 from .report.gallery import Gallery
 from .search import build_side, search_level
+from .workspace import scratch
 
 
 @dataclass(frozen=True)
@@ -77,16 +78,18 @@ def _check_shift(config: ScanConfig, grid: tuple[int, ...]) -> None:
     if "voxel" not in config.levels or config.voxel.align != "shift":
         return
     shift = config.voxel.max_shift
-    needed = max(7 + 2 * shift, 4 * shift + 1)  # SSIM's 7-voxel window at every shift (measures.compare)
+    needed = smallest_side(shift)
     if min(grid) < needed:
         raise OptionError("max_shift", f"{shift} needs an analysis grid of at least {needed} voxels a side; the grid is "
                                        f"{'x'.join(map(str, grid))} (lower --max-shift, or --align similarity)")
 
 
-def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | None = None) -> ScanResult:
+def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | None = None,
+             check_inputs=None) -> ScanResult:
     """Find replicas of ``train`` images among ``synthetic`` images, calibrated on ``holdout``
     (or on the training set, leaving each subject out, when None); ``command`` is recorded in
-    summary.json."""
+    summary.json; ``check_inputs(sets)``, if given, vets the discovered image sets before any
+    image is read."""
     levels = [make_level(name, config) for name in config.levels]
     # Levels that rescore the other levels' candidates run after them (stable: otherwise as listed).
     levels.sort(key=lambda level: level.union_candidates)
@@ -96,14 +99,16 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
     slices = config.preprocessing.slices
     sets = discover_inputs(train, synthetic, holdout, config.reading, slices=slices)
     timings["discover"] = time.perf_counter() - started
+    if check_inputs is not None:
+        check_inputs(sets)
     settings = config.preprocessing.on_grid(config.preprocessing.grid or choose_grid(sets["training"].refs, slices=slices))
     check_grid(sets, settings.grid, slices)
     _check_shift(config, settings.grid)
     if "holdout" in sets and not slices:  # before reading: one image per file (slices are counted after)
         _check_holdout_size(sets["holdout"].source, len(sets["holdout"].refs))
-    with tempfile.TemporaryDirectory(prefix="replicheck-") as workdir, progress.session():
+    with scratch() as workdir, progress.session():
         tick = time.perf_counter()
-        collections = {role: collect(image_set, settings, Path(workdir), skip_unreadable=config.reading.skip_unreadable,
+        collections = {role: collect(image_set, settings, workdir, skip_unreadable=config.reading.skip_unreadable,
                                      num_workers=config.num_workers, progress=progress)
                        for role, image_set in sets.items()}
         timings["read_and_preprocess"] = time.perf_counter() - tick
@@ -118,7 +123,7 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
             _prepare(level, collections["training"], config, progress)
             timings[f"{level.name}.prepare"] = time.perf_counter() - tick
             tick = time.perf_counter()
-            sides = {role: build_side(level, c.store, c.rows, Path(workdir), f"{level.name}.{role}")
+            sides = {role: build_side(level, c.store, c.rows, workdir, f"{level.name}.{role}")
                      for role, c in collections.items()}
             timings[f"{level.name}.represent"] = time.perf_counter() - tick
             earlier = [verdict.searches for verdict in verdicts] if level.union_candidates else []
@@ -183,12 +188,21 @@ def _calibration_warnings(collections: dict[str, Collection]) -> list[str]:
 
 def scan_into(out: str | Path, train, synthetic, holdout, config: ScanConfig, *, labels: str | Path | None = None,
               command: str | None = None) -> ScanResult:
-    """:func:`run_scan` and :meth:`ScanResult.write` into ``out``, after checking that neither
-    ``out`` nor the feature cache lies inside an input folder."""
+    """:func:`run_scan` and :meth:`ScanResult.write` into ``out``. Before any work: neither ``out``
+    nor the feature cache lies inside an input folder, ``out`` holds nothing but an earlier scan's
+    results (it is replaced as a whole), and ``labels`` can be read; its ids are matched to the
+    synthetic images as soon as they are found."""
+    from .report.page import load_labels, read_labels
+    from .report.results import check_results_folder
+
     sources = [train, synthetic] + ([holdout] if holdout is not None else [])
     check_output(out, sources)
+    check_results_folder(out)
     if config.feature.cache:
         check_output(config.feature.cache, sources, what="cache")
-    result = run_scan(train, synthetic, holdout, config, command=command)
+    if labels is not None:
+        load_labels(labels)
+    check = (lambda sets: read_labels(labels, pd.Series([ref.id for ref in sets["synthetic"].refs]))) if labels else None
+    result = run_scan(train, synthetic, holdout, config, command=command, check_inputs=check)
     result.write(out, labels=labels)
     return result

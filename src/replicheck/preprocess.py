@@ -63,10 +63,10 @@ def prepare(image: LoadedImage, settings: Preprocessing) -> Prepared:
     array = normalise(image.array, method, settings)
     source = image.ref.source
     if settings.slices and array.ndim == 3:
+        check_stretch(source, array.shape[1:], settings.grid)
         kept, positions = [], []
         for z, plane in enumerate(array):
             if plane.max() > plane.min():
-                check_stretch(source, plane.shape, settings.grid)
                 kept.append(resample(plane, settings.grid))
                 positions.append(z)
         if not kept:

@@ -133,7 +133,8 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
                    "masks": config.masks}
         if detector.exhaustive:
             options.update(shortlist=sets["n_training"], depth=sets["n_training"])
-        run = _in_child(sets, options, out / "scans" / detector.name, config.natural)
+        run = _in_child(sets, options, out / "scans" / detector.name,
+                        out / "natural" / detector.name if config.natural else None)
         table = pd.read_csv(out / "scans" / detector.name / "synthetic.csv", keep_default_na=False)
         table = table.set_index("id").loc[sets["labels"]["id"]]
         config.echo(f"    {run['wall_s']:.1f} s, peak {run['peak_rss_bytes'] / 2**30:.2f} GiB"
@@ -239,8 +240,9 @@ def _scores(table: pd.DataFrame, level: str, measure: str, higher: bool) -> tupl
     return (values if higher else -values), flags
 
 
-def _in_child(sets: dict, options: dict, out: Path, natural: bool) -> dict:
-    """One detector's scans in a fresh process: wall time and peak memory are its own."""
+def _in_child(sets: dict, options: dict, out: Path, natural: Path | None) -> dict:
+    """One detector's scans in a fresh process: wall time and peak memory are its own; the
+    natural-copies scan (when ``natural``, its working folder) beside the results, not in them."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         future = pool.submit(_child, sets["training"], sets["synthetic"], sets["holdout"], options, str(out), natural,
                              sets["labels_file"])
@@ -251,7 +253,7 @@ def _in_child(sets: dict, options: dict, out: Path, natural: bool) -> dict:
                                   f"try a smaller --brute-force-budget or fewer --num-workers") from None
 
 
-def _child(training: str, synthetic: str, holdout: str, options: dict, out: str, natural: bool,
+def _child(training: str, synthetic: str, holdout: str, options: dict, out: str, natural: Path | None,
            labels_file: str) -> dict:
     from ..pipeline import run_scan
 
@@ -261,7 +263,7 @@ def _child(training: str, synthetic: str, holdout: str, options: dict, out: str,
     result.write(out, labels=labels_file)  # report.html with ROC and precision-recall curves
     record = {"wall_s": wall, "peak_rss_bytes": peak_rss_bytes()}
     if natural:
-        record["natural"] = _natural_copies(options, Path(out) / "natural")
+        record["natural"] = _natural_copies(options, natural)
     return record
 
 

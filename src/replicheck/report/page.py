@@ -253,10 +253,20 @@ def _curves(labels: str | Path, synthetic: pd.DataFrame, summary: dict) -> dict:
 
 
 def read_labels(labels: str | Path, ids: pd.Series) -> np.ndarray:
-    """Known replica flags of the synthetic images ``ids``, from a CSV with a ``replica`` column
-    (true/false or 1/0) and the image named by ``id`` or by a ``file``/``path`` column (a
-    benchmark's labels.csv names files, scan ids are file names). A slice (``id#z012``) takes
-    its volume's label."""
+    """Known replica flags of the synthetic images ``ids`` (see :func:`load_labels`). A slice
+    (``id#z012``) takes its volume's label; an image without a label is an error."""
+    truth = load_labels(labels)
+    volumes = pd.Series(ids).astype(str).str.replace(r"#z\d+$", "", regex=True)
+    missing = [ident for ident in volumes if ident not in truth]
+    if missing:
+        raise ReplicheckError(f"{labels}: no label for {len(missing)} synthetic images, e.g. {missing[0]}")
+    return np.array([truth[ident] for ident in volumes], dtype=bool)
+
+
+def load_labels(labels: str | Path) -> dict[str, bool]:
+    """Image name -> known replica flag, from a CSV with a ``replica`` column (true/false or 1/0)
+    and the image named by ``id`` or by a ``file``/``path`` column (a benchmark's labels.csv
+    names files, scan ids are file names); a file that cannot serve is an error naming it."""
     try:
         table = pd.read_csv(labels, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as error:
@@ -270,11 +280,7 @@ def read_labels(labels: str | Path, ids: pd.Series) -> np.ndarray:
             for name, flag in zip(table[column], flags):
                 truth.setdefault(name, flag)
                 truth.setdefault(Path(name).name, flag)
-    volumes = ids.astype(str).str.replace(r"#z\d+$", "", regex=True)
-    missing = [ident for ident in volumes if ident not in truth]
-    if missing:
-        raise ReplicheckError(f"{labels}: no label for {len(missing)} synthetic images, e.g. {missing[0]}")
-    return np.array([truth[ident] for ident in volumes], dtype=bool)
+    return truth
 
 
 def _settings(summary: dict) -> dict:

@@ -1,39 +1,57 @@
-"""A scan's results folder: the tables, summary.json, gallery.npz and report.html. Every file is
-written to a temporary name in the output folder and renamed into place
-(:mod:`replicheck.files`), so a reader never sees half a file and an interrupted run leaves the
-previous results intact."""
+"""A scan's results folder: the tables, summary.json, gallery.npz and report.html, as one set.
+
+The whole set is built in a staging folder beside the results folder and swapped in at once
+(:func:`replicheck.workspace.staged_folder`): a reader sees the previous set or the new one,
+never a mix of two runs, and a run that fails or is killed leaves the previous set as it was.
+Because the swap replaces the folder, a results folder may hold only what a scan writes there:
+a folder with other files is refused (:func:`check_results_folder`) before any work.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..files import write_csv, write_json
-from ..records import ReplicheckError
+from ..records import OptionError, ReplicheckError
+from ..workspace import staged_folder
 from .gallery import GALLERY_FILE
 from .page import write_report
 
 OUTPUTS = ("synthetic.csv", "pairs.csv", "training.csv", "null.csv", "summary.json", "report.html")
+RESULT_FILES = OUTPUTS + (GALLERY_FILE,)
+
+
+def check_results_folder(out: str | Path) -> None:
+    """``out`` is new, empty, or an earlier scan's results: the swap would remove anything else."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OptionError("out", f"{out} is an existing file, not a folder")
+    if not out.is_dir():
+        return
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in RESULT_FILES)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OptionError("out", f"{out} holds files that a scan does not write ({shown}); a scan replaces its "
+                                 f"results folder as a whole, so choose a new or empty folder")
 
 
 def write_results(result, out: str | Path, *, labels: str | Path | None = None) -> Path:
-    """The tables, summary, gallery and HTML report of ``result`` in ``out`` (created if needed).
+    """The tables, summary, gallery and HTML report of ``result``, swapped in as ``out``.
 
     The report is rendered from the files just written, exactly as ``replicheck report`` would.
     """
     out = Path(out)
+    check_results_folder(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        with staged_folder(out) as folder:
+            write_csv(result.synthetic, folder / "synthetic.csv", guard_formulas=True)
+            write_csv(result.pairs, folder / "pairs.csv", guard_formulas=True)
+            write_csv(result.training, folder / "training.csv", guard_formulas=True)
+            write_csv(result.null, folder / "null.csv", guard_formulas=True)
+            write_json(result.summary, folder / "summary.json")
+            if result.gallery is not None:
+                result.gallery.save(folder / GALLERY_FILE)
+            write_report(folder, labels=labels, images=result.summary["settings"]["report"]["images"])
     except OSError as error:
-        raise ReplicheckError(f"{out}: cannot create the output folder ({error.strerror})") from None
-    write_csv(result.synthetic, out / "synthetic.csv", guard_formulas=True)
-    write_csv(result.pairs, out / "pairs.csv", guard_formulas=True)
-    write_csv(result.training, out / "training.csv", guard_formulas=True)
-    write_csv(result.null, out / "null.csv", guard_formulas=True)
-    write_json(result.summary, out / "summary.json")
-    gallery_file = out / GALLERY_FILE
-    if result.gallery is not None:
-        result.gallery.save(gallery_file)
-    else:
-        gallery_file.unlink(missing_ok=True)  # never leave an earlier run's pixels beside a --no-images report
-    write_report(out, labels=labels, images=result.summary["settings"]["report"]["images"])
+        raise ReplicheckError(f"{out}: cannot write the results ({error.strerror or error})") from None
     return out

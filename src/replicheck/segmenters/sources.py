@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..preprocess import CT_METHODS
 from ..records import InputError, OptionError
+from ..workspace import scratch_prefix
 from . import builtin
 from .external import ExternalSegmenter, load_mask
 
@@ -91,7 +92,7 @@ class MaskSource:
         self._external = None
         if self.kind == "cmd":
             if cache_dir is None:
-                self._temporary = tempfile.TemporaryDirectory(prefix="replicheck-masks-")
+                self._temporary = tempfile.TemporaryDirectory(prefix=scratch_prefix("masks"))
                 cache_dir = self._temporary.name
             self._external = ExternalSegmenter(self.value, Path(cache_dir))
 
@@ -103,7 +104,7 @@ class MaskSource:
         if self.kind == "builtin":
             return builtin.segment(self.value, self._input(image, row), **self.params)
         if self.kind == "cmd":
-            with tempfile.TemporaryDirectory(prefix="replicheck-segment-") as folder:
+            with tempfile.TemporaryDirectory(prefix=scratch_prefix("segment")) as folder:
                 path = Path(folder) / "image.nii"
                 _write_nifti(path, self._input(image, row) if row["intensity"] in CT_METHODS else image)
                 mask = load_mask(self._external.mask(path))

@@ -17,7 +17,6 @@ Delete the file to train anew (e.g. with more minutes).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from ..embedders.deepssim import DeepSSIMEmbedder, load_checkpoint, save_checkpo
 from ..embedders.fitting import adapted
 from ..progress import Progress
 from ..records import ReplicheckError
+from ..workspace import scratch
 from .deepssim import train_deepssim
 
 TRAIN_SIZE = 64  # px: the network's input, as `replicheck train deepssim` trains it
@@ -64,8 +64,8 @@ def scan_trained_embedder(store, subjects: np.ndarray, options: FeatureOptions, 
         raise ReplicheckError(f"--model-cache {folder}: cannot create the folder for trained models ({error})") from None
     images, image_subjects = _slices(store, subjects, MAX_TRAIN_IMAGES, seed)
     small = resize(torch.from_numpy(images)[:, None], (TRAIN_SIZE, TRAIN_SIZE))[:, 0].numpy()
-    with tempfile.TemporaryDirectory(prefix="replicheck-train-") as scratch:
-        trained = Path(scratch) / "model.pt"
+    with scratch("train") as folder:
+        trained = folder / "model.pt"
         train_deepssim(small, image_subjects, out=trained, size=TRAIN_SIZE, epochs=1000, seed=seed,
                        max_seconds=60.0 * options.adapt_minutes, device=options.device, progress=progress,
                        description=f"replicheck scan --adapt train={options.adapt_minutes:g}: the scan's training images")
