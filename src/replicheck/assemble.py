@@ -19,7 +19,7 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
-from . import calibrate
+from . import calibrate, pseudonyms
 from ._version import __version__
 from .collect import Collection
 from .config import Preprocessing, ScanConfig
@@ -210,6 +210,8 @@ def summary(*, config: ScanConfig, preprocessing: Preprocessing, collections: di
         "replicheck_version": __version__,
         "headline": headline(replica, copied, floor, config.calibration.quantile),
         "inputs": {role: collection.describe() for role, collection in collections.items()},
+        "subject_ids": pseudonyms.describe({role: c.image_set for role, c in collections.items()},
+                                           keep=config.reading.keep_subject_ids),
         "preprocessing": describe_preprocessing(preprocessing, {role: c.methods for role, c in collections.items()}),
         "calibration": {
             "null": "holdout" if has_holdout else "leave-one-subject-out",

@@ -111,6 +111,8 @@ def scan(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per embedder batch.")] = 64,
     max_shift: Annotated[int, typer.Option("--max-shift", help="With --align shift: the largest translation (voxels per axis) searched.")] = 3,
     skip_unreadable: Annotated[bool, typer.Option("--skip-unreadable", help="Skip unreadable images (listed in summary.json) instead of stopping.")] = False,
+    keep_subject_ids: Annotated[bool, typer.Option(
+        "--keep-subject-ids", help="Write subjects taken from DICOM PatientIDs in the clear (default: as pseudonyms).")] = False,
     gallery: Annotated[int, typer.Option("--gallery", help="Top pairs shown with their pixels in report.html.")] = 50,
     no_images: NoImages = False,
     labels: Labels = None,
@@ -127,7 +129,7 @@ def scan(
         ct_window=ct_window, slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, align=align,
         voxel_measure=voxel_measure, embedder=embedder, device=device, batch_size=batch_size, cache=cache,
         **parse_adapt("none" if no_adapt else adapt), model_cache=model_cache, masks=masks, max_shift=max_shift,
-        skip_unreadable=skip_unreadable, num_workers=num_workers, seed=seed, progress=not quiet, gallery=gallery,
+        skip_unreadable=skip_unreadable, keep_subject_ids=keep_subject_ids, num_workers=num_workers, seed=seed, progress=not quiet, gallery=gallery,
         report_images=not no_images), labels=labels, command=" ".join(["replicheck"] + sys.argv[1:])))
     _warn(result.warnings, quiet)
     typer.echo(result.headline)

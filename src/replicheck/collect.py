@@ -16,6 +16,7 @@ from .config import MIN_GRID_SIDE, Preprocessing, Reading
 from .images import ImageSet
 from .preprocess import prepare
 from .progress import Progress
+from .pseudonyms import pseudonymise
 from .records import InputError, OptionError, ReplicheckError
 from .store import ArrayStore
 
@@ -62,13 +63,14 @@ class Collection:
 
 def discover_inputs(train, synthetic, holdout, reading: Reading, *, slices: bool) -> dict[str, ImageSet]:
     """The images of each role (holdout only when given), checked to be comparable: all 2D or
-    all 3D, unless volumes are cut into slices."""
+    all 3D, unless volumes are cut into slices; subjects from DICOM PatientIDs as pseudonyms."""
     sources = {"training": train, "synthetic": synthetic}
     if holdout is not None:
         sources["holdout"] = holdout
     sets = {role: images.discover(source, role=role, subject_regex=reading.subject_regex,
                                   image_ndim=reading.image_ndim, skip_unreadable=reading.skip_unreadable)
             for role, source in sources.items()}
+    sets = pseudonymise(sets, keep=reading.keep_subject_ids)
     for role, image_set in sets.items():
         if len(image_set.ndims) > 1 and not slices:
             flat = next(ref for ref in image_set.refs if ref.ndim == 2)

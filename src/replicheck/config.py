@@ -169,6 +169,7 @@ class Reading:
     subject_regex: str | None = None  # first group of a regex on the image id is the subject
     image_ndim: int | None = None  # axes per image inside NumPy arrays
     skip_unreadable: bool = False  # list unreadable images in summary.json instead of stopping
+    keep_subject_ids: bool = False  # write DICOM PatientIDs in the clear, not as pseudonyms (replicheck.pseudonyms)
 
     def __post_init__(self):
         if self.image_ndim is not None:

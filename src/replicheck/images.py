@@ -63,23 +63,37 @@ def input_folders(source) -> list[Path]:
         return [path]
     if not (path.is_file() and readers.suffix_of(path) in (".csv", ".tsv")):
         return []
-    import pandas as pd
-
     try:
-        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
-    except Exception:
+        table = read_manifest(path)
+    except InputError:
         return []
-    table.columns = [c.strip().lower() for c in table.columns]
     folders = set()
     for entry in table.get("path", []):
         entry = entry.strip()
         if not entry:
             continue
-        listed = Path(entry if os.path.isabs(entry) else path.parent / entry)
+        listed = Path(_manifest_path(path.parent, entry))
         address = _ADDRESS.match(str(listed)) if not listed.exists() else None
         listed = Path(address["path"]) if address else listed
         folders.add(listed if listed.is_dir() else listed.parent)
     return sorted(folders)
+
+
+def read_manifest(path: Path):
+    """A CSV (or ``.tsv``) manifest as text cells, its column names stripped and lower-cased."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
+    except Exception as error:
+        raise InputError(str(path), f"cannot read the manifest: {one_line(error)}") from None
+    table.columns = [c.strip().lower() for c in table.columns]
+    return table
+
+
+def _manifest_path(base: Path, entry: str) -> str:
+    """A manifest's path cell: absolute as written, relative to the manifest's folder otherwise."""
+    return entry if os.path.isabs(entry) else str(base / entry)
 
 
 def discover(
@@ -200,13 +214,7 @@ class _Collector:
         self.dicom_files(dicoms)
 
     def manifest(self, path: Path) -> None:
-        import pandas as pd
-
-        try:
-            table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
-        except Exception as error:
-            raise InputError(str(path), f"cannot read the manifest: {one_line(error)}") from None
-        table.columns = [c.strip().lower() for c in table.columns]
+        table = read_manifest(path)
         if "path" not in table.columns:
             raise InputError(str(path), f"manifest has no 'path' column (columns: {', '.join(table.columns)})")
         if table.empty:
@@ -216,10 +224,10 @@ class _Collector:
             entry = row["path"].strip()
             if not entry:
                 raise InputError(str(path), f"line {row_number}: empty path")
-            resolved = entry if os.path.isabs(entry) else str(base / entry)
+            resolved = _manifest_path(base, entry)
             mask = row.get("mask", "").strip() or None
             if mask is not None:
-                mask = mask if os.path.isabs(mask) else str(base / mask)
+                mask = _manifest_path(base, mask)
                 if not os.path.exists(mask):
                     raise InputError(mask, f"mask file not found (manifest {path.name}, line {row_number})")
             explicit = row.get("id", "").strip()
@@ -349,22 +357,28 @@ class _Collector:
             path0, rel0, header0 = volume[0]
             folder_id = Path(rel0).parent.as_posix()
             ident = folder_id if folder_id != "." else Path(directory).name
-            if sum(1 for (d, s) in groups if d == directory) > 1:
-                ident = f"{ident}#{series}"
+            same_folder = sorted(s for (d, s) in groups if d == directory)
+            if len(same_folder) > 1:  # numbered, not named: a SeriesInstanceUID is an identifier
+                ident = f"{ident}#series{same_folder.index(series) + 1}"
             rows, columns = int(header0.Rows), int(header0.Columns)
-            self.refs.append(ImageRef(id=ident, subject="", patient=_patient(header0), source=directory, reader="dicom-series",
+            self.refs.append(ImageRef(id=ident, subject="", patient=_patient(header0), uid=_uid(header0),
+                                      source=directory, reader="dicom-series",
                                       shape=(len(volume), rows, columns), files=tuple(p for p, _, _ in volume)))
 
 
 def _dicom_ref(path: str, ident: str, header, subject: str | None, mask: str | None) -> ImageRef:
     if int(header.get("SamplesPerPixel", 1) or 1) not in (1, 3, 4):
         raise InputError(path, "unsupported number of DICOM samples per pixel")
-    return ImageRef(id=ident, subject=subject or "", patient=_patient(header), source=path, reader="dicom",
+    return ImageRef(id=ident, subject=subject or "", patient=_patient(header), uid=_uid(header), source=path, reader="dicom",
                     shape=readers.dicom_shape(path, header), mask=mask)
 
 
 def _patient(header) -> str:
     return str(header.get("PatientID", "") or "").strip()
+
+
+def _uid(header) -> str:
+    return str(header.get("SOPInstanceUID", "") or "").strip()
 
 
 def _series_order(members: list) -> list | None:
@@ -398,21 +412,26 @@ def _array_id(ident: str, member: str | None) -> str:
 
 
 def _assign_subjects(refs: list[ImageRef], subject_regex: str | None, *, required: bool = True) -> list[ImageRef]:
-    """Subject: manifest column, else ``subject_regex`` on the id, else DICOM PatientID, else the id.
+    """Subject: manifest column, else ``subject_regex`` on the id, else DICOM PatientID, else the id
+    (recorded in ``subject_origin``; a PatientID is replaced by a pseudonym later, see
+    :mod:`replicheck.pseudonyms`).
 
     With ``required``, an id that ``subject_regex`` does not match is an error.
     """
     pattern = re.compile(subject_regex) if subject_regex else None
     assigned = []
     for ref in refs:
-        subject = ref.subject
+        subject, origin = ref.subject, "manifest"
         if not subject and pattern:
             match = pattern.search(ref.id)
             if not match and required:
                 raise InputError(ref.id, f"--subject-regex {subject_regex!r} does not match this image's id")
             if match:
                 subject = match.groupdict().get("subject") or (match.group(1) if match.groups() else match.group(0))
-        assigned.append(replace(ref, subject=subject or ref.patient or ref.id))
+                origin = "regex"
+        if not subject:
+            subject, origin = (ref.patient, "dicom") if ref.patient else (ref.id, "id")
+        assigned.append(replace(ref, subject=subject, subject_origin=origin))
     return assigned
 
 

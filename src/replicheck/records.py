@@ -60,7 +60,9 @@ class ImageRef:
     index: int | None = None  # position in an array stack, or None for a whole file
     files: tuple[str, ...] = ()  # the slice files of a DICOM series, sorted by position
     mask: str | None = None
-    patient: str = ""  # DICOM PatientID, a fallback subject
+    patient: str = ""  # DICOM PatientID, a fallback subject; written out only as a pseudonym (replicheck.pseudonyms)
+    uid: str = ""  # DICOM SOPInstanceUID (a series: its first slice's), never written out; keys the pseudonyms
+    subject_origin: str = ""  # where the subject came from: manifest, regex, dicom or id
     slice: int | None = None  # z position when a volume is cut into 2D slices
 
     @property
