@@ -320,7 +320,8 @@ def train_contrastive(
 
 # ------------------------------------------------------------------ errors
 
-FLAGS = {"report_images": "--no-images", "views": "--view-rotations / --view-gammas", "out": "--out"}
+FLAGS = {"report_images": "--no-images", "views": "--view-rotations / --view-gammas", "out": "--out",
+         "adapt_minutes": "--adapt train=MINUTES"}
 
 
 def flag_of(option: str) -> str:

@@ -5,6 +5,7 @@ table row per image (:class:`Collection`), so that memory stays bounded for any 
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,8 @@ def discover_inputs(train, synthetic, holdout, reading: Reading, *, slices: bool
                                   image_ndim=reading.image_ndim, skip_unreadable=reading.skip_unreadable)
             for role, source in sources.items()}
     sets = pseudonymise(sets, keep=reading.keep_subject_ids)
+    if "holdout" in sets:
+        _check_holdout_apart(sets["training"], sets["holdout"])
     for role, image_set in sets.items():
         if len(image_set.ndims) > 1 and not slices:
             flat = next(ref for ref in image_set.refs if ref.ndim == 2)
@@ -84,6 +87,21 @@ def discover_inputs(train, synthetic, holdout, reading: Reading, *, slices: bool
             raise InputError(sets["synthetic"].source, f"2D images mixed with 3D volumes across inputs ({listing}); "
                                                        f"pass --slices to compare 2D slices")
     return sets
+
+
+def _image_key(ref) -> tuple:
+    return os.path.realpath(ref.source), ref.member, ref.index
+
+
+def _check_holdout_apart(training: ImageSet, holdout: ImageSet) -> None:
+    """A holdout image that is also a training image makes a null of perfect matches: no replica
+    could ever be flagged. Shared files are refused (shared patients cannot be seen from files)."""
+    seen = {_image_key(ref) for ref in training.refs}
+    shared = [ref for ref in holdout.refs if _image_key(ref) in seen]
+    if shared:
+        raise InputError(holdout.source, f"--holdout shares {len(shared)} of its {len(holdout.refs)} images with the "
+                                         f"training set (e.g. {shared[0].source}); the holdout must hold real images "
+                                         f"of patients not in training")
 
 
 def check_grid(sets: dict[str, ImageSet], grid: tuple[int, ...], slices: bool) -> None:

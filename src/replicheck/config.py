@@ -65,7 +65,10 @@ def check_choice(option: str, value, allowed: tuple) -> None:
 
 
 def check_range(option: str, value, *, low=None, high=None, open_interval: bool = False) -> None:
-    """``low <= value <= high`` (``low < value < high`` with ``open_interval``); None: unbounded."""
+    """``low <= value <= high`` (``low < value < high`` with ``open_interval``); None: unbounded.
+    NaN is never in range (every comparison with it is false)."""
+    if isinstance(value, float) and math.isnan(value):
+        raise OptionError(option, f"must be a number, got {value}")
     too_low = low is not None and (value <= low if open_interval else value < low)
     too_high = high is not None and (value >= high if open_interval else value > high)
     if too_low or too_high:

@@ -57,7 +57,9 @@ def input_folders(source) -> list[Path]:
     """The folders whose files ``source`` reads, so that results never land among them: a folder
     itself, or the folders of a manifest's paths (a listed folder, as a DICOM series, itself);
     none for an array file or a single image. A manifest that cannot be read lists none here:
-    :func:`discover` then reports it."""
+    :func:`discover` then reports it (as it does an empty path, which is no folder)."""
+    if not str(source).strip():
+        return []
     path = Path(str(source))
     if path.is_dir():
         return [path]
@@ -83,12 +85,31 @@ def read_manifest(path: Path):
     """A CSV (or ``.tsv``) manifest as text cells, its column names stripped and lower-cased."""
     import pandas as pd
 
+    separator = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
-        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
+        _check_row_lengths(path, separator)
+        # index_col=False: rows ending in a separator (spreadsheet exports) keep their columns in place
+        table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, index_col=False)
+    except InputError:
+        raise
     except Exception as error:
         raise InputError(str(path), f"cannot read the manifest: {one_line(error)}") from None
     table.columns = [c.strip().lower() for c in table.columns]
     return table
+
+
+def _check_row_lengths(path: Path, separator: str) -> None:
+    """A row with more filled cells than the header has columns is an error naming its line
+    (pandas would silently take its first cells as an index and shift the rest)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = csv.reader(handle, delimiter=separator)
+        header = next(rows, [])
+        for row in rows:
+            if len(row) > len(header) and any(cell.strip() for cell in row[len(header):]):
+                raise InputError(str(path), f"line {rows.line_num}: {len(row)} fields but the header has "
+                                            f"{len(header)} columns ({separator.join(header)})")
 
 
 def _manifest_path(base: Path, entry: str) -> str:
@@ -110,6 +131,8 @@ def discover(
     array is one image, a 3D array a stack of 2D images and a 4D array a stack of volumes.
     """
     source = str(source)
+    if not source.strip():
+        raise InputError(repr(source), f"{role} images not found: an empty path")
     collector = _Collector(role, skip_unreadable, image_ndim)
     path = Path(source)
     if path.is_dir():
@@ -195,8 +218,11 @@ class _Collector:
 
     def folder(self, root: Path) -> None:
         dicoms: list[tuple[str, str]] = []  # (path, id)
-        for directory, subdirs, files in os.walk(root):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        visited = {os.path.realpath(root)}
+        for directory, subdirs, files in os.walk(root, followlinks=True):  # linked folders too, each once
+            subdirs[:] = [d for d in sorted(subdirs) if not d.startswith(".")
+                          and os.path.realpath(os.path.join(directory, d)) not in visited]
+            visited.update(os.path.realpath(os.path.join(directory, d)) for d in subdirs)
             for name in sorted(files):
                 path = os.path.join(directory, name)
                 rel = Path(path).relative_to(root).as_posix()
@@ -311,11 +337,16 @@ class _Collector:
                                         f"{self.image_ndim}D images or stacks of them (2D mixed with 3D?)")
             raise InputError(label, f"array of shape {shape} is neither an image nor a stack of images")
         count = shape[0]
+        if count == 0:
+            raise InputError(label, f"holds no images (a stack of shape {shape})")
         if not index:
             return list(range(count))
         if ":" in index:
             start, stop = (int(v) if v else None for v in index.split(":"))
-            return list(range(count))[slice(start, stop)]
+            chosen = list(range(count))[slice(start, stop)]
+            if not chosen:
+                raise InputError(label, f"[{index}] selects none of the {count} images of this stack")
+            return chosen
         position = int(index)
         if not -count <= position < count:
             raise InputError(label, f"index {position} is out of range for a stack of {count} images")

@@ -112,7 +112,7 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
                                      num_workers=config.num_workers, progress=progress)
                        for role, image_set in sets.items()}
         timings["read_and_preprocess"] = time.perf_counter() - tick
-        warnings = _calibration_warnings(collections)
+        warnings = _calibration_warnings(collections) + _skipped_warnings(collections)
         if config.feature.cache and not any(level.cache is not None for level in levels):
             warnings.append(f"--cache {config.feature.cache} is not used: no level of this scan embeds images "
                             f"(add the feature level, --levels voxel,feature)")
@@ -170,6 +170,12 @@ def _prepare(level, training: Collection, config: ScanConfig, progress: Progress
         level.use_embedder(scan_trained_embedder(training.store, subjects, config.feature, seed=config.calibration.seed,
                                                  progress=progress))
     level.prepare(training.store, subjects)
+
+
+def _skipped_warnings(collections: dict[str, Collection]) -> list[str]:
+    """One line per input whose unreadable images --skip-unreadable left out."""
+    return [f"{role}: {len(c.skipped)} unreadable image(s) skipped, e.g. {c.skipped[0][0]}: {c.skipped[0][1]} "
+            f"(all are listed in summary.json)" for role, c in collections.items() if c.skipped]
 
 
 def _calibration_warnings(collections: dict[str, Collection]) -> list[str]:
