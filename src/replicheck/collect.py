@@ -160,6 +160,9 @@ def check_output(out: str | Path, sources: list, *, what: str = "output") -> Non
     target = Path(out).resolve()
     if target.exists() and not target.is_dir():
         raise OptionError(option, f"{out} is an existing file, not a folder")
+    blocking = next((parent for parent in target.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise OptionError(option, f"{out} cannot be created: {blocking} is a file")
     for source in sources:
         for folder in images.input_folders(source):
             folder = folder.resolve()

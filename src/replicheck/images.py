@@ -257,8 +257,11 @@ class _Collector:
                 if not os.path.exists(mask):
                     raise InputError(mask, f"mask file not found (manifest {path.name}, line {row_number})")
             explicit = row.get("id", "").strip()
-            self.entry(resolved, id_hint=explicit or entry, explicit_id=bool(explicit),
-                       subject=row.get("subject", "").strip() or None, mask=mask)
+            try:
+                self.entry(resolved, id_hint=explicit or entry, explicit_id=bool(explicit),
+                           subject=row.get("subject", "").strip() or None, mask=mask)
+            except InputError as error:  # which row of which manifest listed it
+                raise InputError(error.source, f"{error.problem} (manifest {path.name}, line {row_number})") from None
 
     def entry(self, source: str, *, id_hint: str | None, subject: str | None, mask: str | None,
               explicit_id: bool = False) -> None:
