@@ -126,6 +126,22 @@ def test_kill_9_at_random_points_never_shows_a_mixed_or_partial_set(sets, tmp_pa
     print(f"{KILLS} kills; sets seen afterwards: {seen}")
 
 
+def test_sigterm_cleans_up_at_once(sets, tmp_path):
+    """A batch system's time limit (SIGTERM) leaves no working copies even if no run follows."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    process = subprocess.Popen(CLI + _scan_args(sets, "a", tmp_path / "results"), env={**os.environ, "TMPDIR": str(tmpdir)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith("replicheck-") for p in tmpdir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the scan holds working copies
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted; no results were written" in stderr
+    assert _leftovers(tmpdir, tmp_path) == [] and not (tmp_path / "results").exists()
+
+
 def test_a_failing_write_keeps_the_earlier_set_whole(sets, tmp_path, monkeypatch):
     import replicheck
     from replicheck.report import results

@@ -11,6 +11,7 @@ imported inside the commands, so ``replicheck --help`` starts fast.
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -374,8 +375,15 @@ def terminal_safe(message: str) -> str:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def _terminated(signum, frame):
+    """SIGTERM (a batch system's time limit, ``kill``) unwinds like Ctrl-C, so that working copies
+    of the images are removed and no half result set is published."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point: bad flags get the same one-line error as the library's errors."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         code = app(standalone_mode=False)
     except TyperException as error:
