@@ -6,8 +6,12 @@ colour converted to grey. Library errors are turned into :class:`InputError` nam
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import tempfile
 import zipfile
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from threading import Lock
@@ -74,9 +78,11 @@ def peek_nifti(path: str) -> tuple[int, ...]:
     import nibabel as nib
 
     try:
-        shape = nib.load(path).shape
+        image = nib.load(path)
+        shape, dtype = image.shape, image.get_data_dtype()
     except Exception as error:  # nibabel raises many types for bad headers
         raise InputError(path, f"cannot read as NIfTI: {one_line(error)}") from None
+    _check_pixel_dtype(path, dtype)
     return _spatial_shape_xyz(path, shape)
 
 
@@ -85,23 +91,28 @@ def peek_itk(path: str) -> tuple[int, ...]:
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise InputError(path, f"cannot read image header: {_itk_message(error)}") from None
+    with _itk_output() as printed:
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as error:
+            failure = error
+        else:
+            failure = None
+    if failure is not None:
+        raise InputError(path, f"cannot read image header: {_itk_message(failure, printed)}")
     size = tuple(reversed(reader.GetSize()))  # SimpleITK sizes are (x, y, z)
     return _squeeze_shape(path, size)
 
 
 def peek_raster(path: str) -> tuple[int, ...]:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
             width, height = image.size
     except Image.DecompressionBombError as error:
         raise InputError(path, f"refused as a decompression bomb: {one_line(error)}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except Exception as error:  # PIL raises OSError, ValueError, SyntaxError (broken PNG chunks), struct errors...
         raise InputError(path, f"cannot read as an image: {one_line(error)}") from None
     return (height, width)
 
@@ -111,10 +122,11 @@ def peek_tiff(path: str) -> tuple[int, ...]:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            shape = tif.series[0].shape
+            shape, dtype = tif.series[0].shape, tif.series[0].dtype
             samples = tif.pages[0].samplesperpixel
     except Exception as error:  # tifffile raises TiffFileError, ValueError, struct errors
         raise InputError(path, f"cannot read as TIFF: {one_line(error)}") from None
+    _check_pixel_dtype(path, dtype)
     if samples > 1:
         shape = shape[:-1]
     return _squeeze_shape(path, tuple(shape))
@@ -125,6 +137,9 @@ def peek_npy(path: str) -> tuple[tuple[int, ...], np.dtype]:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as error:
         raise InputError(path, f"cannot read as a NumPy .npy file: {one_line(error)}") from None
+    if not isinstance(array, np.ndarray):  # np.load reads an .npz archive whatever its name
+        array.close()
+        raise InputError(path, "is an .npz archive, not a .npy file; rename it to .npz")
     return tuple(array.shape), array.dtype
 
 
@@ -142,30 +157,51 @@ def npz_members(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                                    else np.lib.format.read_array_header_2_0)
                     shape, _, dtype = read_header(handle)
                 members[name[: -len(".npy")]] = (tuple(shape), np.dtype(dtype))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+    except Exception as error:  # zipfile raises BadZipFile, NotImplementedError, RuntimeError, zlib.error...
         raise InputError(path, f"cannot read as a NumPy .npz file: {one_line(error)}") from None
     if not members:
         raise InputError(path, "the .npz file holds no arrays")
     return members
 
 
+# The header attributes discovery reads: integers, and the others (texts and numbers)
+_DICOM_INTEGERS = ("Rows", "Columns", "SamplesPerPixel", "NumberOfFrames")
+_DICOM_DISCOVERY = ("PatientID", "SeriesInstanceUID", "SOPInstanceUID", "ImageOrientationPatient",
+                    "ImagePositionPatient")
+
+
 def dicom_header(path: str):
-    """The DICOM header without pixel data; files without the preamble are read with force."""
+    """The DICOM header without pixel data; files without the preamble are read with force.
+
+    pydicom decodes an element when it is first read; the elements discovery reads are decoded
+    here, so that a damaged one is an error naming the file (and the integers are single integers).
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         try:
-            return pydicom.dcmread(path, stop_before_pixels=True)
+            dataset = pydicom.dcmread(path, stop_before_pixels=True)
         except InvalidDicomError:
             dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
             if "Rows" not in dataset or "Columns" not in dataset:
                 raise InputError(path, "not a DICOM image (no DICOM preamble and no image attributes)")
-            return dataset
+        for keyword in _DICOM_INTEGERS + _DICOM_DISCOVERY:
+            value = dataset.get(keyword)
+            if keyword in _DICOM_INTEGERS and value not in (None, "") and not _is_integer(value):
+                raise InputError(path, f"DICOM attribute {keyword} is not one integer: {repr(value)[:80]}")
+        return dataset
     except InputError:
         raise
     except Exception as error:
         raise InputError(path, f"cannot read as DICOM: {one_line(error)}") from None
+
+
+def _is_integer(value) -> bool:
+    try:
+        return float(value) == int(value)  # several values (a MultiValue) raise TypeError
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 def dicom_shape(path: str, header) -> tuple[int, ...]:
@@ -174,7 +210,10 @@ def dicom_shape(path: str, header) -> tuple[int, ...]:
         rows, columns = int(header.Rows), int(header.Columns)
     except (AttributeError, TypeError, ValueError):
         raise InputError(path, "DICOM file has no image (Rows/Columns missing)") from None
-    frames = int(header.get("NumberOfFrames", 1) or 1)
+    try:
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise InputError(path, f"DICOM NumberOfFrames is not an integer: {header.get('NumberOfFrames')!r}") from None
     return (frames, rows, columns) if frames > 1 else (rows, columns)
 
 
@@ -216,13 +255,20 @@ def _nifti_is_scaled(image) -> bool:
 def _load_itk(ref: ImageRef):
     import SimpleITK as sitk
 
-    try:
-        image = sitk.ReadImage(ref.source)
-    except RuntimeError as error:
-        raise InputError(ref.source, f"cannot read image: {_itk_message(error)}") from None
+    with _itk_output() as printed:
+        try:
+            image = sitk.ReadImage(ref.source)
+        except RuntimeError as error:
+            failure = error
+        else:
+            failure = None
+    if failure is not None:
+        raise InputError(ref.source, f"cannot read image: {_itk_message(failure, printed)}")
     raw = sitk.GetArrayViewFromImage(image)
     notes = ()
-    array = np.asarray(raw, dtype=np.float32)
+    # a copy: the view's memory belongs to ``image`` and is freed with it (np.asarray of a float32
+    # view was the view itself, and float32 images came back as whatever later reused that memory)
+    array = np.array(raw, dtype=np.float32)
     if image.GetNumberOfComponentsPerPixel() > 1:
         array, notes = _to_grey(ref.source, array)
     array = _squeeze_array(ref.source, array)
@@ -231,7 +277,7 @@ def _load_itk(ref: ImageRef):
 
 
 def _load_raster(ref: ImageRef):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     notes: tuple[str, ...] = ()
     try:
@@ -245,7 +291,7 @@ def _load_raster(ref: ImageRef):
             array = np.asarray(image)
     except Image.DecompressionBombError as error:
         raise InputError(ref.source, f"refused as a decompression bomb: {one_line(error)}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except Exception as error:  # as in peek_raster
         raise InputError(ref.source, f"cannot read image pixels: {one_line(error)}") from None
     raw_dtype = array.dtype
     array = array.astype(np.float32)
@@ -266,7 +312,7 @@ def _load_tiff(ref: ImageRef):
     except Exception as error:
         raise InputError(ref.source, f"cannot read TIFF pixels: {one_line(error)}") from None
     raw_dtype = array.dtype
-    array = array.astype(np.float32)
+    array = _as_float32(ref.source, array)
     notes: tuple[str, ...] = ()
     if samples > 1:
         array, notes = _to_grey(ref.source, array)
@@ -306,7 +352,7 @@ def _array_record(ref: ImageRef, stack: np.ndarray):
     raw_dtype = array.dtype
     if raw_dtype.kind not in "biuf":
         raise InputError(ref.id, f"array of dtype {raw_dtype} is not an image")
-    array = np.array(array, dtype=np.float32)
+    array = _as_float32(ref.id, array)
     array = _squeeze_array(ref.id, array)
     return array, (1.0,) * array.ndim, _intensity_hint(array, raw_dtype, False), ()
 
@@ -320,7 +366,7 @@ def _load_dicom(ref: ImageRef):
         raise InputError(ref.source, f"cannot read as DICOM: {one_line(error)}") from None
     array, notes = _dicom_pixels(ref.source, dataset)
     spacing = _dicom_spacing(dataset, array.ndim)
-    return array, spacing, _dicom_intensity(dataset), notes
+    return array, spacing, _dicom_intensity(ref.source, dataset), notes
 
 
 def _load_dicom_series(ref: ImageRef):
@@ -342,7 +388,7 @@ def _load_dicom_series(ref: ImageRef):
     array = np.stack(slices)
     spacing = _dicom_spacing(dataset, 2)
     step = _series_step(ref.files)
-    return array, (step,) + tuple(spacing), _dicom_intensity(dataset), notes
+    return array, (step,) + tuple(spacing), _dicom_intensity(path, dataset), notes
 
 
 def _dicom_pixels(path: str, dataset) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -394,18 +440,26 @@ def _infer_transfer_syntax(dataset) -> None:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
 
 
-def _dicom_intensity(dataset) -> str:
+def _dicom_intensity(path: str, dataset) -> str:
     rescaled = "RescaleSlope" in dataset or "RescaleIntercept" in dataset
-    return "ct" if str(dataset.get("Modality", "")).upper() == "CT" and rescaled else "percentile"
+    try:
+        modality = str(dataset.get("Modality", ""))
+    except Exception as error:  # a damaged element raises when pydicom decodes it
+        raise InputError(path, f"cannot read the DICOM Modality: {one_line(error)}") from None
+    return "ct" if modality.upper() == "CT" and rescaled else "percentile"
 
 
 def _dicom_spacing(dataset, ndim: int) -> tuple[float, ...]:
+    """Pixel spacing and slice thickness; 1 where missing or unreadable (spacing is only reported)."""
     try:
         row, column = (float(v) for v in dataset.PixelSpacing)
-    except (AttributeError, TypeError, ValueError):
+    except Exception:  # missing, not two numbers, or a damaged element
         row, column = 1.0, 1.0
     if ndim == 3:
-        thickness = float(dataset.get("SliceThickness", 1.0) or 1.0)
+        try:
+            thickness = float(dataset.get("SliceThickness", 1.0) or 1.0)
+        except Exception:
+            thickness = 1.0
         return (thickness, row, column)
     return (row, column)
 
@@ -446,7 +500,25 @@ def _to_grey(source: str, array: np.ndarray) -> tuple[np.ndarray, tuple[str, ...
     raise InputError(source, f"cannot convert {samples} colour channels to grey")
 
 
+def _check_pixel_dtype(source: str, dtype) -> None:
+    """Real numbers only: casting complex pixels to float32 would silently drop their imaginary part."""
+    if np.dtype(dtype).kind not in "biuf":
+        raise InputError(source, f"pixels of dtype {np.dtype(dtype)} are not an image (real numbers needed)")
+
+
+def _as_float32(source: str, array: np.ndarray) -> np.ndarray:
+    """``array`` as float32; finite values beyond float32's range are an error, not infinities."""
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4:
+        magnitude = np.abs(array[np.isfinite(array)])
+        largest = float(magnitude.max()) if magnitude.size else 0.0
+        if largest > np.finfo(np.float32).max:
+            raise InputError(source, f"values up to {largest:.3g} lie beyond the float32 range replicheck computes in")
+    return np.array(array, dtype=np.float32)
+
+
 def _squeeze_shape(source: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if 0 in shape:
+        raise InputError(source, f"image of shape {shape} has no voxels")
     spatial = tuple(n for n in shape if n != 1)
     if len(spatial) not in (2, 3):
         raise InputError(source, f"image of shape {shape} is neither 2D nor 3D")
@@ -475,6 +547,8 @@ def _intensity_hint(array: np.ndarray, raw_dtype: np.dtype, scaled: bool) -> str
 
 
 def _finite_or_fail(source: str, array: np.ndarray, notes: tuple[str, ...]):
+    if array.size == 0:
+        raise InputError(source, f"image of shape {array.shape} has no voxels")
     finite = np.isfinite(array)
     if not finite.all():
         if not finite.any():
@@ -488,7 +562,55 @@ def _finite_or_fail(source: str, array: np.ndarray, notes: tuple[str, ...]):
     return array, notes
 
 
-def _itk_message(error: RuntimeError) -> str:
+_ITK_OUTPUT = Lock()
+
+
+@contextmanager
+def _itk_output():
+    """Collect what ITK's readers print to the process's stderr (MetaIO writes its reasons to file
+    descriptor 2 itself, past Python): while one runs, descriptor 2 goes to a temporary file. The
+    ``Meta...`` lines are yielded for the error message; anything else written meanwhile (another
+    thread's progress bar) is passed on afterwards. One ITK read at a time: descriptor 2 is shared."""
+    printed: list[str] = []
+    with _ITK_OUTPUT, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield printed
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+            others = []
+            for line in text.splitlines(keepends=True):
+                if line.startswith("Meta"):
+                    printed.append(line.strip())
+                elif printed and line[:1].isspace() and line.strip():  # a Meta line's detail, indented
+                    printed[-1] += f" ({line.strip()})"
+                else:
+                    others.append(line)
+            if others:
+                sys.stderr.write("".join(others))
+
+
+def _itk_message(error: RuntimeError, printed: list[str] = ()) -> str:
+    """The reason a SimpleITK error gives: what MetaIO printed (its own reason; the exception's
+    'Reason:' then only repeats errno, often 'No such file or directory' for a file that exists),
+    else NRRD's last (most specific) line, else the ITK error line (with the 'Reason:' line after
+    it) without the object's address, else the last line that is not a source location."""
+    if printed:
+        return "; ".join(dict.fromkeys(line.removeprefix("MetaImage: ") for line in printed))
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    useful = [line for line in lines if not re.match(r"^(sitk::ERROR|/|in )", line)]
+    nrrd = [line for line in lines if line.startswith("[nrrd]")]
+    if nrrd:
+        return nrrd[-1]
+    for i, line in enumerate(lines):
+        found = re.match(r"^(?:sitk::ERROR|ITK ERROR|itk::ERROR):\s*(.+)", line)
+        if found:
+            reason = [r for r in lines[i + 1:i + 2] if r.startswith("Reason:")]
+            return " ".join([re.sub(r"\(0x[0-9a-fA-F]+\)", "", found.group(1))] + reason)
+    useful = [line for line in lines if not re.match(r"^(/|in |Exception thrown in SimpleITK)", line)]
     return (useful or lines or ["unknown error"])[-1]
