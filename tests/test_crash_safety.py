@@ -245,3 +245,21 @@ def test_tables_are_identical_across_reruns_and_thread_counts(sets, tmp_path, le
                         subject_regex=r"img(\d+)", levels=levels, num_workers=workers).write(out)
         outs.append(_set_of(out))
     assert outs[0] == outs[1] == outs[2]
+
+
+def test_outputs_follow_the_umask_and_working_copies_stay_private(tmp_path):
+    from replicheck.files import write_text
+
+    previous = os.umask(0o027)
+    try:
+        workspace._umask.cache_clear()
+        with workspace.staged_folder(tmp_path / "out") as folder:
+            write_text("{}", folder / "summary.json")
+        with workspace.scratch() as scratch:
+            private = scratch.stat().st_mode & 0o777
+    finally:
+        os.umask(previous)
+        workspace._umask.cache_clear()
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "out" / "summary.json").stat().st_mode & 0o777 == 0o640
+    assert private == 0o700

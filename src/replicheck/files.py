@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .records import ReplicheckError
-from .workspace import owner_tag, sweep
+from .workspace import owner_tag, published_mode, sweep
 
 
 def atomic_write(path: str | Path, write: Callable, *, binary: bool = False) -> Path:
@@ -39,6 +39,7 @@ def atomic_write(path: str | Path, write: Callable, *, binary: bool = False) -> 
         with (os.fdopen(descriptor, "wb") if binary else
               os.fdopen(descriptor, "w", encoding="utf-8", newline="")) as handle:
             write(handle)
+        os.chmod(temporary, published_mode())  # mkstemp's 0600, opened up as the umask allows
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

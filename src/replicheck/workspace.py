@@ -23,10 +23,25 @@ import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 _HOST = re.sub(r"[^A-Za-z0-9.]", "", socket.gethostname())[:40] or "host"
 _OWNED = re.compile(r"(\d+)@([A-Za-z0-9.]+)-")
+
+
+@lru_cache(maxsize=1)
+def _umask() -> int:
+    mask = os.umask(0o077)  # reading the umask means setting it; put back at once
+    os.umask(mask)
+    return mask
+
+
+def published_mode(*, folder: bool = False) -> int:
+    """The mode an output gets once in place: what the user's umask gives a new file or folder.
+    Temporary names are created private (0600/0700) and opened up only as they are published;
+    scratch folders holding image copies stay private."""
+    return (0o777 if folder else 0o666) & ~_umask()
 
 
 def owner_tag() -> str:
@@ -107,6 +122,7 @@ def staged_folder(target: str | Path):
     staging = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(target)}{owner_tag()}-", dir=target.parent))
     try:
         yield staging
+        os.chmod(staging, published_mode(folder=True))
         publish(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # after publish: the old set; after a failure: the new one
