@@ -165,7 +165,8 @@ def _masked_pearson(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> np.
     bc = (b - (b * mask).sum(1, keepdim=True) / count) * mask
     numerator = (ac * bc).sum(1, dtype=torch.float64)
     denominator = torch.sqrt((ac * ac).sum(1, dtype=torch.float64) * (bc * bc).sum(1, dtype=torch.float64))
-    return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), 0.0).numpy()
+    # float32 sums can put r a rounding error beyond +-1 (1.0000001 for proportional rows)
+    return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), 0.0).clamp(-1.0, 1.0).numpy()
 
 
 def _structure(q: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, band: tuple[float, float]) -> np.ndarray:
@@ -281,7 +282,8 @@ def _pearson(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     c_var = (cc * cc).sum(dim=1).double()
     numerator = (qc * cc).sum(dim=1).double()
     denominator = torch.sqrt(q_var * c_var)
-    return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), 0.0)
+    # float32 sums can put r a rounding error beyond +-1 (1.0000001 for proportional rows)
+    return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), 0.0).clamp(-1.0, 1.0)
 
 
 def unit_rows(rows: torch.Tensor) -> torch.Tensor:
