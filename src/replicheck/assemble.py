@@ -218,6 +218,8 @@ def summary(*, config: ScanConfig, preprocessing: Preprocessing, collections: di
             "quantile": config.calibration.quantile,
             "tail": config.calibration.tail,
             "p_value": "(1 + #null scores >= score) / (1 + #null)",
+            "p_value_floor": calibrate.p_floor(next(iter(level_summaries.values()))["n_null"],
+                                               len(collections["synthetic"])),
             "flag": "nearest-training score of the primary measure above the null's quantile"
                     + (" or, if higher, the same quantile of a Gaussian fitted to the null (Fisher z for scores in "
                        "[-1, 1])" if config.calibration.tail == "guarded" else ""),

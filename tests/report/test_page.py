@@ -8,6 +8,8 @@ save screenshots to ``$REPLICHECK_SCREENSHOTS`` when that is set, for a person t
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shutil
@@ -283,3 +285,19 @@ def test_3d_report_renders_in_chromium(results_3d, tmp_path):
     assert dom.count("background-position: 0px") + dom.count("background-position: 0%") + \
         len(re.findall(r"background-position: 0(?:px)? [\d.]+%", dom)) >= 12  # the sliders placed their strips
     assert len(re.findall(r'class="rowhead slice-label">z = \d+<', dom)) == 4
+
+
+def test_p_values_say_their_floor_and_what_would_resolve_them(results_2d):
+    out = results_2d / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    null = pd.read_csv(out / "null.csv")
+    synthetic = pd.read_csv(out / "synthetic.csv", dtype={"id": str})
+    floor = summary["calibration"]["p_value_floor"]
+    assert floor["value"] == pytest.approx(1 / (len(null) + 1)) and floor["n_null"] == len(null)
+    assert floor["null_images_for_bonferroni"] == math.ceil(len(synthetic) / 0.05 - 1)
+    at_floor = np.isclose(synthetic["voxel_p"], floor["value"])
+    assert at_floor.sum() >= 1  # the planted exact copies lie beyond every null image
+    html = _html(out)
+    assert f"no p-value can be below 1/({len(null)} + 1)" in html
+    assert html.count("(floor)</span>") == at_floor.sum()  # one score table per gallery card
+    assert "combined score" in page.flagged_table(synthetic, summary)["columns"]
