@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -301,3 +302,42 @@ def test_p_values_say_their_floor_and_what_would_resolve_them(results_2d):
     assert f"no p-value can be below 1/({len(null)} + 1)" in html
     assert html.count("(floor)</span>") == at_floor.sum()  # one score table per gallery card
     assert "combined score" in page.flagged_table(synthetic, summary)["columns"]
+
+
+def test_every_output_tells_the_same_verdict(results_2d, tmp_path):
+    """The replica column, the reason, the gallery's badges and level marks, and the flagged table
+    agree for every image of a multi-level scan, also for images a level flags on its own."""
+    synth = tmp_path / "synth"
+    shutil.copytree(results_2d / "synth", synth)
+    train = sorted((results_2d / "train").glob("*.npy"))
+    novel = sorted(synth.glob("novel*.npy"))
+    a, b = np.load(train[20]).astype(np.float32), np.load(novel[1]).astype(np.float32)
+    for i, weight in enumerate(np.linspace(0.70, 0.95, 26)):  # a continuum from novel to copy: some images land
+        np.save(synth / f"blend{i:02d}.npy", (weight * a + (1 - weight) * b).round().astype(np.uint8))  # in between
+    result = scan(results_2d / "train", synth, results_2d / "hold", levels="voxel,feature", combine="bonferroni",
+                  adapt="none")  # the bundled model as it is: quicker, and the verdicts are what is tested
+    result.write(tmp_path / "out")
+    synthetic = pd.read_csv(tmp_path / "out" / "synthetic.csv", dtype={"id": str}, keep_default_na=False)
+    replica = synthetic["replica"].astype(bool)
+    by_level = synthetic["voxel_flag"].astype(bool) | synthetic["feature_flag"].astype(bool)
+    level_only = by_level & ~replica
+    assert level_only.sum() >= 1 and replica.sum() >= 1  # both kinds are there to disagree
+    reason = synthetic["reason"]
+    assert reason[replica].str.startswith("replica: ").all()
+    assert reason[level_only].str.startswith("not a replica: the combined rule bonferroni").all()
+    assert reason[~by_level & ~replica].eq("").all()
+    html = _html(tmp_path / "out")
+    for card in re.findall(r'<article class="pair.*?</article>', html, flags=re.S):
+        name = unescape(re.search(r"synthetic <b>(.*?)</b>", card).group(1))
+        row = synthetic.set_index("id").loc[name]
+        verdict = re.search(r'<span class="tag (replica|clear)">(.*?)</span>', card)
+        assert verdict.group(2) == ("replica" if row["replica"] else "not a replica"), name
+        assert card.count(">exceeded<") == int(row["voxel_flag"]) + int(row["feature_flag"]), name
+        assert ("flag-level" in card) == (not row["replica"] and (row["voxel_flag"] or row["feature_flag"])), name
+    table = page.flagged_table(synthetic, json.loads((tmp_path / "out" / "summary.json").read_text()))
+    ids = [row[0] for row in table["rows"]]
+    verdicts = [table["dictionaries"].get("2", ["replica", "not a replica"])[row[2]] if "2" in table["dictionaries"]
+                else row[2] for row in table["rows"]]
+    assert sorted(ids) == sorted(synthetic.loc[by_level, "id"])
+    assert verdicts == ["replica" if synthetic.set_index("id").loc[i, "replica"] else "not a replica" for i in ids]
+    assert f"+ {level_only.sum()} by a level only" in html
