@@ -67,15 +67,22 @@ def synthetic_table(items: pd.DataFrame, verdicts: list[LevelVerdict], combined:
 
 
 def combined_reasons(verdicts: list[LevelVerdict], combined: CombinedVerdict, train_ids: np.ndarray) -> list[str]:
-    """Per synthetic image, the reasons of the levels that flag it; for an image the combination
-    flags but no level alone does, the combined p-value."""
+    """Per synthetic image, the verdict and the evidence behind it, in words that agree with the
+    ``replica`` column: "replica: " and the levels that flag it (or the combined p-value when the
+    combination flags it and no level alone does); for an image that some level flags but the
+    combined rule does not, "not a replica: the combined rule ... does not flag it, although a
+    level alone does: ..."; nothing for an image no level flags."""
     names = ", ".join(verdict.name for verdict in verdicts)
     out = []
     for flag, parts, p in zip(combined.flags, zip(*(reasons(v, train_ids) for v in verdicts)), combined.p):
         parts = [part for part in parts if part]
-        if flag and not parts:  # flagged by the combination, by no level alone
-            parts = [f"{combined.rule}: combined p={p:.3g} over {names}"]
-        out.append("; ".join(parts))
+        if flag:
+            out.append("replica: " + ("; ".join(parts) if parts else f"{combined.rule}: combined p={p:.3g} over {names}"))
+        elif parts:
+            out.append(f"not a replica: the combined rule {combined.rule} (p={p:.3g}) does not flag it, although a "
+                       f"level alone does: {'; '.join(parts)}")
+        else:
+            out.append("")
     return out
 
 
@@ -218,6 +225,8 @@ def summary(*, config: ScanConfig, preprocessing: Preprocessing, collections: di
             "quantile": config.calibration.quantile,
             "tail": config.calibration.tail,
             "p_value": "(1 + #null scores >= score) / (1 + #null)",
+            "p_value_floor": calibrate.p_floor(next(iter(level_summaries.values()))["n_null"],
+                                               len(collections["synthetic"])),
             "flag": "nearest-training score of the primary measure above the null's quantile"
                     + (" or, if higher, the same quantile of a Gaussian fitted to the null (Fisher z for scores in "
                        "[-1, 1])" if config.calibration.tail == "guarded" else ""),

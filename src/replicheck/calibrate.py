@@ -106,6 +106,17 @@ def p_values(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(scores), np.nan, (1.0 + at_least) / (1.0 + null.size))
 
 
+def p_floor(n_null: int, n_synthetic: int, alpha: float = 0.05) -> dict:
+    """What an empirical p-value from ``n_null`` null images can say: its smallest value
+    1 / (n + 1), which every image beyond all null scores gets, copy or not; and how many null
+    images a p-value needs to get below ``alpha`` / ``n_synthetic`` (each flag surviving a
+    Bonferroni correction over the synthetic images)."""
+    needed = math.ceil(n_synthetic / alpha - 1)
+    return {"value": 1.0 / (n_null + 1), "n_null": int(n_null),
+            "null_images_for_bonferroni": int(needed), "bonferroni_alpha": alpha,
+            "resolves_bonferroni": bool(n_null >= needed)}
+
+
 def exceeds(scores: np.ndarray, limit: Threshold) -> np.ndarray:
     """Flags: oriented score strictly above the threshold."""
     return np.asarray(scores, dtype=np.float64) > limit.value

@@ -120,10 +120,12 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
         n_training = len(collections["training"])
         for level in levels:
             tick = time.perf_counter()
+            prepared = progress.step(f"{level.name}: fitting to training", 1)
             _prepare(level, collections["training"], config, progress)
+            prepared(1)
             timings[f"{level.name}.prepare"] = time.perf_counter() - tick
             tick = time.perf_counter()
-            sides = {role: build_side(level, c.store, c.rows, workdir, f"{level.name}.{role}")
+            sides = {role: build_side(level, c.store, c.rows, workdir, f"{level.name}.{role}", progress=progress)
                      for role, c in collections.items()}
             timings[f"{level.name}.represent"] = time.perf_counter() - tick
             earlier = [verdict.searches for verdict in verdicts] if level.union_candidates else []

@@ -61,7 +61,8 @@ class Side:
     query_vectors: np.ndarray | None = None  # (n, views, d): several search vectors per image as a query
 
 
-def build_side(level: Level, store: ArrayStore, rows: pd.DataFrame, workdir: Path, name: str) -> Side:
+def build_side(level: Level, store: ArrayStore, rows: pd.DataFrame, workdir: Path, name: str, *,
+               progress: Progress | None = None) -> Side:
     """Search vectors (in memory) and coarse rows (on disk) of one set of images for one level.
 
     ``rows`` are the images' table rows (id, subject, source, role, mask...). A level with its own
@@ -71,6 +72,7 @@ def build_side(level: Level, store: ArrayStore, rows: pd.DataFrame, workdir: Pat
     vectors, views, as_query, as_candidate = [], [], None, None
     batch_size = max(1, VECTOR_BATCH_BYTES // (4 * int(np.prod(store.shape))))
     searched = store
+    advance = (progress or Progress()).step(f"{name.replace('.', ': ')} vectors", len(store))
     for start, batch in store.batches(batch_size):
         if level.own_representation:
             batch = level.represent(batch, rows.iloc[start:start + len(batch)])
@@ -80,6 +82,7 @@ def build_side(level: Level, store: ArrayStore, rows: pd.DataFrame, workdir: Pat
                 searched.append(array)
         vectors.append(level.vectors(batch))
         views.append(level.query_views(batch))
+        advance(len(batch))
         coarse = level.coarse(batch)
         if coarse is None:
             continue

@@ -8,10 +8,13 @@ save screenshots to ``$REPLICHECK_SCREENSHOTS`` when that is set, for a person t
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shutil
 import subprocess
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -283,3 +286,58 @@ def test_3d_report_renders_in_chromium(results_3d, tmp_path):
     assert dom.count("background-position: 0px") + dom.count("background-position: 0%") + \
         len(re.findall(r"background-position: 0(?:px)? [\d.]+%", dom)) >= 12  # the sliders placed their strips
     assert len(re.findall(r'class="rowhead slice-label">z = \d+<', dom)) == 4
+
+
+def test_p_values_say_their_floor_and_what_would_resolve_them(results_2d):
+    out = results_2d / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    null = pd.read_csv(out / "null.csv")
+    synthetic = pd.read_csv(out / "synthetic.csv", dtype={"id": str})
+    floor = summary["calibration"]["p_value_floor"]
+    assert floor["value"] == pytest.approx(1 / (len(null) + 1)) and floor["n_null"] == len(null)
+    assert floor["null_images_for_bonferroni"] == math.ceil(len(synthetic) / 0.05 - 1)
+    at_floor = np.isclose(synthetic["voxel_p"], floor["value"])
+    assert at_floor.sum() >= 1  # the planted exact copies lie beyond every null image
+    html = _html(out)
+    assert f"no p-value can be below 1/({len(null)} + 1)" in html
+    assert html.count("(floor)</span>") == at_floor.sum()  # one score table per gallery card
+    assert "combined score" in page.flagged_table(synthetic, summary)["columns"]
+
+
+def test_every_output_tells_the_same_verdict(results_2d, tmp_path):
+    """The replica column, the reason, the gallery's badges and level marks, and the flagged table
+    agree for every image of a multi-level scan, also for images a level flags on its own."""
+    synth = tmp_path / "synth"
+    shutil.copytree(results_2d / "synth", synth)
+    train = sorted((results_2d / "train").glob("*.npy"))
+    novel = sorted(synth.glob("novel*.npy"))
+    a, b = np.load(train[20]).astype(np.float32), np.load(novel[1]).astype(np.float32)
+    for i, weight in enumerate(np.linspace(0.70, 0.95, 26)):  # a continuum from novel to copy: some images land
+        np.save(synth / f"blend{i:02d}.npy", (weight * a + (1 - weight) * b).round().astype(np.uint8))  # in between
+    result = scan(results_2d / "train", synth, results_2d / "hold", levels="voxel,feature", combine="bonferroni",
+                  adapt="none")  # the bundled model as it is: quicker, and the verdicts are what is tested
+    result.write(tmp_path / "out")
+    synthetic = pd.read_csv(tmp_path / "out" / "synthetic.csv", dtype={"id": str}, keep_default_na=False)
+    replica = synthetic["replica"].astype(bool)
+    by_level = synthetic["voxel_flag"].astype(bool) | synthetic["feature_flag"].astype(bool)
+    level_only = by_level & ~replica
+    assert level_only.sum() >= 1 and replica.sum() >= 1  # both kinds are there to disagree
+    reason = synthetic["reason"]
+    assert reason[replica].str.startswith("replica: ").all()
+    assert reason[level_only].str.startswith("not a replica: the combined rule bonferroni").all()
+    assert reason[~by_level & ~replica].eq("").all()
+    html = _html(tmp_path / "out")
+    for card in re.findall(r'<article class="pair.*?</article>', html, flags=re.S):
+        name = unescape(re.search(r"synthetic <b>(.*?)</b>", card).group(1))
+        row = synthetic.set_index("id").loc[name]
+        verdict = re.search(r'<span class="tag (replica|clear)">(.*?)</span>', card)
+        assert verdict.group(2) == ("replica" if row["replica"] else "not a replica"), name
+        assert card.count(">exceeded<") == int(row["voxel_flag"]) + int(row["feature_flag"]), name
+        assert ("flag-level" in card) == (not row["replica"] and (row["voxel_flag"] or row["feature_flag"])), name
+    table = page.flagged_table(synthetic, json.loads((tmp_path / "out" / "summary.json").read_text()))
+    ids = [row[0] for row in table["rows"]]
+    verdicts = [table["dictionaries"].get("2", ["replica", "not a replica"])[row[2]] if "2" in table["dictionaries"]
+                else row[2] for row in table["rows"]]
+    assert sorted(ids) == sorted(synthetic.loc[by_level, "id"])
+    assert verdicts == ["replica" if synthetic.set_index("id").loc[i, "replica"] else "not a replica" for i in ids]
+    assert f"+ {level_only.sum()} by a level only" in html
