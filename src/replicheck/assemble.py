@@ -258,6 +258,15 @@ def summary(*, config: ScanConfig, preprocessing: Preprocessing, collections: di
     return out
 
 
+def volume_headline(record: dict) -> str:
+    """The headline's line on whole volumes, for a scan of their slices."""
+    if not record["available"]:
+        return f"Per volume: no verdict ({record['why']})."
+    rate = record["n_copies"]
+    return (f"Per volume: {rate['count']:,} of {rate['total']:,} synthetic volumes ({rate['rate'] * 100:.1f}%, 95% CI "
+            f"{rate['ci95'][0] * 100:.1f}–{rate['ci95'][1] * 100:.1f}%) are replicas (volumes.csv).")
+
+
 def headline(combined, replica_training: int, floor, quantile: float) -> str:
     """The two lines a user reads first. The holdout floor is a share of the null images; below
     1 / (1 - quantile) of them it cannot show a rate near 1 - quantile, so it is not given as 0.0%."""

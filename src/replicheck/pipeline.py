@@ -30,6 +30,7 @@ from .records import OptionError, ReplicheckError
 from .report import gallery
 from .report.gallery import Gallery
 from .search import build_side, search_level
+from .volumes import volume_verdicts
 from .workspace import scratch
 
 
@@ -39,7 +40,8 @@ class ScanResult:
     one row per synthetic image x rescored neighbour x level; ``training``: one row per
     training image; ``null``: one row per image of the null distribution (holdout images, or
     training images under leave-one-subject-out) with its nearest-training score per level;
-    ``gallery``: display copies of the top pairs for the report (None with report images off).
+    ``gallery``: display copies of the top pairs for the report (None with report images off);
+    ``volumes``: with ``--slices``, one verdict per synthetic volume (:mod:`replicheck.volumes`).
     The columns are described in :mod:`replicheck.assemble`."""
 
     synthetic: pd.DataFrame
@@ -49,6 +51,7 @@ class ScanResult:
     null: pd.DataFrame
     warnings: tuple[str, ...] = ()
     gallery: Gallery | None = field(default=None, repr=False)
+    volumes: pd.DataFrame | None = None  # with --slices: one row per synthetic volume (replicheck.volumes)
 
     @property
     def headline(self) -> str:
@@ -143,6 +146,16 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
         items = {role: c.items for role, c in collections.items()}
         null_role = "holdout" if "holdout" in collections else "training"
         table = assemble.synthetic_table(items["synthetic"], verdicts, combined, items["training"])
+        summary = assemble.summary(config=config, preprocessing=settings, collections=collections, verdicts=verdicts,
+                                   combined=combined, copies=copies, level_summaries=level_summaries, timings=timings,
+                                   warnings=warnings, command=command)
+        volumes = None
+        if slices:
+            volumes, summary["volumes"] = volume_verdicts(
+                verdicts, items["synthetic"], items[null_role], items["training"], rule=config.calibration.combine,
+                quantile=config.calibration.quantile, tail=config.calibration.tail)
+            if summary["volumes"]["applies"]:
+                summary["headline"] += "\n" + assemble.volume_headline(summary["volumes"])
         shown = None
         if config.report.images and config.report.gallery:
             chosen = gallery.choose(table, {level.name: level.measures[level.primary] for level in levels},
@@ -153,12 +166,9 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
             synthetic=table,
             pairs=assemble.pairs_table(verdicts, items["synthetic"], items["training"]),
             training=assemble.training_table(items["training"], verdicts, copies, items["synthetic"]),
-            summary=assemble.summary(config=config, preprocessing=settings, collections=collections,
-                                     verdicts=verdicts, combined=combined, copies=copies,
-                                     level_summaries=level_summaries, timings=timings, warnings=warnings,
-                                     command=command),
+            summary=summary,
             null=assemble.null_table(items[null_role], null_role, verdicts, items["training"]),
-            warnings=tuple(warnings), gallery=shown)
+            warnings=tuple(warnings), gallery=shown, volumes=volumes)
     return result
 
 

@@ -18,7 +18,7 @@ from .gallery import GALLERY_FILE
 from .page import write_report
 
 OUTPUTS = ("synthetic.csv", "pairs.csv", "training.csv", "null.csv", "summary.json", "report.html")
-RESULT_FILES = OUTPUTS + (GALLERY_FILE,)
+RESULT_FILES = OUTPUTS + (GALLERY_FILE, "volumes.csv")
 
 
 def check_results_folder(out: str | Path) -> None:
@@ -49,6 +49,8 @@ def write_results(result, out: str | Path, *, labels: str | Path | None = None) 
             write_csv(result.training, folder / "training.csv", guard_formulas=True)
             write_csv(result.null, folder / "null.csv", guard_formulas=True)
             write_json(result.summary, folder / "summary.json")
+            if result.volumes is not None and not result.volumes.empty:
+                write_csv(result.volumes, folder / "volumes.csv", guard_formulas=True)
             if result.gallery is not None:
                 result.gallery.save(folder / GALLERY_FILE)
             write_report(folder, labels=labels, images=result.summary["settings"]["report"]["images"])
