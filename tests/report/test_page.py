@@ -157,17 +157,18 @@ def test_labels_must_cover_every_synthetic_image(results_2d, tmp_path):
     assert run.exit_code == 2 and "partial.csv: no label for 10 synthetic images" in run.output
 
 
-def test_3d_gallery_has_planes_through_the_changed_block_and_slices_to_move_through(results_3d):
+def test_3d_gallery_has_planes_through_the_anatomy_and_slices_to_move_through(results_3d):
     stored = gallery.Gallery.load(results_3d / "out" / "gallery.npz")
     assert stored.ndim == 3
     copies = stored.pairs[stored.pairs["synthetic"].str.startswith("copy")]  # ids are file names
     assert len(copies) == 2 and copies["replica"].all()
     for index in copies.index:
         centre = np.array(stored.pairs.loc[index, "centre"].split(), dtype=int)
-        # The block [30, 50)^3 of the 120x120x90 arrays, on the 48x48x40 grid: centred at 40 * grid / shape.
-        expected = 40 * np.array([48, 48, 40]) / np.array([120, 120, 90])
-        assert np.all(np.abs(centre - expected) <= 2), (centre, expected)
+        assert np.all(np.abs(centre - np.array([24, 24, 20])) <= 8), centre  # the head's middle, not a rim
         assert centre[0] in stored.arrays["nav_positions"][index]
+        for plane in ("synthetic.y", "synthetic.x", "training.y", "training.x"):
+            shown = stored.arrays[plane][index]
+            assert (shown > 50).mean() > 0.3, (plane, (shown > 50).mean())  # anatomy, not an empty corner
     assert stored.arrays["synthetic.nav"].shape[1] == gallery.NAV_SLICES
     html = _html(results_3d / "out")
     assert html.count('class="slice-slider"') == _cards(html) == 4
@@ -207,12 +208,18 @@ def test_the_gallery_shows_a_turned_copy_moved_back_onto_its_source(results_2d):
     assert "training image flipped along x, turned 8." in _html(results_2d / "out")
 
 
-def test_most_different_finds_a_changed_block():
-    rng = np.random.default_rng(0)
-    volume = rng.random((32, 40, 40)).astype(np.float32)
-    changed = volume.copy()
-    changed[20:26, 5:11, 30:36] += 0.5
-    assert np.all(np.abs(np.array(gallery.most_different(changed, volume)) - (22.5, 7.5, 32.5)) <= 2)
+def test_the_planes_of_a_3d_pair_go_through_the_anatomy_not_an_empty_corner():
+    """An exact copy moved by a few voxels differs most at the volume's empty rim; the planes shown
+    must still cross the head (issue #20)."""
+    z, y, x = np.mgrid[:32, :48, :48]
+    head = (((z - 18) / 10.0) ** 2 + ((y - 26) / 14.0) ** 2 + ((x - 22) / 12.0) ** 2 <= 1).astype(np.float32)
+    head *= 0.6 + 0.4 * np.random.default_rng(0).random(head.shape, dtype=np.float32)
+    copy = np.roll(head, (1, 2, -2), axis=(0, 1, 2))
+    centre = gallery.anatomy_centre(copy, head)
+    assert np.all(np.abs(np.array(centre) - (18.5, 27, 21)) <= 1.5), centre
+    for axis in range(3):
+        assert (np.take(copy, centre[axis], axis=axis) > 0).mean() > 0.2  # every plane shows anatomy
+    assert gallery.anatomy_centre(np.zeros((8, 8, 8)), np.zeros((8, 8, 8))) == (4, 4, 4)
 
 
 def test_script_json_cannot_close_its_script_element():

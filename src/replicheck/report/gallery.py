@@ -4,7 +4,7 @@ A scan keeps its analysis-grid images only in a temporary folder, so before that
 the scan copies what the report needs into ``gallery.npz`` in the results folder: for each of
 the top pairs, the synthetic image and its nearest training image moved onto it by the transform
 the voxel level found (flip, rotation, scale, shift), as 8-bit display copies. In 3D it keeps the three orthogonal planes
-through the region where the two volumes differ most and a stack of slices along z to move
+through the centre of the anatomy the two volumes share and a stack of slices along z to move
 through, not whole volumes, so the file stays small (about 0.5 MB per 3D pair).
 ``replicheck report RESULTS`` re-renders from that file without the original images.
 With ``--no-images`` no file is written and the report holds no patient pixels.
@@ -35,7 +35,7 @@ class Gallery:
     """Display copies (uint8, 0 = 0.0 and 255 = 1.0 of the analysis intensity range) of the top
     pairs. ``pairs`` has one row per pair: synthetic id, training id, the level whose nearest
     image it is, the transform applied to the training image (:data:`TRANSFORM_COLUMNS`, empty
-    when the level found none), and for 3D the centre (z, y, x) of the most different region.
+    when the level found none), and for 3D the centre (z, y, x) of the shared anatomy.
     ``arrays`` maps "synthetic"/"training" (2D: (n, H, W)) or, in 3D, "synthetic.y",
     "training.x", ... (the planes through the centre across y and x), "synthetic.nav" and
     "training.nav" (slices along z, positions in "nav_positions") to stacked arrays."""
@@ -110,7 +110,7 @@ def extract(chosen: pd.DataFrame, synthetic_store, training_store, training_ids)
     train = np.stack([image for image, _ in moved])
     if synth.ndim - 1 == 2:
         return Gallery(pairs, {"synthetic": to_uint8(synth), "training": to_uint8(train)})
-    centres = np.array([most_different(s, t, covered) for s, t, (_, covered) in zip(synth, train, moved)],
+    centres = np.array([anatomy_centre(s, t, covered) for s, t, (_, covered) in zip(synth, train, moved)],
                        dtype=int).reshape(-1, 3)
     pairs = pairs.assign(centre=[" ".join(map(str, c)) for c in centres])
     arrays = {}
@@ -139,16 +139,27 @@ def describe_transform(pair, ndim: int) -> str:
     return transform_of(pair, ndim).describe()
 
 
-def most_different(synthetic: np.ndarray, training: np.ndarray, covered: np.ndarray | None = None) -> tuple[int, ...]:
-    """Centre (z, y, x) of the region where two volumes differ most: the maximum of the absolute
-    difference averaged over a box an eighth of the volume wide (one voxel is noise, not a region),
-    among the voxels the moved training image ``covered`` (its zero-filled rim is no difference)."""
-    size = tuple(max(3, n // 8) for n in synthetic.shape)
-    difference = np.abs(synthetic - training).astype(np.float32)
+def anatomy_centre(synthetic: np.ndarray, training: np.ndarray, covered: np.ndarray | None = None) -> tuple[int, ...]:
+    """Centre (z, y, x) of the anatomy the pair shares: the centre of mass of the voxels that are
+    foreground (above Otsu's threshold) in both volumes, where the moved training image
+    ``covered`` the grid. Planes through it show the anatomy and the match; planes through the
+    region where a pair differs most showed an exact shifted copy's empty corner (issue #20).
+    Falls back to the synthetic volume's foreground, then to the grid's centre."""
+    from skimage.filters import threshold_otsu
+
+    def foreground(volume: np.ndarray) -> np.ndarray:
+        finite = volume[np.isfinite(volume)]
+        if finite.size == 0 or finite.min() == finite.max():
+            return np.zeros(volume.shape, dtype=bool)
+        return volume > threshold_otsu(finite)
+
+    shared = foreground(synthetic) & foreground(training)
     if covered is not None:
-        difference = np.where(covered, difference, 0.0)
-    local = ndimage.uniform_filter(difference, size=size, mode="nearest")
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(local)), local.shape))
+        shared &= covered.astype(bool)
+    for mask in (shared, foreground(synthetic)):
+        if mask.any():
+            return tuple(int(round(c)) for c in ndimage.center_of_mass(mask))
+    return tuple(n // 2 for n in synthetic.shape)
 
 
 def nav_slices(depth: int, centre: int) -> np.ndarray:
