@@ -20,7 +20,7 @@ from replicheck import workspace
 from replicheck.report.results import RESULT_FILES
 
 TABLES = ("synthetic.csv", "pairs.csv", "training.csv", "null.csv")
-KILLS = int(os.environ.get("REPLICHECK_CRASH_KILLS", "8"))  # raise it for a longer pass (the closing note's count)
+KILLS = int(os.environ.get("REPLICHECK_CRASH_KILLS", "4"))  # raise it for a longer pass (the closing note's count)
 
 
 def _npy_set(folder: Path, arrays) -> Path:

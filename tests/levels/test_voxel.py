@@ -26,7 +26,7 @@ def search_set(ctich, tmp_path_factory):
     rng = np.random.default_rng(21)
     images, patients = ctich["flat_brain"], ctich["flat_patient"]
     train_p, _, other_p = split_patients(patients, 21, (14, 0))
-    train_rows = np.flatnonzero(np.isin(patients, train_p))[:400]
+    train_rows = np.flatnonzero(np.isin(patients, train_p))[:250]
     queries = rng.choice(np.flatnonzero(np.isin(patients, other_p)), 160, replace=False)
     copies = rng.choice(train_rows, 40, replace=False)
     write_set(root / "train", {f"t{i:04d}": images[i] for i in train_rows})
