@@ -161,7 +161,8 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
             chosen = gallery.choose(table, {level.name: level.measures[level.primary] for level in levels},
                                     config.report.gallery)
             shown = gallery.extract(chosen, collections["synthetic"].store, collections["training"].store,
-                                    items["training"]["id"].tolist())
+                                    items["training"]["id"].tolist(),
+                                    orientations=collections["synthetic"].meta["orientation"].to_numpy())
         result = ScanResult(
             synthetic=table,
             pairs=assemble.pairs_table(verdicts, items["synthetic"], items["training"]),

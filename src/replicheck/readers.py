@@ -230,6 +230,25 @@ def load(ref: ImageRef) -> LoadedImage:
     return LoadedImage(ref=ref, array=array, spacing=tuple(float(s) for s in spacing), intensity=intensity, notes=notes)
 
 
+def orientation(ref: ImageRef) -> str:
+    """Which anatomical direction each axis of a loaded 3D NIfTI volume points to, in our (z, y, x)
+    order (``"SAR"``: z towards superior, y anterior, x right), from its affine; "" for other
+    formats and for images whose affine says nothing usable. Used only to show volumes as
+    radiologists read them; the comparison keeps the stored axes."""
+    if ref.reader != "nifti" or ref.ndim != 3:
+        return ""
+    import nibabel as nib
+
+    try:
+        image = nib.load(ref.source)
+        if len(image.shape) != 3:  # a squeezed 4D file: which axes remain is not worth guessing
+            return ""
+        codes = nib.aff2axcodes(image.affine)
+    except Exception:  # the pixels were read; an odd affine only loses the orientation
+        return ""
+    return "".join(reversed(codes)) if None not in codes else ""
+
+
 def _load_nifti(ref: ImageRef):
     import nibabel as nib
 

@@ -348,3 +348,28 @@ def test_every_output_tells_the_same_verdict(results_2d, tmp_path):
     assert sorted(ids) == sorted(synthetic.loc[by_level, "id"])
     assert verdicts == ["replica" if synthetic.set_index("id").loc[i, "replica"] else "not a replica" for i in ids]
     assert f"+ {level_only.sum()} by a level only" in html
+
+
+@pytest.mark.parametrize("code", ["RSP", "SAR", "IPL", "LAS"])
+def test_volumes_are_turned_as_radiologists_read_them(code):
+    """A marker in the patient's right, superior, anterior corner ends at index 0 of every axis:
+    axial slices then show anterior up and the patient's right on the viewer's left."""
+    volume = np.zeros((6, 7, 8), dtype=np.float32)
+    corner = tuple(slice(0, 2) if letter in "LIP" else slice(-2, None) for letter in code)
+    volume[corner] = 1.0  # right, superior, anterior: the high end of an axis that points there
+    turned = gallery.radiological(volume, code)
+    assert turned[:2, :2, :2].min() == 1.0 and turned.sum() == volume.sum()
+    assert sorted(turned.shape) == sorted(volume.shape)
+    assert gallery.radiological(volume, "") is volume and gallery.radiological_order("RRS") is None
+
+
+def test_a_nifti_volume_is_shown_axial_coronal_sagittal(tmp_path):
+    """IXI files keep their affines through a manifest (no copy): the gallery is turned and labelled."""
+    files = sorted(shared("ixi_t1_2mm").glob("*.nii.gz"))[:12]
+    for name, chosen in (("train", files[:6]), ("hold", files[6:11]), ("synth", files[:2] + files[11:])):
+        pd.DataFrame({"path": [str(f) for f in chosen]}).to_csv(tmp_path / f"{name}.csv", index=False)
+    result = scan(tmp_path / "train.csv", tmp_path / "synth.csv", tmp_path / "hold.csv", grid=(40, 48, 48))
+    assert set(result.gallery.pairs["orientation"]) == {"radiological"}
+    result.write(tmp_path / "out")
+    html = _html(tmp_path / "out")
+    assert html.count(">coronal = ") == html.count(">sagittal = ") == 3 and 'data-axis="axial"' in html

@@ -97,8 +97,11 @@ def choose(synthetic: pd.DataFrame, levels: dict[str, bool], top: int) -> pd.Dat
     return pd.DataFrame(rows, columns=["row", "synthetic", "training", "level", "replica", *TRANSFORM_COLUMNS])
 
 
-def extract(chosen: pd.DataFrame, synthetic_store, training_store, training_ids) -> Gallery:
-    """Display copies of the chosen pairs, read from the scan's analysis-grid stores."""
+def extract(chosen: pd.DataFrame, synthetic_store, training_store, training_ids,
+            orientations=None) -> Gallery:
+    """Display copies of the chosen pairs, read from the scan's analysis-grid stores.
+    ``orientations``: per synthetic row, where its axes point (:func:`replicheck.readers.orientation`);
+    a volume whose orientation is known is shown as radiologists read it (:func:`radiological`)."""
     position = {ident: i for i, ident in enumerate(training_ids)}
     wanted = chosen[chosen["training"].isin(position)].reset_index(drop=True)
     pairs = wanted.drop(columns="row")
@@ -110,9 +113,17 @@ def extract(chosen: pd.DataFrame, synthetic_store, training_store, training_ids)
     train = np.stack([image for image, _ in moved])
     if synth.ndim - 1 == 2:
         return Gallery(pairs, {"synthetic": to_uint8(synth), "training": to_uint8(train)})
-    centres = np.array([anatomy_centre(s, t, covered) for s, t, (_, covered) in zip(synth, train, moved)],
-                       dtype=int).reshape(-1, 3)
-    pairs = pairs.assign(centre=[" ".join(map(str, c)) for c in centres])
+    codes = [str(orientations[row]) if orientations is not None else "" for row in wanted["row"]]
+    codes = [code if radiological_order(code) is not None else "" for code in codes]
+    if len({radiological(np.empty(synth.shape[1:], dtype=np.uint8), code).shape for code in codes}) > 1:
+        codes = [""] * len(codes)  # the gallery's planes are stacked: all turned alike, or none
+    # The training volume was moved into the synthetic one's frame, so both take its orientation
+    synth = np.stack([radiological(v, code) for v, code in zip(synth, codes)])
+    train = np.stack([radiological(v, code) for v, code in zip(train, codes)])
+    covered = [None if c is None else radiological(c, code) for (_, c), code in zip(moved, codes)]
+    centres = np.array([anatomy_centre(s, t, c) for s, t, c in zip(synth, train, covered)], dtype=int).reshape(-1, 3)
+    pairs = pairs.assign(centre=[" ".join(map(str, c)) for c in centres],
+                         orientation=["radiological" if code else "" for code in codes])
     arrays = {}
     for role, volumes in (("synthetic", synth), ("training", train)):
         for axis, plane in ((1, "y"), (2, "x")):
@@ -137,6 +148,31 @@ def transform_of(pair, ndim: int) -> Transform:
 def describe_transform(pair, ndim: int) -> str:
     """What the report says was done to the training image, "" when nothing was."""
     return transform_of(pair, ndim).describe()
+
+
+_AXIS_OF = {"S": 0, "I": 0, "A": 1, "P": 1, "R": 2, "L": 2}
+
+
+def radiological_order(code: str) -> tuple[tuple[int, ...], tuple[bool, ...]] | None:
+    """For axes pointing as ``code`` says (e.g. "SAR", "RPI"), the axis order that puts them as
+    (superior-inferior, anterior-posterior, right-left) and which of them to reverse so that index
+    0 is superior, anterior and the patient's right: axial slices then show anterior up and the
+    patient's right on the viewer's left, coronal and sagittal planes superior up and sagittal
+    planes anterior on the left. None when ``code`` is not three distinct directions."""
+    if len(code) != 3 or sorted(_AXIS_OF.get(c, -1) for c in code) != [0, 1, 2]:
+        return None
+    order = tuple(sorted(range(3), key=lambda axis: _AXIS_OF[code[axis]]))
+    return order, tuple(code[axis] in "SAR" for axis in order)
+
+
+def radiological(volume: np.ndarray, code: str) -> np.ndarray:
+    """``volume`` turned as :func:`radiological_order` says; unchanged when ``code`` is empty."""
+    found = radiological_order(code) if code else None
+    if found is None:
+        return volume
+    order, reverse = found
+    turned = np.transpose(volume, order)
+    return np.ascontiguousarray(turned[tuple(slice(None, None, -1) if r else slice(None) for r in reverse)])
 
 
 def anatomy_centre(synthetic: np.ndarray, training: np.ndarray, covered: np.ndarray | None = None) -> tuple[int, ...]:

@@ -187,17 +187,21 @@ def _gallery(gallery: Gallery, synthetic: pd.DataFrame, summary: dict, top: int 
 
 
 def _volume_views(gallery: Gallery, i: int, pair) -> dict:
-    """Planes through the most different region, and slices along the first axis to move through.
+    """Planes through the shared anatomy, and slices along the first axis to move through.
 
-    Planes are named by array axis (z, y, x of the analysis grid), not anatomy: replicheck does
-    not reorient images, so which axis is axial depends on how the files were written.
+    A volume whose orientation is known (a NIfTI affine) was turned for display as radiologists
+    read it (:func:`replicheck.report.gallery.radiological`): the slider moves through axial
+    slices and the planes are coronal and sagittal. Otherwise planes are named by array axis
+    (z, y, x of the analysis grid), since which axis is axial depends on how the files were written.
     """
     arrays = gallery.arrays
     centre = [int(v) for v in str(pair["centre"]).split()]
+    oriented = str(pair.get("orientation", "") or "") == "radiological"
+    names = ("axial", "coronal", "sagittal") if oriented else ("z", "y", "x")
     views = []
     for axis, plane in ((1, "y"), (2, "x")):
         s, t = arrays[f"synthetic.{plane}"][i], arrays[f"training.{plane}"][i]
-        views.append({"label": f"{plane} = {centre[axis]}", "synthetic": figures.data_uri(figures.grey_png(s)),
+        views.append({"label": f"{names[axis]} = {centre[axis]}", "synthetic": figures.data_uri(figures.grey_png(s)),
                       "training": figures.data_uri(figures.grey_png(t)),
                       "difference": figures.data_uri(figures.difference_png(s, t))})
     s_nav, t_nav = arrays["synthetic.nav"][i], arrays["training.nav"][i]
@@ -209,7 +213,7 @@ def _volume_views(gallery: Gallery, i: int, pair) -> dict:
                 "difference": figures.data_uri(figures.strip_png(s_nav, difference_of=t_nav)),
                 "positions": positions, "start": positions.index(centre[0]) if centre[0] in positions else 0,
                 "height": int(s_nav.shape[1]), "width": int(s_nav.shape[2]), "count": len(positions)},
-        "centre": centre,
+        "centre": centre, "axes": names, "oriented": oriented,
     }
 
 

@@ -92,12 +92,13 @@
     Array.prototype.forEach.call(document.querySelectorAll("input.slice-slider"), function (input) {
       var card = input.closest(".pair");
       var strips = card.querySelectorAll(".strip");
-      var label = card.querySelector(".slice-label");  // the z row's heading
+      var label = card.querySelector(".slice-label");  // the slider row's heading
       var positions = JSON.parse(input.getAttribute("data-positions"));
+      var axis = input.getAttribute("data-axis") || "z";
       function show() {
         var i = +input.value, share = positions.length > 1 ? 100 * i / (positions.length - 1) : 0;
         Array.prototype.forEach.call(strips, function (strip) { strip.style.backgroundPosition = "0 " + share + "%"; });
-        label.textContent = "z = " + positions[i];
+        label.textContent = axis + " = " + positions[i];
       }
       input.addEventListener("input", show);
       show();
