@@ -363,13 +363,27 @@ def test_volumes_are_turned_as_radiologists_read_them(code):
     assert gallery.radiological(volume, "") is volume and gallery.radiological_order("RRS") is None
 
 
-def test_a_nifti_volume_is_shown_axial_coronal_sagittal(tmp_path):
-    """IXI files keep their affines through a manifest (no copy): the gallery is turned and labelled."""
+@pytest.fixture(scope="module")
+def results_nifti(tmp_path_factory):
+    """IXI files scanned through manifests (no copy), so that they keep their affines."""
+    root = tmp_path_factory.mktemp("nifti")
     files = sorted(shared("ixi_t1_2mm").glob("*.nii.gz"))[:12]
     for name, chosen in (("train", files[:6]), ("hold", files[6:11]), ("synth", files[:2] + files[11:])):
-        pd.DataFrame({"path": [str(f) for f in chosen]}).to_csv(tmp_path / f"{name}.csv", index=False)
-    result = scan(tmp_path / "train.csv", tmp_path / "synth.csv", tmp_path / "hold.csv", grid=(40, 48, 48))
+        pd.DataFrame({"path": [str(f) for f in chosen]}).to_csv(root / f"{name}.csv", index=False)
+    result = scan(root / "train.csv", root / "synth.csv", root / "hold.csv", grid=(40, 48, 48))
+    result.write(root / "out")
+    return root, result
+
+
+def test_a_nifti_volume_is_shown_axial_coronal_sagittal(results_nifti):
+    root, result = results_nifti
     assert set(result.gallery.pairs["orientation"]) == {"radiological"}
-    result.write(tmp_path / "out")
-    html = _html(tmp_path / "out")
+    html = _html(root / "out")
     assert html.count(">coronal = ") == html.count(">sagittal = ") == 3 and 'data-axis="axial"' in html
+
+
+@needs_chromium
+def test_the_oriented_3d_report_renders_in_chromium(results_nifti, tmp_path):
+    dom, pictures = _open(results_nifti[0] / "out" / "report.html", tmp_path, "report-3d-oriented.png")
+    assert pictures == 3 * 6 + 1  # two planes of three pictures per pair, the histogram
+    assert len(re.findall(r'class="rowhead slice-label">axial = \d+<', dom)) == 3  # the slider names its axis
