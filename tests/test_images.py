@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 
 import nibabel as nib
+from pathlib import Path
+
 import numpy as np
 import pydicom
 import pytest
@@ -117,13 +119,14 @@ def test_multiframe_dicom_is_one_volume(pydicom_data):
     assert readers.load(ref).array.shape == (10, 64, 64)
 
 
-def test_dicom_series_folder_is_stacked_by_position(tmp_path, pydicom_data):
-    """Single-slice files of one series, written out of order, come back sorted into a volume."""
+def _write_series(series: Path, pydicom_data: Path, orientation=(1, 0, 0, 0, 1, 0)) -> np.ndarray:
+    """Single-slice files of one series from emri_small's frames, written out of order; returns
+    the frames in position order."""
     source = pydicom.dcmread(pydicom_data / "emri_small.dcm")
     frames = source.pixel_array
-    series = tmp_path / "series"
     series.mkdir()
     template = pydicom.dcmread(pydicom_data / "MR-SIEMENS-DICOM-WithOverlays.dcm")
+    normal = np.cross(orientation[:3], orientation[3:])
     for z in (3, 0, 2, 1):
         ds = template.copy()
         for tag in list(ds.keys()):
@@ -132,15 +135,32 @@ def test_dicom_series_folder_is_stacked_by_position(tmp_path, pydicom_data):
         ds.Rows, ds.Columns = frames.shape[1:]
         ds.PixelData = frames[z].astype(np.uint16).tobytes()
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.ImagePositionPatient = [0.0, 0.0, float(z) * 2.5]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [float(v) for v in normal * z * 2.5]
+        ds.ImageOrientationPatient = list(orientation)
         ds.InstanceNumber = z + 1
         ds.SeriesInstanceUID = "1.2.3.4"
         ds.SOPInstanceUID = f"1.2.3.4.{z}"
         ds.save_as(series / f"slice_{z}.dcm")
+    return frames[:4]
+
+
+def test_dicom_series_folder_is_stacked_by_position(tmp_path, pydicom_data):
+    """Single-slice files of one series, written out of order, come back sorted into a volume."""
+    frames = _write_series(tmp_path / "series", pydicom_data)
     found = images.discover(tmp_path, role="training")
     assert len(found.refs) == 1 and found.refs[0].shape == (4, 64, 64)
-    np.testing.assert_array_equal(readers.load(found.refs[0]).array, frames[:4].astype(np.float32))
+    np.testing.assert_array_equal(readers.load(found.refs[0]).array, frames.astype(np.float32))
+
+
+@pytest.mark.parametrize("orientation, expected", [
+    ((1, 0, 0, 0, 1, 0), "SPL"),  # axial: rows run to the patient's left, columns to posterior
+    ((1, 0, 0, 0, 0, -1), "PIL"),  # coronal
+    ((0, 1, 0, 0, 0, -1), "RIP"),  # sagittal: slices stacked towards the right (the cross product)
+])
+def test_a_dicom_series_says_where_its_axes_point(tmp_path, pydicom_data, orientation, expected):
+    _write_series(tmp_path / "series", pydicom_data, orientation)
+    ref = images.discover(tmp_path, role="training").refs[0]
+    assert readers.orientation(ref) == expected
 
 
 def test_manifest_gives_ids_subjects_and_relative_paths(tmp_path, ct_slice):

@@ -231,10 +231,12 @@ def load(ref: ImageRef) -> LoadedImage:
 
 
 def orientation(ref: ImageRef) -> str:
-    """Which anatomical direction each axis of a loaded 3D NIfTI volume points to, in our (z, y, x)
-    order (``"SAR"``: z towards superior, y anterior, x right), from its affine; "" for other
-    formats and for images whose affine says nothing usable. Used only to show volumes as
+    """Which anatomical direction each axis of a loaded 3D volume points to, in our (z, y, x) order
+    (``"SAR"``: z towards superior, y anterior, x right), from a NIfTI affine or a DICOM series'
+    ImageOrientationPatient; "" for other formats and for headers that say nothing usable. Used only to show volumes as
     radiologists read them; the comparison keeps the stored axes."""
+    if ref.reader == "dicom-series":
+        return _series_orientation(ref)
     if ref.reader != "nifti" or ref.ndim != 3:
         return ""
     import nibabel as nib
@@ -247,6 +249,25 @@ def orientation(ref: ImageRef) -> str:
     except Exception:  # the pixels were read; an odd affine only loses the orientation
         return ""
     return "".join(reversed(codes)) if None not in codes else ""
+
+
+def _series_orientation(ref: ImageRef) -> str:
+    """A DICOM series' axes in patient terms: x runs along a row (the first direction cosine of
+    ImageOrientationPatient), y down a column (the second) and z along their cross product, the
+    order its slices were stacked in; each named by its largest patient-coordinate component
+    (DICOM's LPS: +x left, +y posterior, +z superior)."""
+    try:
+        cosines = np.array([float(v) for v in dicom_header(ref.files[0]).ImageOrientationPatient])
+    except (InputError, AttributeError, TypeError, ValueError):
+        return ""
+    if cosines.shape != (6,):
+        return ""
+    row, column = cosines[:3], cosines[3:]
+    letters = []
+    for vector in (np.cross(row, column), column, row):
+        k = int(np.argmax(np.abs(vector)))
+        letters.append(("LR", "PA", "SI")[k][0 if vector[k] > 0 else 1])
+    return "".join(letters)
 
 
 def _load_nifti(ref: ImageRef):
