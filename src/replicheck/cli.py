@@ -130,7 +130,8 @@ def scan(
         ct_window=ct_window, slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, align=align,
         voxel_measure=voxel_measure, embedder=embedder, device=device, batch_size=batch_size, cache=cache,
         **parse_adapt("none" if no_adapt else adapt), model_cache=model_cache, masks=masks, max_shift=max_shift,
-        skip_unreadable=skip_unreadable, keep_subject_ids=keep_subject_ids, num_workers=num_workers, seed=seed, progress=not quiet, gallery=gallery,
+        skip_unreadable=skip_unreadable, keep_subject_ids=keep_subject_ids, num_workers=num_workers, seed=seed,
+        progress=not quiet, gallery=gallery,
         report_images=not no_images), labels=labels, command=" ".join(["replicheck"] + sys.argv[1:])))
     _warn(result.warnings, quiet)
     typer.echo(result.headline)

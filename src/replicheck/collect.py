@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import images, readers
+from . import images
 from .config import MIN_GRID_SIDE, Preprocessing, Reading
 from .images import ImageSet
 from .preprocess import prepare
@@ -135,14 +135,13 @@ def collect(image_set: ImageSet, settings: Preprocessing, workdir: Path, *, skip
             skipped.append((ref.source, error.problem))
             continue
         methods[prepared.method] += 1
-        orientation = readers.orientation(ref) if not settings.slices else ""
         notes.extend(f"{ref.source}: {note}" for note in prepared.notes)
         for array, position in zip(prepared.arrays, prepared.slice_positions):
             store.append(array)
             rows.append({"id": ref.id if position is None else f"{ref.id}#z{position:03d}", "subject": ref.subject,
                          "source": ref.source, "slice": position})
             meta.append({"role": image_set.role, "root": image_set.source, "intensity": prepared.method,
-                         "shape": ref.shape, "mask": ref.mask, "orientation": orientation})
+                         "shape": ref.shape, "mask": ref.mask})
     if not rows:
         raise InputError(image_set.source, f"none of the {image_set.role} images could be used "
                                            f"({len(skipped)} skipped, e.g. {skipped[0][0]}: {skipped[0][1]})")

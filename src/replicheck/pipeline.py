@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import assemble
+from . import assemble, readers
 from .collect import Collection, check_grid, check_output, collect, discover_inputs
 from .config import ScanConfig
 from .decide import combine_levels, copied_training, decide_level
@@ -162,7 +162,8 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
                                     config.report.gallery)
             shown = gallery.extract(chosen, collections["synthetic"].store, collections["training"].store,
                                     items["training"]["id"].tolist(),
-                                    orientations=collections["synthetic"].meta["orientation"].to_numpy())
+                                    orientations=_orientations(collections["synthetic"], chosen["row"])
+                                    if len(settings.grid) == 3 else None)
         result = ScanResult(
             synthetic=table,
             pairs=assemble.pairs_table(verdicts, items["synthetic"], items["training"]),
@@ -183,6 +184,14 @@ def _prepare(level, training: Collection, config: ScanConfig, progress: Progress
         level.use_embedder(scan_trained_embedder(training.store, subjects, config.feature, seed=config.calibration.seed,
                                                  progress=progress))
     level.prepare(training.store, subjects)
+
+
+def _orientations(synthetic: Collection, rows) -> dict[int, str]:
+    """Where the axes of the gallery's synthetic volumes point, read from their headers for the
+    report's display only (:func:`replicheck.readers.orientation`): row -> code."""
+    by_source = {ref.source: ref for ref in synthetic.image_set.refs}
+    sources = synthetic.items["source"].to_numpy()
+    return {int(row): readers.orientation(by_source[sources[row]]) for row in rows}
 
 
 def _skipped_warnings(collections: dict[str, Collection]) -> list[str]:
@@ -211,7 +220,7 @@ def scan_into(out: str | Path, train, synthetic, holdout, config: ScanConfig, *,
     nor the feature cache lies inside an input folder, ``out`` holds nothing but an earlier scan's
     results (it is replaced as a whole), and ``labels`` can be read; its ids are matched to the
     synthetic images as soon as they are found."""
-    from .report.page import load_labels, read_labels
+    from .report.page import load_labels, match_labels
     from .report.results import check_results_folder
 
     sources = [train, synthetic] + ([holdout] if holdout is not None else [])
@@ -219,9 +228,9 @@ def scan_into(out: str | Path, train, synthetic, holdout, config: ScanConfig, *,
     check_results_folder(out)
     if config.feature.cache:
         check_output(config.feature.cache, sources, what="cache")
-    if labels is not None:
-        load_labels(labels)
-    check = (lambda sets: read_labels(labels, pd.Series([ref.id for ref in sets["synthetic"].refs]))) if labels else None
+    truth = load_labels(labels) if labels is not None else None
+    check = (lambda sets: match_labels(truth, pd.Series([ref.id for ref in sets["synthetic"].refs]), labels)) \
+        if labels is not None else None
     result = run_scan(train, synthetic, holdout, config, command=command, check_inputs=check)
     result.write(out, labels=labels)
     return result

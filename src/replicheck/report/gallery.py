@@ -100,7 +100,7 @@ def choose(synthetic: pd.DataFrame, levels: dict[str, bool], top: int) -> pd.Dat
 def extract(chosen: pd.DataFrame, synthetic_store, training_store, training_ids,
             orientations=None) -> Gallery:
     """Display copies of the chosen pairs, read from the scan's analysis-grid stores.
-    ``orientations``: per synthetic row, where its axes point (:func:`replicheck.readers.orientation`);
+    ``orientations``: synthetic row -> where its axes point (:func:`replicheck.readers.orientation`);
     a volume whose orientation is known is shown as radiologists read it (:func:`radiological`)."""
     position = {ident: i for i, ident in enumerate(training_ids)}
     wanted = chosen[chosen["training"].isin(position)].reset_index(drop=True)
@@ -113,7 +113,7 @@ def extract(chosen: pd.DataFrame, synthetic_store, training_store, training_ids,
     train = np.stack([image for image, _ in moved])
     if synth.ndim - 1 == 2:
         return Gallery(pairs, {"synthetic": to_uint8(synth), "training": to_uint8(train)})
-    codes = [str(orientations[row]) if orientations is not None else "" for row in wanted["row"]]
+    codes = [(orientations or {}).get(int(row), "") for row in wanted["row"]]
     codes = [code if radiological_order(code) is not None else "" for code in codes]
     if len({radiological(np.empty(synth.shape[1:], dtype=np.uint8), code).shape for code in codes}) > 1:
         codes = [""] * len(codes)  # the gallery's planes are stacked: all turned alike, or none

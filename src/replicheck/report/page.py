@@ -61,8 +61,7 @@ def render(results: str | Path, *, top: int | None = None, images: bool = True,
         "images": images,
         "flagged": script_json(flagged_table(synthetic, summary)),
         "n_flagged": int(synthetic["replica"].sum()),
-        "n_level_only": int((np.logical_or.reduce([synthetic[f"{name}_flag"].to_numpy(dtype=bool) for name in levels])
-                             & ~synthetic["replica"].to_numpy(dtype=bool)).sum()),
+        "n_level_only": int((_flagged_by_a_level(synthetic, levels) & ~synthetic["replica"].to_numpy(dtype=bool)).sum()),
         "curves": _curves(labels, synthetic, summary) if labels else None,
         "settings": _settings(summary),
         "difference_range": figures.DIFFERENCE_RANGE,
@@ -86,12 +85,13 @@ def write_report(results: str | Path, out: str | Path | None = None, **options) 
 
 def flagged_table(synthetic: pd.DataFrame, summary: dict) -> dict:
     """The synthetic images that are replicas, then those only a level flags (its own threshold
-    exceeded, not the verdict), one row each with the verdict, numbers to 5 significant digits. A text column that repeats (subjects, nearest images, which levels flagged) is sent
-    once as ``dictionaries[column]`` and its rows hold indices into it: a page with 85,000 flagged
+    exceeded, not the verdict), one row each with the verdict, numbers to 5 significant digits. A
+    text column that repeats (subjects, nearest images, which levels flagged) is sent once as
+    ``dictionaries[column]`` and its rows hold indices into it: a page with 85,000 flagged
     images measured 12.2 MiB this way, 16.7 MiB with plain rows (BENCHMARKS-report.md)."""
     levels = list(summary["levels"])
     replica = synthetic["replica"].to_numpy(dtype=bool)
-    by_level = np.logical_or.reduce([synthetic[f"{name}_flag"].to_numpy(dtype=bool) for name in levels])
+    by_level = _flagged_by_a_level(synthetic, levels)
     order = np.concatenate([np.flatnonzero(replica), np.flatnonzero(by_level & ~replica)])  # replicas first
     flagged = synthetic.iloc[order].reset_index(drop=True)
     marks = [np.where(flagged[f"{name}_flag"].to_numpy(dtype=bool), name, "") for name in levels]
@@ -123,6 +123,11 @@ def flagged_table(synthetic: pd.DataFrame, summary: dict) -> dict:
             data.append(column.tolist())
     rows = [list(row) for row in zip(*data)]
     return {"columns": list(columns), "types": types, "rows": rows, "dictionaries": dictionaries}
+
+
+def _flagged_by_a_level(synthetic: pd.DataFrame, levels: list[str]) -> np.ndarray:
+    """Per synthetic image, whether any level's own threshold flags it (the verdict aside)."""
+    return np.logical_or.reduce([synthetic[f"{name}_flag"].to_numpy(dtype=bool) for name in levels])
 
 
 def script_json(data) -> str:
@@ -189,7 +194,7 @@ def _gallery(gallery: Gallery, synthetic: pd.DataFrame, summary: dict, top: int 
 def _volume_views(gallery: Gallery, i: int, pair) -> dict:
     """Planes through the shared anatomy, and slices along the first axis to move through.
 
-    A volume whose orientation is known (a NIfTI affine) was turned for display as radiologists
+    A volume whose orientation is known (a NIfTI affine, a DICOM series) was turned for display as radiologists
     read it (:func:`replicheck.report.gallery.radiological`): the slider moves through axial
     slices and the planes are coronal and sagittal. Otherwise planes are named by array axis
     (z, y, x of the analysis grid), since which axis is axial depends on how the files were written.
@@ -271,7 +276,11 @@ def _curves(labels: str | Path, synthetic: pd.DataFrame, summary: dict) -> dict:
 def read_labels(labels: str | Path, ids: pd.Series) -> np.ndarray:
     """Known replica flags of the synthetic images ``ids`` (see :func:`load_labels`). A slice
     (``id#z012``) takes its volume's label; an image without a label is an error."""
-    truth = load_labels(labels)
+    return match_labels(load_labels(labels), ids, labels)
+
+
+def match_labels(truth: dict[str, bool], ids: pd.Series, labels: str | Path) -> np.ndarray:
+    """``truth`` (:func:`load_labels` of the file ``labels``) for the synthetic images ``ids``."""
     volumes = pd.Series(ids).astype(str).str.replace(r"#z\d+$", "", regex=True)
     missing = [ident for ident in volumes if ident not in truth]
     if missing:
