@@ -198,3 +198,37 @@ def test_all_nan_and_constant_images_are_errors(tmp_path):
     np.save(tmp_path / "flat.npy", np.ones((16, 16), dtype=np.float32))
     with pytest.raises(InputError, match="constant"):
         _load_all(tmp_path / "flat.npy")
+
+
+def test_numpy_headers_are_never_parsed_by_two_reading_threads_at_once(tmp_path, monkeypatch):
+    """NumPy parses .npy headers with ast.literal_eval, which CPython 3.11 corrupts when two threads
+    parse at once ("AST constructor recursion depth mismatch", seen in CI); the readers serialise it."""
+    import ast
+    import threading
+    import time
+
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    for i in range(12):
+        np.save(folder / f"{i:02d}.npy", np.random.default_rng(i).random((16, 16), dtype=np.float32))
+    np.savez(folder / "stack.npz", a=np.random.default_rng(99).random((5, 16, 16), dtype=np.float32))
+    inside, most = [0], [0]
+    guard = threading.Lock()
+    real = ast.literal_eval
+
+    def slow_literal_eval(source):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.005)  # widens the window in which a second thread would enter
+        try:
+            return real(source)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setattr(ast, "literal_eval", slow_literal_eval)
+    refs = images.discover(folder, role="training").refs
+    loaded = [image for _, image in images.stream(refs, workers=4)]
+    assert len(loaded) == 12 + 5
+    assert most[0] == 1, f"{most[0]} threads parsed NumPy headers at once"

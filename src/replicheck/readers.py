@@ -132,9 +132,21 @@ def peek_tiff(path: str) -> tuple[int, ...]:
     return _squeeze_shape(path, tuple(shape))
 
 
+# NumPy parses .npy headers with ast.literal_eval, and CPython 3.11's AST constructor keeps a
+# recursion counter that concurrent parses corrupt ("SystemError: AST constructor recursion depth
+# mismatch", cpython#106905): every header parse of the reading threads goes through this lock.
+_NUMPY_HEADER_LOCK = Lock()
+
+
+def load_npy(path: str | Path, mmap_mode: str | None = None) -> np.ndarray:
+    """``np.load`` of a .npy file without pickles, safe to call from several threads."""
+    with _NUMPY_HEADER_LOCK:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+
+
 def peek_npy(path: str) -> tuple[tuple[int, ...], np.dtype]:
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        array = load_npy(path, mmap_mode="r")
     except Exception as error:
         raise InputError(path, f"cannot read as a NumPy .npy file: {one_line(error)}") from None
     if not isinstance(array, np.ndarray):  # np.load reads an .npz archive whatever its name
@@ -151,7 +163,7 @@ def npz_members(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
             for name in archive.namelist():
                 if not name.endswith(".npy"):
                     continue
-                with archive.open(name) as handle:
+                with archive.open(name) as handle, _NUMPY_HEADER_LOCK:
                     version = np.lib.format.read_magic(handle)
                     read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                                    else np.lib.format.read_array_header_2_0)
@@ -362,13 +374,10 @@ def _load_tiff(ref: ImageRef):
 
 def _load_npy(ref: ImageRef):
     try:
-        stack = np.load(ref.source, mmap_mode="r", allow_pickle=False)
+        stack = load_npy(ref.source, mmap_mode="r")
     except Exception as error:
         raise InputError(ref.source, f"cannot read as a NumPy .npy file: {one_line(error)}") from None
     return _array_record(ref, stack)
-
-
-_NPZ_LOCK = Lock()
 
 
 @lru_cache(maxsize=2)
@@ -382,7 +391,7 @@ def _npz_member(path: str, member: str) -> np.ndarray:
 
 
 def _load_npz(ref: ImageRef):
-    with _NPZ_LOCK:
+    with _NUMPY_HEADER_LOCK:  # also keeps the cache's one reader per member
         stack = _npz_member(ref.source, ref.member)
     return _array_record(ref, stack)
 

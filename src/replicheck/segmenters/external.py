@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..readers import load_npy
 from ..records import InputError, ReplicheckError, one_line
 
 _PLACEHOLDER = re.compile(r"\{(input|output)\}")
@@ -116,7 +117,7 @@ def load_mask(path: Path) -> np.ndarray:
             with Image.open(path) as image:
                 array = np.asarray(image.convert("L") if image.mode not in ("1", "L", "P", "I", "I;16", "F") else image)
         elif name.endswith(".npy"):
-            array = np.load(path, allow_pickle=False)
+            array = load_npy(path)
         else:
             raise InputError(str(path), "unknown mask format; expected .nii, .nii.gz, .png or .npy")
     except InputError:
