@@ -64,3 +64,25 @@ def test_a_scan_writing_to_a_file_says_what_it_does(tmp_path):
                   "feature: training vectors: 8/8 done", "feature: synthetic vectors: 3/3 done"):
         assert stage in done.stderr, done.stderr
     assert not re.search(r"\x1b\[", done.stderr)
+
+
+def test_in_a_terminal_a_finished_step_leaves_the_live_area_as_one_line():
+    """rich crops a live area taller than the terminal from the bottom: with every bar kept, the
+    running step of a twenty-step scan was off screen. Finished steps become printed lines."""
+    stream = io.StringIO()
+    progress = Progress(True, plain=False, stream=stream)
+    with progress.session():
+        bars = progress._bars
+        for n in range(30):
+            for _ in progress.track(range(2), total=2, description=f"step {n}"):
+                pass
+        advance = progress.step("embedding", 10)
+        advance(4)
+        running = [task.description for task in bars.bars.tasks]
+        advance(6)
+        left = [task.description for task in bars.bars.tasks]
+    assert running == ["embedding"]
+    assert left == []
+    text = stream.getvalue()
+    assert all(f"step {n}: 2/2 done in 0:00" in text for n in range(30))
+    assert "embedding: 10/10 done in" in text

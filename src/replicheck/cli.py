@@ -110,6 +110,8 @@ def scan(
     masks: Masks = "foreground",
     device: Device = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per embedder batch.")] = 64,
+    volume_slices: Annotated[int, typer.Option(
+        "--volume-slices", help="Feature level, volumes: a 2D embedder embeds this many evenly spaced axial slices.")] = 16,
     max_shift: Annotated[int, typer.Option("--max-shift", help="With --align shift: the largest translation (voxels per axis) searched.")] = 3,
     skip_unreadable: Annotated[bool, typer.Option("--skip-unreadable", help="Skip unreadable images (listed in summary.json) instead of stopping.")] = False,
     keep_subject_ids: Annotated[bool, typer.Option(
@@ -129,7 +131,7 @@ def scan(
         levels=levels, k=k, quantile=quantile, null_tail=null_tail, combine=combine, grid=grid, intensity=intensity,
         ct_window=ct_window, slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, align=align,
         voxel_measure=voxel_measure, embedder=embedder, device=device, batch_size=batch_size, cache=cache,
-        **parse_adapt("none" if no_adapt else adapt), model_cache=model_cache, masks=masks, max_shift=max_shift,
+        volume_slices=volume_slices, **parse_adapt("none" if no_adapt else adapt), model_cache=model_cache, masks=masks, max_shift=max_shift,
         skip_unreadable=skip_unreadable, keep_subject_ids=keep_subject_ids, num_workers=num_workers, seed=seed,
         progress=not quiet, gallery=gallery,
         report_images=not no_images), labels=labels, command=" ".join(["replicheck"] + sys.argv[1:])))

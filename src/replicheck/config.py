@@ -259,9 +259,12 @@ class FeatureOptions:
     adapt: Adaptation = "fit"
     adapt_minutes: float = 10.0
     model_cache: str | None = None  # folder of models trained by adapt="train" (default: the user's cache)
+    # A 2D embedder embeds a volume as the mean over at most this many evenly spaced axial slices.
+    volume_slices: int = 16
 
     def __post_init__(self):
         check_range("batch_size", self.batch_size, low=1)
+        check_range("volume_slices", self.volume_slices, low=1, high=4096)
         check_device("device", self.device)
         check_choice("adapt", self.adapt, ADAPTATIONS)
         check_range("adapt_minutes", self.adapt_minutes, low=0.1)

@@ -1,7 +1,10 @@
 """The one progress helper: progress on stderr when enabled, silence otherwise.
 
-In a terminal, rich progress bars with elapsed time and ETA. When stderr is not a terminal (a
-log file, a batch job, CI), plain lines instead: one when a step finishes, and one every
+In a terminal, rich progress bars with elapsed time and ETA for the steps that run; a finished
+step leaves the live area and stays above it as one line. Why: a scan has twenty-odd steps, and
+rich crops a live area taller than the terminal from the bottom, so with every bar kept the
+running one fell off the screen and only finished bars were redrawn. When stderr is not a terminal
+(a log file, a batch job, CI), plain lines instead: one when a step finishes, and one every
 :data:`PLAIN_INTERVAL` seconds while it runs, each with its count, elapsed time and ETA, so that a
 long scan writing to a file is never silent for minutes.
 """
@@ -52,7 +55,7 @@ class Progress:
         columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
         with RichProgress(*columns, console=Console(file=stream), transient=False) as bars:
-            self._bars = bars
+            self._bars = RichBars(bars)
             try:
                 yield self
             finally:
@@ -82,6 +85,48 @@ def _is_terminal(stream) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+class RichBars:
+    """rich's Progress, with each finished task moved out of the live area into one printed line."""
+
+    def __init__(self, bars):
+        self.bars = bars
+        self._lock = Lock()  # searches advance from worker threads
+
+    def add_task(self, description: str, *, total: int) -> int:
+        with self._lock:
+            task = self.bars.add_task(description, total=max(int(total), 0))
+            if total <= 0:
+                self._finish(task)
+            return task
+
+    def advance(self, task: int, n: int = 1) -> None:
+        with self._lock:
+            if task in self.bars.task_ids:
+                self.bars.advance(task, n)
+                self._finish_if_done(task)
+
+    def update(self, task: int, *, completed: int) -> None:
+        with self._lock:
+            if task in self.bars.task_ids:
+                self.bars.update(task, completed=completed)
+                self._finish_if_done(task)
+
+    def _state(self, task: int):
+        return next(state for state in self.bars.tasks if state.id == task)
+
+    def _finish_if_done(self, task: int) -> None:
+        state = self._state(task)
+        if state.completed >= state.total:
+            self._finish(task)
+
+    def _finish(self, task: int) -> None:
+        state = self._state(task)
+        elapsed = state.elapsed or 0.0
+        self.bars.remove_task(task)
+        self.bars.console.print(f"{state.description}: {int(state.total)}/{int(state.total)} done in {_clock(elapsed)}",
+                                highlight=False, markup=False)
 
 
 class PlainBars:

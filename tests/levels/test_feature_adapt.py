@@ -104,3 +104,27 @@ def test_bad_adapt_options_are_one_line_errors(ct_set, tmp_path):
         assert run.exit_code == 2 and message in run.output and "Traceback" not in run.output
     settings = json.dumps(replicheck.ScanConfig.from_options(adapt="train", adapt_minutes=2).feature.__dict__)
     assert '"adapt_minutes": 2' in settings
+
+
+def test_volumes_are_adapted_on_the_slices_the_embedder_sees():
+    """The whitening and the map of a volume scan are refitted on each training volume's
+    ``max_slices`` evenly spaced axial slices, the ones its embedding averages, each with its
+    volume's subject."""
+    from replicheck.levels.feature import _adaptation_sample
+
+    volumes = np.random.default_rng(0).random((3, 20, 8, 8), dtype=np.float32)
+
+    class Store:
+        shape = volumes.shape[1:]
+
+        def __len__(self):
+            return len(volumes)
+
+        def read(self, rows):
+            return volumes[rows]
+
+    images, subjects = _adaptation_sample(Store(), np.array(["a", "b", "c"]), 4000, 0, max_slices=4)
+    np.testing.assert_array_equal(images, volumes[:, [2, 7, 12, 17]].reshape(12, 8, 8))
+    assert subjects.tolist() == ["a"] * 4 + ["b"] * 4 + ["c"] * 4
+    every, _ = _adaptation_sample(Store(), np.array(["a", "b", "c"]), 4000, 0)
+    assert len(every) == 60

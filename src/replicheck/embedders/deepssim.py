@@ -21,7 +21,7 @@ from torch import nn
 
 from ..transforms import rotate
 from .checkpoint import load_network, state_digest, write_checkpoint
-from .common import embed_in_batches, flip_mean, resize
+from .common import embed_in_batches, flip_mean, resize, slice_positions
 from .ssim_map import estimate
 from .views import check_views
 
@@ -160,9 +160,12 @@ class DeepSSIMEmbedder:
     L2-normalised again. Why: one 2D network trained on slices then serves 2D and 3D data, and
     the cosine of two mean embeddings rewards volumes whose slices agree one by one, which is
     what a copied volume does (a 3D network would need 3D training data that most users lack).
-    The cost is Z forward passes per volume, and the mean assumes the two volumes' slices
-    cover the same anatomy (same grid after ``preprocess``); constant slices (padding) are
-    included in the mean like any other slice.
+    The mean assumes the two volumes' slices cover the same anatomy (same grid after
+    ``preprocess``); constant slices (padding) are included in the mean like any other slice.
+    ``max_slices`` bounds the cost: at most that many evenly spaced axial slices
+    (:func:`~replicheck.embedders.common.slice_positions`) enter the mean, so a volume costs at most
+    ``max_slices`` x views x flips forward passes whatever its depth (a scan's default: the feature
+    level's ``volume_slices``, chosen by its measured effect in BENCHMARKS.md).
 
     ``flip_average`` (checkpoint ``meta["embedding"]["flip_average"]``; off for checkpoints
     without it): each image's embedding is the normalised mean over its four flips, so a flipped
@@ -185,9 +188,12 @@ class DeepSSIMEmbedder:
 
     def __init__(self, model: DeepSSIMNet, *, flip_average: bool = False, rotations: tuple[float, ...] = (),
                  gammas: tuple[float, ...] = (), device: str = "cpu", batch_size: int = 64,
-                 calibration: dict | None = None, fitted_on: str | None = None):
+                 calibration: dict | None = None, fitted_on: str | None = None, max_slices: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_slices is not None and max_slices < 1:
+            raise ValueError(f"max_slices must be >= 1, got {max_slices}")
+        self.max_slices = None if max_slices is None else int(max_slices)
         self.rotations, self.gammas = check_views(rotations, gammas)
         self.views = 1 + len(self.rotations) + len(self.gammas)
         self.device = torch.device(device)
@@ -203,20 +209,23 @@ class DeepSSIMEmbedder:
             self.digest = hashlib.sha256(f"{self.digest}|flip_average".encode()).hexdigest()
         if self.views > 1:
             self.digest = hashlib.sha256(f"{self.digest}|rotations={self.rotations}|gammas={self.gammas}".encode()).hexdigest()
+        if self.max_slices is not None:  # volumes embed differently (2D images do not, but one key is simpler)
+            self.digest = hashlib.sha256(f"{self.digest}|max_slices={self.max_slices}".encode()).hexdigest()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu", batch_size: int = 64) -> "DeepSSIMEmbedder":
-        return cls.from_loaded(*load_checkpoint(path), device=device, batch_size=batch_size)
+    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu", batch_size: int = 64,
+                        max_slices: int | None = None) -> "DeepSSIMEmbedder":
+        return cls.from_loaded(*load_checkpoint(path), device=device, batch_size=batch_size, max_slices=max_slices)
 
     @classmethod
-    def from_loaded(cls, model: DeepSSIMNet, meta: dict, *, device: str = "cpu",
-                    batch_size: int = 64) -> "DeepSSIMEmbedder":
+    def from_loaded(cls, model: DeepSSIMNet, meta: dict, *, device: str = "cpu", batch_size: int = 64,
+                    max_slices: int | None = None) -> "DeepSSIMEmbedder":
         """The embedder of a checkpoint already read by :func:`load_checkpoint` (its model and meta)."""
         embedding = meta.get("embedding", {})
         return cls(model, flip_average=bool(embedding.get("flip_average", False)),
                    rotations=tuple(embedding.get("rotations", ())), gammas=tuple(embedding.get("gammas", ())),
                    device=device, batch_size=batch_size, calibration=meta.get("ssim_calibration"),
-                   fitted_on=meta.get("fitted_on"))
+                   fitted_on=meta.get("fitted_on"), max_slices=max_slices)
 
     def estimate_ssim(self, cosine: np.ndarray) -> np.ndarray:
         """DeepSSIM's SSIM estimate of each cosine: calibrated when the checkpoint carries a
@@ -237,6 +246,8 @@ class DeepSSIMEmbedder:
         batch = np.asarray(batch)
         if batch.ndim not in (3, 4):
             raise ValueError(f"batch must have shape (b, H, W) or (b, Z, Y, X), got {batch.shape}")
+        if batch.ndim == 4 and self.max_slices is not None:
+            batch = batch[:, slice_positions(batch.shape[1], self.max_slices)]
         b, v = batch.shape[0], len(views)
 
         def rows(chunk: torch.Tensor) -> torch.Tensor:

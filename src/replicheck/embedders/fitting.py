@@ -58,7 +58,7 @@ def adapted(embedder: DeepSSIMEmbedder, images: np.ndarray, subjects: np.ndarray
     whitened = whiten_network(model, images, seed=seed, batch_size=embedder.batch_size) if whiten else 0
     fresh = DeepSSIMEmbedder(model, flip_average=embedder.flip_average, rotations=embedder.rotations,
                              gammas=embedder.gammas, device=str(embedder.device), batch_size=embedder.batch_size,
-                             fitted_on=digest)
+                             fitted_on=digest, max_slices=embedder.max_slices)
     fresh.calibration = fit_ssim_map(fresh, images, subjects, seed=seed)
     return fresh, {"whitening_images": whitened, "map_pairs": fresh.calibration["pairs"],
                    "map_images": fresh.calibration["images"]}

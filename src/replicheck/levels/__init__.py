@@ -32,7 +32,8 @@ def _feature(config: ScanConfig) -> Level:
     from .feature_cache import FeatureCache
 
     options = config.feature
-    embedder = load_embedder(options.embedder, device=options.device, batch_size=options.batch_size)
+    embedder = load_embedder(options.embedder, device=options.device, batch_size=options.batch_size,
+                             max_slices=options.volume_slices)
     return FeatureLevel(embedder, cache=FeatureCache(options.cache, embedder) if options.cache else None,
                         adapt=options.adapt, seed=config.calibration.seed)
 
