@@ -163,6 +163,20 @@ def test_a_dicom_series_says_where_its_axes_point(tmp_path, pydicom_data, orient
     assert readers.orientation(ref) == expected
 
 
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+@pytest.mark.parametrize("direction, expected", [
+    ((1, 0, 0, 0, 1, 0, 0, 0, 1), "SPL"),  # ITK's identity: x to the left, y posterior, z superior (LPS)
+    ((-1, 0, 0, 0, -1, 0, 0, 0, 1), "SAR"),  # RAS-stored, as a NIfTI converted by many tools
+    ((1, 0, 0, 0, 0, 1, 0, -1, 0), "PIL"),  # coronal: y (column 1) runs down (inferior), z (column 2) to posterior
+])
+def test_an_itk_volume_says_where_its_axes_point(tmp_path, suffix, direction, expected):
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((6, 10, 12), dtype=np.float32))
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(tmp_path / f"v{suffix}"))
+    ref = images.discover(tmp_path, role="training").refs[0]
+    assert readers.orientation(ref) == expected
+
+
 def test_manifest_gives_ids_subjects_and_relative_paths(tmp_path, ct_slice):
     (tmp_path / "img").mkdir()
     Image.fromarray(ct_slice).save(tmp_path / "img" / "a.png")

@@ -244,11 +244,14 @@ def load(ref: ImageRef) -> LoadedImage:
 
 def orientation(ref: ImageRef) -> str:
     """Which anatomical direction each axis of a loaded 3D volume points to, in our (z, y, x) order
-    (``"SAR"``: z towards superior, y anterior, x right), from a NIfTI affine or a DICOM series'
-    ImageOrientationPatient; "" for other formats and for headers that say nothing usable. Used only to show volumes as
-    radiologists read them; the comparison keeps the stored axes."""
+    (``"SAR"``: z towards superior, y anterior, x right), from a NIfTI affine, the direction cosines
+    of an NRRD/MetaImage header or a DICOM series' ImageOrientationPatient; "" for other formats and
+    for headers that say nothing usable. Used only to show volumes as radiologists read them; the
+    comparison keeps the stored axes."""
     if ref.reader == "dicom-series":
         return _series_orientation(ref)
+    if ref.reader == "itk" and ref.ndim == 3:
+        return _itk_orientation(ref)
     if ref.reader != "nifti" or ref.ndim != 3:
         return ""
     import nibabel as nib
@@ -275,8 +278,33 @@ def _series_orientation(ref: ImageRef) -> str:
     if cosines.shape != (6,):
         return ""
     row, column = cosines[:3], cosines[3:]
+    return _lps_letters((np.cross(row, column), column, row))
+
+
+def _itk_orientation(ref: ImageRef) -> str:
+    """An NRRD or MetaImage volume's axes from its direction matrix, whose column i is ITK index
+    axis i (our x, y, z for i = 0, 1, 2) in LPS patient coordinates, as in DICOM."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(ref.source)
+    try:
+        with _itk_output():
+            reader.ReadImageInformation()
+        direction = np.array(reader.GetDirection(), dtype=float)
+    except RuntimeError:
+        return ""
+    if direction.shape != (9,) or not np.all(np.isfinite(direction)):
+        return ""
+    matrix = direction.reshape(3, 3)
+    return _lps_letters((matrix[:, 2], matrix[:, 1], matrix[:, 0]))
+
+
+def _lps_letters(vectors) -> str:
+    """The anatomical direction of each axis vector in LPS coordinates (+x left, +y posterior, +z
+    superior), named by its largest component."""
     letters = []
-    for vector in (np.cross(row, column), column, row):
+    for vector in vectors:
         k = int(np.argmax(np.abs(vector)))
         letters.append(("LR", "PA", "SI")[k][0 if vector[k] > 0 else 1])
     return "".join(letters)
