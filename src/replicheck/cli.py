@@ -116,6 +116,8 @@ def scan(
     skip_unreadable: Annotated[bool, typer.Option("--skip-unreadable", help="Skip unreadable images (listed in summary.json) instead of stopping.")] = False,
     keep_subject_ids: Annotated[bool, typer.Option(
         "--keep-subject-ids", help="Write subjects taken from DICOM PatientIDs in the clear (default: as pseudonyms).")] = False,
+    no_dataset_tests: Annotated[bool, typer.Option(
+        "--no-dataset-tests", help="Skip the data-set statistics (C_T, DCR share, authenticity) and their searches.")] = False,
     gallery: Annotated[int, typer.Option("--gallery", help="Top pairs shown with their pixels in report.html.")] = 50,
     no_images: NoImages = False,
     labels: Labels = None,
@@ -133,7 +135,7 @@ def scan(
         voxel_measure=voxel_measure, embedder=embedder, device=device, batch_size=batch_size, cache=cache,
         volume_slices=volume_slices, **parse_adapt("none" if no_adapt else adapt), model_cache=model_cache, masks=masks, max_shift=max_shift,
         skip_unreadable=skip_unreadable, keep_subject_ids=keep_subject_ids, num_workers=num_workers, seed=seed,
-        progress=not quiet, gallery=gallery,
+        progress=not quiet, gallery=gallery, dataset_tests=not no_dataset_tests,
         report_images=not no_images), labels=labels, command=" ".join(["replicheck"] + sys.argv[1:])))
     _warn(result.warnings, quiet)
     typer.echo(result.headline)
@@ -324,7 +326,7 @@ def train_contrastive(
 
 # ------------------------------------------------------------------ errors
 
-FLAGS = {"report_images": "--no-images", "views": "--view-rotations / --view-gammas", "out": "--out",
+FLAGS = {"report_images": "--no-images", "dataset_tests": "--no-dataset-tests", "views": "--view-rotations / --view-gammas", "out": "--out",
          "adapt_minutes": "--adapt train=MINUTES"}
 
 

@@ -211,6 +211,8 @@ class Calibration:
     dar_quantile: float = 0.95  # Dar et al.'s threshold, reported beside ours (always the null's own)
     combine: CombineRule = "max-z"
     seed: int = 0  # the size-matched synthetic subsample for N_mem
+    # Data-set statistics (replicheck.memorization): Meehan's C_T, the DCR share, authenticity.
+    dataset_tests: bool = True
 
     def __post_init__(self):
         check_range("quantile", self.quantile, low=0, high=1, open_interval=True)

@@ -29,7 +29,8 @@ from .progress import Progress
 from .records import OptionError, ReplicheckError
 from .report import gallery
 from .report.gallery import Gallery
-from .search import build_side, search_level
+from .memorization import headline as dataset_headline, level_statistics
+from .search import build_side, dataset_searches, search_level
 from .volumes import volume_verdicts
 from .workspace import scratch
 
@@ -119,7 +120,7 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
         if config.feature.cache and not any(level.cache is not None for level in levels):
             warnings.append(f"--cache {config.feature.cache} is not used: no level of this scan embeds images "
                             f"(add the feature level, --levels voxel,feature)")
-        verdicts, level_summaries = [], {}
+        verdicts, level_summaries, dataset = [], {}, {}
         n_training = len(collections["training"])
         for level in levels:
             tick = time.perf_counter()
@@ -137,6 +138,12 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
             timings.update({f"{level.name}.{key}": value for key, value in searches.seconds.items()})
             verdict = decide_level(level, searches, config.calibration, settings=level.describe())
             verdicts.append(verdict)
+            if config.calibration.dataset_tests:
+                extra = dataset_searches(level, sides, searches, config.search, seed=config.calibration.seed,
+                                         workers=config.num_workers, progress=progress)
+                timings[f"{level.name}.dataset_tests"] = extra.seconds
+                dataset[level.name] = level_statistics(verdict, extra, sides["training"].vectors,
+                                                       seed=config.calibration.seed)
             warnings.extend(assemble.level_warnings(verdict, config.calibration.quantile))
             level_summaries[level.name] = assemble.level_summary(
                 verdict, config, n_training, [v.name for v in verdicts[:-1]] if earlier else [])
@@ -149,6 +156,9 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
         summary = assemble.summary(config=config, preprocessing=settings, collections=collections, verdicts=verdicts,
                                    combined=combined, copies=copies, level_summaries=level_summaries, timings=timings,
                                    warnings=warnings, command=command)
+        if dataset:
+            summary["dataset"] = dataset
+            summary["headline"] += "".join("\n" + dataset_headline(statistics) for statistics in dataset.values())
         volumes = None
         if slices:
             volumes, summary["volumes"] = volume_verdicts(

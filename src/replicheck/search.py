@@ -47,6 +47,7 @@ from .store import ArrayStore, StoredRows
 QUERY_CHUNK = 64
 RESCORE_BATCH = 16  # queries a level with ``rescore_batch`` rescores together (per worker thread)
 VECTOR_BATCH_BYTES = 64 * 2**20  # analysis-grid images per batch when computing search vectors
+DATASET_SAMPLE = 1000  # synthetic (and held-out) images the data-set statistics search for, at most
 
 
 @dataclass
@@ -339,3 +340,64 @@ def search_level(level: Level, sides: dict[str, Side], search: Search, *, seed: 
                         extra_candidates=extra["memorized"], description=f"{name}: training -> synthetic", **options)
     seconds["search_calibration"] = time.perf_counter() - tick
     return LevelSearches(found, null, train_null, memorized, len(gallery_rows), "holdout" in sides, seconds)
+
+
+@dataclass(frozen=True)
+class DatasetSearches:
+    """The searches the data-set statistics of one level add (:mod:`replicheck.memorization`),
+    each with k = 1 and the primary measure only, over at most :data:`DATASET_SAMPLE` synthetic
+    images (``synthetic_rows``, a seeded sample) and held-out images (``holdout_rows``):
+
+    - ``to_training`` and ``to_holdout``: the sampled synthetic images against a training subsample
+      and a held-out subsample of equal size (the DCR share); None without a holdout;
+    - ``training_nn``: the training images that are the nearest of a sampled synthetic or held-out
+      image, against the training images of other patients (authenticity), at ``training_rows``.
+    """
+
+    synthetic_rows: np.ndarray
+    holdout_rows: np.ndarray | None
+    to_training: Hits | None
+    to_holdout: Hits | None
+    training_rows: np.ndarray
+    training_nn: np.ndarray  # oriented primary score of each of training_rows to its nearest other patient's image
+    seconds: float
+
+
+def dataset_searches(level: Level, sides: dict[str, Side], searches: LevelSearches, search: Search, *, seed: int,
+                     workers: int, progress: Progress | None = None) -> DatasetSearches:
+    """The extra searches of :class:`DatasetSearches` for ``level``, given its four searches."""
+    tick = time.perf_counter()
+    ndim = len(sides["training"].store.shape)
+    options = dict(k=1, shortlist=search.shortlist or level.shortlist(ndim), depth=search.depth or level.depth(ndim, 1),
+                   primary_only=True, workers=workers, progress=progress)
+    train, synth, name = sides["training"], sides["synthetic"], level.name
+    higher = level.measures[level.primary]
+    synthetic_rows = _sample(len(synth.vectors), seed)
+    to_training = to_holdout = holdout_rows = None
+    nearest_rows = [searches.found.rows[synthetic_rows, 0]]
+    if searches.has_holdout:
+        holdout = sides["holdout"]
+        matched = min(len(train.vectors), len(holdout.vectors))
+        to_training = nearest(level, synth, train, query_rows=synthetic_rows,
+                              gallery_rows=matched_subsample(len(train.vectors), matched, seed),
+                              description=f"{name}: synthetic -> training subsample", **options)
+        to_holdout = nearest(level, synth, holdout, query_rows=synthetic_rows,
+                             gallery_rows=matched_subsample(len(holdout.vectors), matched, seed + 1),
+                             description=f"{name}: synthetic -> holdout", **options)
+        holdout_rows = _sample(len(holdout.vectors), seed + 2)
+        nearest_rows.append(searches.null.rows[holdout_rows, 0])
+        training_rows = np.unique(np.concatenate(nearest_rows))
+        training_rows = training_rows[training_rows >= 0]
+        others = nearest(level, train, train, query_rows=training_rows, exclude_own_subject=True,
+                         description=f"{name}: training -> other patients", **options)
+        training_nn = oriented(others.values[level.primary][:, 0], higher)
+    else:  # the null is already every training image against other patients' images
+        training_rows = np.arange(len(train.vectors))
+        training_nn = oriented(searches.null.values[level.primary][:, 0], higher)
+    return DatasetSearches(synthetic_rows, holdout_rows, to_training, to_holdout, training_rows, training_nn,
+                           time.perf_counter() - tick)
+
+
+def _sample(n: int, seed: int) -> np.ndarray:
+    """All of ``n`` rows, or :data:`DATASET_SAMPLE` of them chosen at random (seeded), sorted."""
+    return np.arange(n) if n <= DATASET_SAMPLE else matched_subsample(n, DATASET_SAMPLE, seed)

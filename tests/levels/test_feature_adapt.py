@@ -107,8 +107,8 @@ def test_bad_adapt_options_are_one_line_errors(ct_set, tmp_path):
 
 
 def test_volumes_are_adapted_on_the_slices_the_embedder_sees():
-    """The whitening and the map of a volume scan are refitted on each training volume's
-    ``max_slices`` evenly spaced axial slices, the ones its embedding averages, each with its
+    """The whitening and the map of a volume scan are refitted on the 2D images the embedder makes
+    of each training volume (its ``volume_slices``), the ones its embedding averages, each with its
     volume's subject."""
     from replicheck.levels.feature import _adaptation_sample
 
@@ -123,7 +123,8 @@ def test_volumes_are_adapted_on_the_slices_the_embedder_sees():
         def read(self, rows):
             return volumes[rows]
 
-    images, subjects = _adaptation_sample(Store(), np.array(["a", "b", "c"]), 4000, 0, max_slices=4)
+    images, subjects = _adaptation_sample(Store(), np.array(["a", "b", "c"]), 4000, 0,
+                                          volume_slices=lambda v: v[:, [2, 7, 12, 17]])
     np.testing.assert_array_equal(images, volumes[:, [2, 7, 12, 17]].reshape(12, 8, 8))
     assert subjects.tolist() == ["a"] * 4 + ["b"] * 4 + ["c"] * 4
     every, _ = _adaptation_sample(Store(), np.array(["a", "b", "c"]), 4000, 0)

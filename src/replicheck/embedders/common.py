@@ -21,7 +21,7 @@ from ..records import InputError, ReplicheckError, one_line
 
 IMAGE_DTYPE = "<f4"  # images are hashed as little-endian float32, whatever the machine
 
-__all__ = ["resize", "embed_in_batches", "flips", "flip_mean", "slice_positions", "file_sha256", "require",
+__all__ = ["resize", "embed_in_batches", "flips", "flip_mean", "slice_positions", "slab_means", "file_sha256", "require",
            "existing_file"]
 
 
@@ -94,6 +94,20 @@ def slice_positions(depth: int, most: int) -> np.ndarray:
     if depth <= most:
         return np.arange(depth)
     return np.floor((np.arange(most) + 0.5) * depth / most).astype(np.int64)
+
+
+def slab_means(volumes: np.ndarray, most: int) -> np.ndarray:
+    """(b, Z, Y, X) volumes as (b, min(Z, most), Y, X): each output slice the mean of one of ``most``
+    consecutive equal slabs of axial slices (boundaries at ``floor(i * Z / most)``).
+
+    Why slabs and not single slices: a copy moved by a voxel or two along z still has nearly the same
+    slab means, while every single slice taken at fixed positions would show other anatomy."""
+    depth = volumes.shape[1]
+    if depth <= most:
+        return volumes
+    bounds = (np.arange(most + 1) * depth) // most
+    sums = np.add.reduceat(np.asarray(volumes, dtype=np.float32), bounds[:-1], axis=1)
+    return sums / np.diff(bounds).astype(np.float32)[None, :, None, None]
 
 
 def file_sha256(path: str | Path, h=None):

@@ -247,7 +247,7 @@ class DeepSSIMEmbedder:
         if batch.ndim not in (3, 4):
             raise ValueError(f"batch must have shape (b, H, W) or (b, Z, Y, X), got {batch.shape}")
         if batch.ndim == 4 and self.max_slices is not None:
-            batch = batch[:, slice_positions(batch.shape[1], self.max_slices)]
+            batch = self.volume_slices(batch)
         b, v = batch.shape[0], len(views)
 
         def rows(chunk: torch.Tensor) -> torch.Tensor:
@@ -266,6 +266,10 @@ class DeepSSIMEmbedder:
         if batch.ndim == 4:  # per view, the normalised mean over the volume's slices
             out = F.normalize(out.view(b, batch.shape[1], v, self.dim).mean(dim=1), dim=2)
         return out.numpy().astype(np.float32, copy=False)
+
+    def volume_slices(self, volumes: np.ndarray) -> np.ndarray:
+        """The at most ``max_slices`` axial slices of each volume that its embedding averages."""
+        return volumes[:, slice_positions(volumes.shape[1], self.max_slices)]
 
     def vectors(self, x: torch.Tensor) -> torch.Tensor:
         """Unit rows of preprocessed (b, 1, s, s) inputs; with ``flip_average`` the normalised mean of

@@ -31,7 +31,7 @@ import numpy as np
 import time
 
 from ..embedders import Embedder
-from ..embedders.common import images_digest, slice_positions
+from ..embedders.common import images_digest
 from ..embedders.deepssim import DeepSSIMEmbedder
 from ..embedders.fitting import adapted
 from ..embedders.ssim_map import deepssim_class
@@ -83,7 +83,7 @@ class FeatureLevel(LevelBase):
             self.adaptation = {"adapted": False, "why": "fitted on these training images", "training_digest": digest}
             return
         images, subjects = _adaptation_sample(store, np.asarray(subjects), ADAPT_IMAGES, self.seed,
-                                              max_slices=getattr(self.embedder, "max_slices", None))
+                                              volume_slices=getattr(self.embedder, "volume_slices", None))
         if len(np.unique(subjects)) < 2:
             self.adaptation = {"adapted": False, "why": "the SSIM map needs images of at least 2 subjects"}
             return
@@ -179,20 +179,23 @@ class FeatureLevel(LevelBase):
 
 
 def _adaptation_sample(store, subjects: np.ndarray, most: int, seed: int,
-                       max_slices: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       volume_slices=None) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``most`` 2D training images (slices of volumes, each with its volume's subject) in
-    [0, 1], chosen at random but reproducibly, in store order. Of a volume only the slices the
-    embedder embeds (``max_slices`` evenly spaced ones) are taken: the whitening and the map then
-    describe what the embedder sees, and fitting costs no more than embedding the volume."""
+    [0, 1], chosen at random but reproducibly, in store order. Of a volume only the 2D images the
+    embedder embeds (``volume_slices(volumes)``, the embedder's own) are taken: the whitening and
+    the map then describe what the embedder sees, and fitting costs no more than embedding."""
     n = len(store)
-    depth = store.shape[0] if len(store.shape) == 3 else 1
-    per_image = min(depth, max_slices) if max_slices else depth
+    volumes = len(store.shape) == 3
+    if volumes and volume_slices is not None:
+        per_image = volume_slices(np.zeros((1, *store.shape), dtype=np.float32)).shape[1]
+    else:
+        per_image = store.shape[0] if volumes else 1
     images_needed = max(1, -(-most // per_image))
     rows = np.arange(n) if n <= images_needed else np.sort(np.random.default_rng(seed).choice(n, images_needed, replace=False))
     images = store.read(rows)
     if images.ndim == 4:  # volumes: their axial slices, as the embedder sees them
-        if max_slices:
-            images = images[:, slice_positions(images.shape[1], max_slices)]
+        if volume_slices is not None:
+            images = volume_slices(images)
         subjects = np.repeat(subjects[rows], images.shape[1])
         images = images.reshape(-1, *images.shape[2:])
         if len(images) > most:

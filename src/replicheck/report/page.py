@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import calibrate
+from .. import calibrate, memorization
 from .._version import __version__
 from ..embedders.ssim_map import DEEPSSIM_BANDS
 from ..files import write_text
@@ -67,6 +67,8 @@ def render(results: str | Path, *, top: int | None = None, images: bool = True,
         "difference_range": figures.DIFFERENCE_RANGE,
         "label_names": DETAIL_NAMES,
         "p_floor": summary["calibration"].get("p_value_floor"),  # absent in results of versions before it
+        "dataset": list(summary.get("dataset", {}).values()),
+        "dataset_alpha": memorization.ALPHA,
     }
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                      undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)

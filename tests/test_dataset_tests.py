@@ -1,0 +1,67 @@
+"""Data-set statistics inside a scan (issue #22): a synthetic set of copies of training slices and a
+set of unseen patients' slices, scanned against the same CT training set and holdout; the
+statistics tell them apart in summary.json, in the headline and in the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import perturb, split_patients, write_set
+
+import replicheck
+from replicheck.report.page import render
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def scans(ctich, tmp_path_factory):
+    root = tmp_path_factory.mktemp("dataset")
+    images, patients = ctich["flat_brain"], ctich["flat_patient"]
+    train_p, hold_p, novel_p = split_patients(patients, 3, (8, 8))
+    train = np.flatnonzero(np.isin(patients, train_p))[::2][:120]
+    holdout = np.flatnonzero(np.isin(patients, hold_p))[::2][:60]
+    novel = np.flatnonzero(np.isin(patients, novel_p))[::3][:40]
+    rng = np.random.default_rng(5)
+    write_set(root / "train", {f"{patients[i]:03d}_{i:04d}": images[i] for i in train})
+    write_set(root / "holdout", {f"{patients[i]:03d}_{i:04d}": images[i] for i in holdout})
+    write_set(root / "copies", {f"copy_{i:04d}": perturb(images[i], rng) for i in rng.choice(train, 40, replace=False)})
+    write_set(root / "novel", {f"novel_{i:04d}": images[i] for i in novel})
+    return {name: replicheck.scan(root / "train", root / name, holdout=root / "holdout", subject_regex=r"^(\d+)_",
+                                  grid="64x64", progress=False, report_images=False) for name in ("copies", "novel")}
+
+
+def test_every_statistic_says_copying_for_copies_and_not_for_new_patients(scans):
+    copies, novel = scans["copies"].summary["dataset"]["voxel"], scans["novel"].summary["dataset"]["voxel"]
+    assert copies["C_T"]["reading"].startswith("data copying") and copies["C_T"]["C_T"] < -3
+    assert novel["C_T"]["reading"] == "no evidence of data copying"
+    assert copies["C_T"]["cells"] == 2  # 60 held-out slices: 25 per cell
+    assert copies["dcr_share"]["share"] > 0.6 and copies["dcr_share"]["p_value"] < 0.01
+    assert novel["dcr_share"]["p_value"] > 0.01
+    assert copies["dcr_share"]["gallery_size"] == 60
+    assert copies["authenticity"]["synthetic"]["share"] > 0.9 and copies["authenticity"]["p_value"] < 0.01
+    assert novel["authenticity"]["p_value"] > 0.01
+    assert copies["synthetic_sampled"] == copies["synthetic_images"] == 40
+
+
+def test_the_headline_and_the_report_give_the_statistics(scans, tmp_path):
+    result = scans["copies"]
+    assert "data set, voxel level: C_T" in result.headline
+    out = tmp_path / "results"
+    result.write(out)
+    html = render(out, images=False)
+    assert 'id="dataset"' in html and "data copying" in html
+    assert f"{result.summary['dataset']['voxel']['C_T']['C_T']:+.2f}" in html
+
+
+def test_a_scan_without_a_holdout_reports_what_it_cannot_compute(ctich, tmp_path):
+    images, patients = ctich["flat_brain"], ctich["flat_patient"]
+    train_p, _, novel_p = split_patients(patients, 4, (6, 0))
+    train = np.flatnonzero(np.isin(patients, train_p))[::3][:60]
+    write_set(tmp_path / "train", {f"{patients[i]:03d}_{i:04d}": images[i] for i in train})
+    write_set(tmp_path / "synth", {f"copy_{i:04d}": images[i] for i in train[:10]})
+    stats = replicheck.scan(tmp_path / "train", tmp_path / "synth", subject_regex=r"^(\d+)_", grid="64x64",
+                            progress=False, report_images=False).summary["dataset"]["voxel"]
+    assert stats["C_T"] == {"available": False, "why": "needs held-out images of other patients (--holdout)"}
+    assert not stats["dcr_share"]["available"]
+    assert stats["authenticity"]["synthetic"]["share"] == 1.0 and stats["authenticity"]["holdout"] is None
