@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import perturb, split_patients, write_set
+from test_cli import run
 
 import replicheck
 from replicheck.report.page import render
@@ -27,8 +28,9 @@ def scans(ctich, tmp_path_factory):
     write_set(root / "holdout", {f"{patients[i]:03d}_{i:04d}": images[i] for i in holdout})
     write_set(root / "copies", {f"copy_{i:04d}": perturb(images[i], rng) for i in rng.choice(train, 40, replace=False)})
     write_set(root / "novel", {f"novel_{i:04d}": images[i] for i in novel})
-    return {name: replicheck.scan(root / "train", root / name, holdout=root / "holdout", subject_regex=r"^(\d+)_",
-                                  grid="64x64", progress=False, report_images=False) for name in ("copies", "novel")}
+    scans = {name: replicheck.scan(root / "train", root / name, holdout=root / "holdout", subject_regex=r"^(\d+)_",
+                                   grid="64x64", progress=False, report_images=False) for name in ("copies", "novel")}
+    return {**scans, "root": root}
 
 
 def test_every_statistic_says_copying_for_copies_and_not_for_new_patients(scans):
@@ -65,3 +67,28 @@ def test_a_scan_without_a_holdout_reports_what_it_cannot_compute(ctich, tmp_path
     assert stats["C_T"] == {"available": False, "why": "needs held-out images of other patients (--holdout)"}
     assert not stats["dcr_share"]["available"]
     assert stats["authenticity"]["synthetic"]["share"] == 1.0 and stats["authenticity"]["holdout"] is None
+
+
+@pytest.mark.parametrize("synthetic, options, status", [
+    ("copies", ["--fail-above", "0.1"], 3),
+    ("copies", ["--fail-above", "0.95"], 0),  # 40 of 40: the 95% interval starts at 91%
+    ("copies", ["--fail-if-copying", "0.01"], 3),
+    ("novel", ["--fail-above", "0.1", "--fail-if-copying", "0.01"], 0),
+])
+def test_the_gate_stops_a_pipeline_only_on_copying(scans, tmp_path, synthetic, options, status):
+    root = scans["root"]
+    done = run("scan", root / "train", root / synthetic, "--holdout", root / "holdout", "--subject-regex", r"^(\d+)_",
+               "--grid", "64x64", "--no-images", "--out", tmp_path / "r", "--quiet", *options)
+    assert done.returncode == status, done.stderr
+    assert (tmp_path / "r" / "summary.json").is_file()  # the results are written either way
+    assert ("gate failed:" in done.stderr) == (status == 3)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--fail-above", "1.5"], "--fail-above must be"),
+    (["--fail-if-copying", "0.01", "--no-dataset-tests"], "--fail-if-copying needs the data-set tests"),
+])
+def test_bad_gate_options_fail_before_any_work(scans, tmp_path, options, message):
+    root = scans["root"]
+    done = run("scan", root / "train", root / "copies", "--holdout", root / "holdout", "--out", tmp_path / "r", *options)
+    assert done.returncode == 2 and message in done.stderr and not (tmp_path / "r").exists()

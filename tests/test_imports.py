@@ -23,7 +23,7 @@ LAYERS = (
     ("_version", "records", "config", "workspace", "files", "progress"),
     ("readers", "images", "pseudonyms", "preprocess", "store", "kernels", "align", "measures", "mask_measures", "index", "transforms",
      "embedders", "segmenters"),
-    ("levels", "search", "calibrate", "collect", "decide", "memorization", "volumes", "assemble"),
+    ("levels", "search", "calibrate", "collect", "decide", "memorization", "gate", "volumes", "assemble"),
     ("pipeline", "report", "train", "bench", "demo"),
     ("__init__",),  # the public API: replicheck.scan, ScanConfig, ScanResult
     ("cli",),

@@ -116,6 +116,12 @@ def scan(
     skip_unreadable: Annotated[bool, typer.Option("--skip-unreadable", help="Skip unreadable images (listed in summary.json) instead of stopping.")] = False,
     keep_subject_ids: Annotated[bool, typer.Option(
         "--keep-subject-ids", help="Write subjects taken from DICOM PatientIDs in the clear (default: as pseudonyms).")] = False,
+    fail_above: Annotated[Optional[float], typer.Option(
+        "--fail-above", help="Exit with status 3 when the replica rate's 95% lower bound exceeds RATE (0-1).",
+        metavar="RATE")] = None,
+    fail_if_copying: Annotated[Optional[float], typer.Option(
+        "--fail-if-copying", help="Exit with status 3 when a level's C_T p-value is below ALPHA (data copying).",
+        metavar="ALPHA")] = None,
     no_dataset_tests: Annotated[bool, typer.Option(
         "--no-dataset-tests", help="Skip the data-set statistics (C_T, DCR share, authenticity) and their searches.")] = False,
     gallery: Annotated[int, typer.Option("--gallery", help="Top pairs shown with their pixels in report.html.")] = 50,
@@ -126,9 +132,18 @@ def scan(
     quiet: Quiet = False,
 ) -> None:
     """Scan SYNTHETIC images for replicas of TRAIN images and write the results to --out."""
-    from .config import ScanConfig, parse_adapt
+    from .config import ScanConfig, check_range, parse_adapt
+    from .gate import EXIT_GATE, gate_failures
     from .pipeline import scan_into
 
+    def check_gate():
+        for option, value in (("fail_above", fail_above), ("fail_if_copying", fail_if_copying)):
+            if value is not None:
+                check_range(option, value, low=0, high=1)
+        if fail_if_copying is not None and no_dataset_tests:
+            raise OptionError("fail_if_copying", "needs the data-set tests; drop --no-dataset-tests")
+
+    _run(check_gate)
     result = _run(lambda: scan_into(out, train, synthetic, holdout, ScanConfig.from_options(
         levels=levels, k=k, quantile=quantile, null_tail=null_tail, combine=combine, grid=grid, intensity=intensity,
         ct_window=ct_window, slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, align=align,
@@ -141,6 +156,11 @@ def scan(
     typer.echo(result.headline)
     if not quiet:
         typer.echo(f"Report: {out}/report.html (tables: synthetic.csv, pairs.csv, training.csv, null.csv, summary.json)")
+    failures = gate_failures(result.summary, fail_above=fail_above, fail_if_copying=fail_if_copying)
+    if failures:
+        for reason in failures:
+            typer.secho(f"gate failed: {reason}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(EXIT_GATE)
 
 
 @app.command()
