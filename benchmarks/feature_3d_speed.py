@@ -59,13 +59,13 @@ def write_volume(path: Path, zyx: np.ndarray) -> None:
     nib.save(image, str(path))
 
 
-def build(root: Path, data: Path) -> dict[str, bool]:
+def build(root: Path, data: Path, seed: int = 0, copies: int = N_COPIES, novel: int = N_NOVEL) -> dict[str, bool]:
     """The four folders under ``root`` and the synthetic volumes' truth (id -> is a copy)."""
     volumes = ixi_volumes(data)
-    need = N_TRAIN + N_HOLDOUT + N_NOVEL
-    if len(volumes) < need:
-        raise SystemExit(f"need {need} IXI volumes, found {len(volumes)}")
-    rng = np.random.default_rng(0)
+    need = N_TRAIN + N_HOLDOUT + novel
+    if len(volumes) < need or copies > N_TRAIN:
+        raise SystemExit(f"need {need} IXI volumes and at most {N_TRAIN} copies; found {len(volumes)} volumes")
+    rng = np.random.default_rng(seed)
     order = rng.permutation(len(volumes))[:need]
     truth = {}
     train = [volumes[i] for i in order[:N_TRAIN]]
@@ -73,7 +73,7 @@ def build(root: Path, data: Path) -> dict[str, bool]:
         write_volume(root / "train" / f"{subject}.nii.gz", resampled(volume))
     for subject, volume in (volumes[i] for i in order[N_TRAIN:N_TRAIN + N_HOLDOUT]):
         write_volume(root / "holdout" / f"{subject}.nii.gz", resampled(volume))
-    for n, (subject, volume) in enumerate(train[:N_COPIES]):
+    for n, (subject, volume) in enumerate(train[:copies]):
         name = f"copy{n}-{subject}.nii.gz"
         write_volume(root / "synthetic" / name, copy_of(resampled(volume), rng, flip=n == 0))
         truth[name] = True
@@ -103,9 +103,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "feature-3d")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--label", default="default", help="name of this option set in the results file")
+    parser.add_argument("--build-only", nargs=3, type=int, metavar=("SEED", "COPIES", "NOVEL"),
+                        help="only write a set of other volumes and copies (a tuning set for feature_3d_slices.py)")
     parser.add_argument("scan_options", nargs="*", help="extra scan options (after --)")
     options = parser.parse_args()
     truth_file = options.out / "truth.json"
+    if options.build_only:
+        truth = build(options.out, options.data, *options.build_only)
+        truth_file.write_text(json.dumps(truth, indent=1))
+        return
     if not truth_file.exists():
         log(f"writing 50 volumes of {SHAPE[2]}x{SHAPE[1]}x{SHAPE[0]} under {options.out}")
         truth = build(options.out, options.data)
