@@ -41,6 +41,25 @@ def write_above_marker(path: Path, text: str, marker: str = REPLICAS_MARKER) -> 
     path.write_text(text.rstrip() + "\n" + (f"\n{found}{tail}" if found else ""))
 
 
+def put_section(path: Path, text: str, marker: str = REPLICAS_MARKER) -> None:
+    """Put ``text``, a section starting with its "## " title line, into ``path``: in place of the
+    section of that title if there is one (up to the next "## " title or ``marker``), else just
+    above ``marker`` (or at the end)."""
+    old = path.read_text() if path.exists() else ""
+    title = text.lstrip().split("\n", 1)[0]
+    start = old.find("\n" + title + "\n")
+    if start >= 0:
+        ends = [i for i in (old.find("\n## ", start + 1), old.find("\n" + marker, start + 1)) if i >= 0]
+        end = min(ends) if ends else len(old)
+        new = old[:start + 1] + text.rstrip() + "\n" + old[end:]
+    elif marker in old:
+        at = old.index(marker)
+        new = old[:at] + text.rstrip() + "\n\n" + old[at:]
+    else:
+        new = old.rstrip() + "\n\n" + text.rstrip() + "\n"
+    path.write_text(new)
+
+
 # ---------------------------------------------------------------- real images, as arrays
 
 

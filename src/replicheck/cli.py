@@ -111,7 +111,7 @@ def scan(
     device: Device = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per embedder batch.")] = 64,
     volume_slices: Annotated[int, typer.Option(
-        "--volume-slices", help="Feature level, volumes: a 2D embedder embeds this many evenly spaced axial slices.")] = 16,
+        "--volume-slices", help="Feature level, volumes: a 2D embedder averages at most this many axial images (slab means).")] = 16,
     max_shift: Annotated[int, typer.Option("--max-shift", help="With --align shift: the largest translation (voxels per axis) searched.")] = 3,
     skip_unreadable: Annotated[bool, typer.Option("--skip-unreadable", help="Skip unreadable images (listed in summary.json) instead of stopping.")] = False,
     keep_subject_ids: Annotated[bool, typer.Option(

@@ -261,7 +261,8 @@ class FeatureOptions:
     adapt: Adaptation = "fit"
     adapt_minutes: float = 10.0
     model_cache: str | None = None  # folder of models trained by adapt="train" (default: the user's cache)
-    # A 2D embedder embeds a volume as the mean over at most this many evenly spaced axial slices.
+    # A 2D embedder embeds a volume as the mean over at most this many images: slab means (DeepSSIM)
+    # or evenly spaced axial slices (EfficientNet).
     volume_slices: int = 16
 
     def __post_init__(self):

@@ -55,19 +55,30 @@ def test_3d_embedding_is_normalised_mean_of_slice_embeddings(embedder):
         assert_allclose(row, mean / np.linalg.norm(mean), rtol=1e-5, atol=1e-6)
 
 
-def test_max_slices_embeds_a_volume_by_its_evenly_spaced_slices_only(embedder):
-    """A 20-slice volume with max_slices=4 is the normalised mean of slices 2, 7, 12 and 17: the
-    centres of four equal parts; a 3-slice volume keeps all three; and the key of the feature
-    cache (the digest) tells the two embeddings apart."""
+def test_max_slices_embeds_a_volume_by_its_slab_means(embedder):
+    """A 20-slice volume with max_slices=4 is the normalised mean of the embeddings of its four
+    5-slice slabs' mean images; a 3-slice volume keeps all three slices; and the key of the
+    feature cache (the digest) tells the two embeddings apart."""
     bounded = DeepSSIMEmbedder(embedder.model, batch_size=4, max_slices=4)
     volume = images((1, 20, 32, 32), seed=11)
-    mean = embedder.embed(volume[0, [2, 7, 12, 17]]).mean(axis=0)
+    slabs = volume[0].reshape(4, 5, 32, 32).mean(axis=1)
+    mean = embedder.embed(slabs).mean(axis=0)
     assert_allclose(bounded.embed(volume)[0], mean / np.linalg.norm(mean), rtol=1e-5, atol=1e-6)
     short = images((2, 3, 32, 32), seed=12)
     assert_allclose(bounded.embed(short), embedder.embed(short), rtol=1e-6, atol=1e-7)
     assert bounded.digest != embedder.digest
     with pytest.raises(ValueError, match="max_slices"):
         DeepSSIMEmbedder(embedder.model, max_slices=0)
+
+
+def test_slab_means_average_consecutive_slices_like_a_loop():
+    from replicheck.embedders.common import slab_means
+
+    volumes = images((2, 10, 6, 5), seed=13)
+    bounds = [0, 3, 6, 10]  # floor(i * 10 / 3)
+    expected = np.stack([[v[a:b].mean(axis=0) for a, b in zip(bounds, bounds[1:])] for v in volumes])
+    assert_allclose(slab_means(volumes, 3), expected, rtol=1e-6)
+    assert slab_means(volumes, 10) is volumes and slab_means(volumes, 64) is volumes
 
 
 def test_embeddings_are_deterministic_and_independent_of_batch_size(embedder):
