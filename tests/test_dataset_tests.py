@@ -28,8 +28,12 @@ def scans(ctich, tmp_path_factory):
     write_set(root / "holdout", {f"{patients[i]:03d}_{i:04d}": images[i] for i in holdout})
     write_set(root / "copies", {f"copy_{i:04d}": perturb(images[i], rng) for i in rng.choice(train, 40, replace=False)})
     write_set(root / "novel", {f"novel_{i:04d}": images[i] for i in novel})
+    collapsed = {f"novel_{i:04d}": images[i] for i in novel[:30]}  # mode collapse: one image, six times
+    collapsed.update({f"again_{n}": perturb(images[novel[30]], rng) for n in range(6)})
+    write_set(root / "collapsed", collapsed)
     scans = {name: replicheck.scan(root / "train", root / name, holdout=root / "holdout", subject_regex=r"^(\d+)_",
-                                   grid="64x64", progress=False, report_images=False) for name in ("copies", "novel")}
+                                   grid="64x64", progress=False, report_images=False)
+             for name in ("copies", "novel", "collapsed")}
     return {**scans, "root": root}
 
 
@@ -92,3 +96,11 @@ def test_bad_gate_options_fail_before_any_work(scans, tmp_path, options, message
     root = scans["root"]
     done = run("scan", root / "train", root / "copies", "--holdout", root / "holdout", "--out", tmp_path / "r", *options)
     assert done.returncode == 2 and message in done.stderr and not (tmp_path / "r").exists()
+
+
+def test_near_duplicates_inside_the_synthetic_set_form_one_group(scans):
+    collapsed = scans["collapsed"].summary["dataset"]["voxel"]["synthetic_clusters"]
+    assert collapsed["sizes"][0] == 6 and sorted(collapsed["largest"][0]) == [f"again_{n}.npy" for n in range(6)]
+    assert collapsed["images_in_clusters"] <= 8  # at most one chance pair among the 30 others
+    assert scans["novel"].summary["dataset"]["voxel"]["synthetic_clusters"]["clusters"] <= 1
+    assert "near-duplicate groups (largest 6)" in scans["collapsed"].headline

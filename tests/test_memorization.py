@@ -108,3 +108,14 @@ def _nearest_other(train: np.ndarray) -> np.ndarray:
     distances = np.sqrt(((train[:, None, :] - train[None, :, :]) ** 2).sum(axis=2))
     np.fill_diagonal(distances, np.inf)
     return -distances.min(axis=1)
+
+
+def test_near_duplicate_pairs_join_into_clusters_largest_first():
+    rows = np.array([10, 11, 12, 13, 14, 15])
+    neighbours = np.array([[11, 12], [10, -1], [13, 10], [12, 14], [15, 13], [14, -1]])
+    scores = np.array([[0.9, 0.95], [0.9, np.nan], [0.2, 0.95], [0.2, 0.1], [0.99, 0.1], [0.99, np.nan]])
+    groups = memorization.clusters(rows, neighbours, scores, threshold=0.5)
+    assert [group.tolist() for group in groups] == [[10, 11, 12], [14, 15]]
+    summary = memorization.cluster_summary(groups, np.array([f"s{i}" for i in range(20)]), 6, 0.5)
+    assert summary["sizes"] == [3, 2] and summary["images_in_clusters"] == 5
+    assert summary["largest"][1] == ["s14", "s15"] and "mode collapse" in summary["reading"]

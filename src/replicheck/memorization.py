@@ -151,6 +151,36 @@ def authenticity(scores: np.ndarray, nearest: np.ndarray, training_nn: np.ndarra
             "ci95": [round(low, 4), round(high, 4)]}
 
 
+def clusters(rows: np.ndarray, neighbours: np.ndarray, scores: np.ndarray, threshold: float) -> list[np.ndarray]:
+    """Groups of images linked by near-duplicate pairs: image ``rows[i]`` and each of its
+    ``neighbours[i]`` (-1: none) whose oriented score ``scores[i]`` exceeds ``threshold`` are
+    joined, and the connected groups of two or more returned, largest first (rows sorted)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rows, neighbours, scores = np.asarray(rows), np.asarray(neighbours), np.asarray(scores, np.float64)
+    linked = (neighbours >= 0) & np.isfinite(scores) & (scores > threshold)
+    position = {row: i for i, row in enumerate(rows)}
+    first = np.repeat(np.arange(len(rows)), neighbours.shape[1])[linked.ravel()]
+    second = np.array([position[row] for row in neighbours.ravel()[linked.ravel()]], dtype=np.int64)
+    graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(len(rows), len(rows)))
+    _, labels = connected_components(graph, directed=False)
+    sizes = np.bincount(labels)
+    groups = [np.sort(rows[labels == label]) for label in np.flatnonzero(sizes >= 2)]
+    return sorted(groups, key=lambda group: (-len(group), group[0]))
+
+
+def cluster_summary(groups: list[np.ndarray], ids: np.ndarray, sampled: int, threshold: float, shown: int = 10) -> dict:
+    """What summary.json says of the near-duplicate clusters: counts, sizes and the largest ones' ids."""
+    in_clusters = int(sum(len(group) for group in groups))
+    reading = (f"{in_clusters} of {sampled} synthetic images have a near-duplicate among the others "
+               f"({len(groups)} groups, the largest of {len(groups[0])}): mode collapse, or one patient copied many times"
+               if groups else "no two synthetic images are near-duplicates of each other")
+    return {"threshold": threshold, "images": sampled, "images_in_clusters": in_clusters, "clusters": len(groups),
+            "sizes": [len(group) for group in groups], "reading": reading,
+            "largest": [[str(ids[row]) for row in group] for group in groups[:shown]]}
+
+
 def compare_authenticity(synthetic: dict, holdout: dict | None) -> dict:
     """Synthetic images' inauthentic share beside held-out images' (what new patients score), with
     a one-sided Fisher exact test that synthetic images are more often that close."""
@@ -170,10 +200,12 @@ def compare_authenticity(synthetic: dict, holdout: dict | None) -> dict:
     return {"available": True, "p_value": p, "reading": reading, **out}
 
 
-def level_statistics(verdict, extra, training_vectors: np.ndarray, *, seed: int = 0) -> dict:
-    """The three statistics of one level: ``verdict`` its :class:`~replicheck.decide.LevelVerdict`,
+def level_statistics(verdict, extra, training_vectors: np.ndarray, synthetic_ids: np.ndarray, *, seed: int = 0) -> dict:
+    """The statistics of one level: ``verdict`` its :class:`~replicheck.decide.LevelVerdict`,
     ``extra`` its :class:`~replicheck.search.DatasetSearches`, ``training_vectors`` the level's
-    search vectors of the training images (C_T's cells)."""
+    search vectors of the training images (C_T's cells), ``synthetic_ids`` every synthetic image's id
+    (the near-duplicate clusters name theirs). Near-duplicates among synthetic images: a pair whose
+    score exceeds the level's threshold, the same calibration as a replica of a training image."""
     higher = verdict.higher_is_similar
     has_holdout = verdict.searches.has_holdout
     n_training = len(training_vectors)
@@ -199,6 +231,11 @@ def level_statistics(verdict, extra, training_vectors: np.ndarray, *, seed: int 
         rows = extra.holdout_rows
         holdout = authenticity(verdict.null_scores[rows], verdict.searches.null.rows[rows, 0], training_nn)
     out["authenticity"] = compare_authenticity(synthetic, holdout)
+    among = extra.among_synthetic
+    limit = verdict.threshold.value  # oriented, as the scores
+    groups = clusters(extra.synthetic_rows, among.rows, oriented(among.values[verdict.primary], higher), limit)
+    out["synthetic_clusters"] = cluster_summary(groups, synthetic_ids, len(extra.synthetic_rows),
+                                                float(verdict.measures[verdict.primary].threshold_value))
     return out
 
 
@@ -217,4 +254,8 @@ def headline(statistics: dict) -> str:
         reference = auth["holdout"]
         held = f" (new patients: {reference['share']:.0%})" if reference and reference.get("available") else ""
         parts.append(f"closer to their training image than any other patient is: {auth['synthetic']['share']:.0%}{held}")
+    found = statistics.get("synthetic_clusters", {})
+    if found.get("clusters"):
+        parts.append(f"{found['images_in_clusters']} synthetic images in {found['clusters']} near-duplicate groups "
+                     f"(largest {found['sizes'][0]})")
     return f"data set, {statistics['level']} level: " + ("; ".join(parts) if parts else "no statistic available")

@@ -143,6 +143,7 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
                                          workers=config.num_workers, progress=progress)
                 timings[f"{level.name}.dataset_tests"] = extra.seconds
                 dataset[level.name] = level_statistics(verdict, extra, sides["training"].vectors,
+                                                       collections["synthetic"].items["id"].to_numpy(),
                                                        seed=config.calibration.seed)
             warnings.extend(assemble.level_warnings(verdict, config.calibration.quantile))
             level_summaries[level.name] = assemble.level_summary(

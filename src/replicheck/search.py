@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from threading import Lock
 
@@ -48,6 +48,7 @@ QUERY_CHUNK = 64
 RESCORE_BATCH = 16  # queries a level with ``rescore_batch`` rescores together (per worker thread)
 VECTOR_BATCH_BYTES = 64 * 2**20  # analysis-grid images per batch when computing search vectors
 DATASET_SAMPLE = 1000  # synthetic (and held-out) images the data-set statistics search for, at most
+CLUSTER_NEIGHBOURS = 5  # nearest other synthetic images per sampled synthetic image (near-duplicate clusters)
 
 
 @dataclass
@@ -351,7 +352,10 @@ class DatasetSearches:
     - ``to_training`` and ``to_holdout``: the sampled synthetic images against a training subsample
       and a held-out subsample of equal size (the DCR share); None without a holdout;
     - ``training_nn``: the training images that are the nearest of a sampled synthetic or held-out
-      image, against the training images of other patients (authenticity), at ``training_rows``.
+      image, against the training images of other patients (authenticity), at ``training_rows``;
+    - ``among_synthetic``: the sampled synthetic images against each other (the synthetic set as
+      its own gallery, each image its own subject so that it never finds itself): near-duplicate
+      clusters, k = :data:`CLUSTER_NEIGHBOURS`.
     """
 
     synthetic_rows: np.ndarray
@@ -360,6 +364,7 @@ class DatasetSearches:
     to_holdout: Hits | None
     training_rows: np.ndarray
     training_nn: np.ndarray  # oriented primary score of each of training_rows to its nearest other patient's image
+    among_synthetic: Hits  # each sampled synthetic image's CLUSTER_NEIGHBOURS nearest other sampled synthetic images
     seconds: float
 
 
@@ -394,8 +399,12 @@ def dataset_searches(level: Level, sides: dict[str, Side], searches: LevelSearch
     else:  # the null is already every training image against other patients' images
         training_rows = np.arange(len(train.vectors))
         training_nn = oriented(searches.null.values[level.primary][:, 0], higher)
+    alone = replace(synth, subjects=np.arange(len(synth.vectors)).astype(str))
+    among = nearest(level, alone, alone, query_rows=synthetic_rows, gallery_rows=synthetic_rows,
+                    exclude_own_subject=True, description=f"{name}: synthetic -> synthetic",
+                    **{**options, "k": CLUSTER_NEIGHBOURS, "depth": max(options["depth"], CLUSTER_NEIGHBOURS)})
     return DatasetSearches(synthetic_rows, holdout_rows, to_training, to_holdout, training_rows, training_nn,
-                           time.perf_counter() - tick)
+                           among, time.perf_counter() - tick)
 
 
 def _sample(n: int, seed: int) -> np.ndarray:
