@@ -44,12 +44,15 @@ def variant(name: str) -> tuple[str, str, int]:
 
 
 def with_pooling(pooling: str):
-    """Patch DeepSSIMEmbedder.volume_slices to embed slab means instead of single slices."""
-    from replicheck.embedders.common import slab_means
+    """Patch DeepSSIMEmbedder.volume_slices to embed slab means or evenly spaced single slices."""
+    from replicheck.embedders.common import slab_means, slice_positions
 
     original = deepssim.DeepSSIMEmbedder.volume_slices
     if pooling == "slabs":
         deepssim.DeepSSIMEmbedder.volume_slices = lambda self, volumes: slab_means(volumes, self.max_slices)
+    else:
+        deepssim.DeepSSIMEmbedder.volume_slices = (
+            lambda self, volumes: volumes[:, slice_positions(volumes.shape[1], self.max_slices)])
     return lambda: setattr(deepssim.DeepSSIMEmbedder, "volume_slices", original)
 
 
