@@ -60,8 +60,9 @@ def test_a_scan_writing_to_a_file_says_what_it_does(tmp_path):
     done = run("scan", tmp_path / "train", tmp_path / "synth", "--holdout", tmp_path / "holdout", "--out", tmp_path / "r",
                "--levels", "voxel,feature")
     assert done.returncode == 0, done.stderr
-    for stage in ("reading training: 8/8 done", "reading holdout: 6/6 done", "feature: fitting to training: 1/1 done",
-                  "feature: training vectors: 8/8 done", "feature: synthetic vectors: 3/3 done"):
+    for stage in ("reading training: 8/8 done", "reading holdout: 6/6 done", "feature: adapting to training: 16/16 done",
+                  "feature: training vectors: 8/8 done", "feature: synthetic vectors: 3/3 done",
+                  "voxel: synthetic -> synthetic: 3/3 done"):
         assert stage in done.stderr, done.stderr
     assert not re.search(r"\x1b\[", done.stderr)
 

@@ -124,9 +124,7 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
         n_training = len(collections["training"])
         for level in levels:
             tick = time.perf_counter()
-            prepared = progress.step(f"{level.name}: fitting to training", 1)
             _prepare(level, collections["training"], config, progress)
-            prepared(1)
             timings[f"{level.name}.prepare"] = time.perf_counter() - tick
             tick = time.perf_counter()
             sides = {role: build_side(level, c.store, c.rows, workdir, f"{level.name}.{role}", progress=progress)
@@ -194,7 +192,7 @@ def _prepare(level, training: Collection, config: ScanConfig, progress: Progress
 
         level.use_embedder(scan_trained_embedder(training.store, subjects, config.feature, seed=config.calibration.seed,
                                                  progress=progress))
-    level.prepare(training.store, subjects)
+    level.prepare(training.store, subjects, progress=progress)
 
 
 def _orientations(synthetic: Collection, rows) -> dict[int, str]:

@@ -223,3 +223,19 @@ def test_a_whitened_network_saves_loads_and_embeds_identically(embedder, tmp_pat
     assert reloaded.model.whitened and reloaded.digest == whitened.digest
     assert_array_equal(reloaded.embed(batch), out)
 
+
+
+def test_remembered_views_are_reused_and_equal_to_fresh_ones(embedder, monkeypatch):
+    """After remember(), images embedded once (2D, or the slab images of volumes) are looked up,
+    not embedded again, and give the same rows; images never seen are embedded."""
+    viewed = DeepSSIMEmbedder(embedder.model, batch_size=4, rotations=(-5.0, 5.0), gammas=(0.8,), max_slices=4)
+    volumes = images((3, 12, 32, 32), seed=21)
+    expected = viewed.embed_views(volumes)
+    viewed.remember()
+    viewed.embed_views(viewed.volume_slices(volumes[:2]).reshape(-1, 32, 32))  # the slabs of two volumes
+    viewed.remember(False)
+    calls = []
+    original = viewed.vectors
+    monkeypatch.setattr(viewed, "vectors", lambda x: calls.append(len(x)) or original(x))
+    assert_allclose(viewed.embed_views(volumes), expected, rtol=1e-5, atol=1e-6)
+    assert sum(calls) == 4 * viewed.views  # only the third volume's four slab images

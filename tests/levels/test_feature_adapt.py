@@ -47,7 +47,7 @@ def test_the_bundled_model_is_refitted_as_train_calibrate_would(ct_set, tmp_path
     result = _scan(ct_set)
     adaptation = result.summary["levels"]["feature"]["settings"]["adaptation"]
     assert adaptation["adapted"] and adaptation["whitening_images"] == 48 and adaptation["map_pairs"] > 0
-    bundled = load_embedder("deepssim")
+    bundled = load_embedder("deepssim", max_slices=16)  # as a scan loads it (--volume-slices 16)
     assert adaptation["embedder_digest_before"] == bundled.digest
     assert result.summary["levels"]["feature"]["settings"]["embedder"]["digest"] != bundled.digest
     # the same refit, offline: train calibrate on the same folder

@@ -130,7 +130,8 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig = RunCon
         sets = _inputs(bench, info, labels, detector, config, out)
         options = {**detector.scan, "grid": tuple(info["grid"]), "quantile": config.quantile,
                    "num_workers": config.num_workers, "seed": config.seed, "embedder": config.embedder,
-                   "masks": config.masks}
+                   "masks": config.masks,
+                   "dataset_tests": False}  # per-image detection only: data-set tests are benchmarked on their own
         if detector.exhaustive:
             options.update(shortlist=sets["n_training"], depth=sets["n_training"])
         run = _in_child(sets, options, out / "scans" / detector.name,

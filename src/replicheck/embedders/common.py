@@ -61,14 +61,17 @@ def resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
 
-def embed_in_batches(images: np.ndarray, batch_size: int, dim: int, rows) -> torch.Tensor:
+def embed_in_batches(images: np.ndarray, batch_size: int, dim: int, rows, advance=None) -> torch.Tensor:
     """(n, ...) images -> (n, dim) float32 rows on the CPU, ``batch_size`` images at a time and
-    without gradients; ``rows`` maps one float32 batch (a CPU tensor) to its (b, dim) rows."""
+    without gradients; ``rows`` maps one float32 batch (a CPU tensor) to its (b, dim) rows;
+    ``advance(b)``, if given, is called after each batch (a progress bar)."""
     out = torch.empty((len(images), dim), dtype=torch.float32)
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32))
             out[start:start + len(chunk)] = rows(chunk).float().cpu()
+            if advance is not None:
+                advance(len(chunk))
     return out
 
 

@@ -27,6 +27,7 @@ from .views import check_views
 
 __all__ = ["DeepSSIMNet", "DeepSSIMEmbedder", "GeM", "preprocess", "save_checkpoint", "load_checkpoint"]
 
+MEMO_IMAGES = 20000  # 2D images whose views remember() keeps (9 views x 128 floats: about 90 MiB)
 KIND = "deepssim"
 VERSION = "1"  # preprocessing + architecture code; bump when either changes what embed() returns
 
@@ -198,6 +199,8 @@ class DeepSSIMEmbedder:
         if max_slices is not None and max_slices < 1:
             raise ValueError(f"max_slices must be >= 1, got {max_slices}")
         self.max_slices = None if max_slices is None else int(max_slices)
+        self.memo: dict[bytes, torch.Tensor] | None = None  # see remember()
+        self.memo_fill = False
         self.rotations, self.gammas = check_views(rotations, gammas)
         self.views = 1 + len(self.rotations) + len(self.gammas)
         self.device = torch.device(device)
@@ -240,13 +243,14 @@ class DeepSSIMEmbedder:
         """(b, H, W) or (b, Z, Y, X) intensities in [0, 1] -> (b, dim) float32 unit rows."""
         return self._embed(batch, [(None, None)])[:, 0]
 
-    def embed_views(self, batch: np.ndarray) -> np.ndarray:
+    def embed_views(self, batch: np.ndarray, advance=None) -> np.ndarray:
         """(b, H, W) or (b, Z, Y, X) -> (b, views, dim) float32 unit rows: the image as given
-        (:meth:`embed`), then rotated by each of ``rotations``, then under each of ``gammas``."""
+        (:meth:`embed`), then rotated by each of ``rotations``, then under each of ``gammas``.
+        ``advance(n)``: called as each batch of 2D images is done (a progress bar)."""
         return self._embed(batch, [(None, None)] + [(angle, None) for angle in self.rotations]
-                           + [(None, gamma) for gamma in self.gammas])
+                           + [(None, gamma) for gamma in self.gammas], advance)
 
-    def _embed(self, batch: np.ndarray, views: list[tuple[float | None, float | None]]) -> np.ndarray:
+    def _embed(self, batch: np.ndarray, views: list[tuple[float | None, float | None]], advance=None) -> np.ndarray:
         batch = np.asarray(batch)
         if batch.ndim not in (3, 4):
             raise ValueError(f"batch must have shape (b, H, W) or (b, Z, Y, X), got {batch.shape}")
@@ -266,10 +270,41 @@ class DeepSSIMEmbedder:
             return torch.cat(out, dim=1)
 
         slices = batch.reshape((-1,) + batch.shape[-2:])  # 3D: (b * Z, Y, X), volume-major
-        out = embed_in_batches(slices, self.batch_size, v * self.dim, rows).view(len(slices), v, self.dim)
+        if self.memo is not None and v == self.views:
+            out = self._memoised(slices, rows, advance)
+        else:
+            out = embed_in_batches(slices, self.batch_size, v * self.dim, rows, advance)
+        out = out.view(len(slices), v, self.dim)
         if batch.ndim == 4:  # per view, the normalised mean over the volume's slices
             out = F.normalize(out.view(b, batch.shape[1], v, self.dim).mean(dim=1), dim=2)
         return out.numpy().astype(np.float32, copy=False)
+
+    def remember(self, on: bool = True) -> None:
+        """While on, :meth:`embed_views` keeps the views of every 2D image (or slab image) it
+        embeds; on or off, it looks up the images it kept instead of embedding them again (at most
+        :data:`MEMO_IMAGES`). Why: a scan adapts the embedder on the training images' slab images
+        and then embeds the training volumes, whose slab images are those same images; on 50
+        volumes of 64 slices that was a quarter of the feature level's time."""
+        if self.memo is None:
+            self.memo = {}
+        self.memo_fill = on
+
+    def _memoised(self, slices: np.ndarray, rows, advance) -> torch.Tensor:
+        keys = [hashlib.blake2b(np.ascontiguousarray(image, dtype=np.float32).tobytes(), digest_size=16).digest()
+                for image in slices]
+        missing = [i for i, key in enumerate(keys) if key not in self.memo]
+        width = self.views * self.dim
+        fresh = (embed_in_batches(slices[missing], self.batch_size, width, rows, advance) if missing
+                 else torch.empty((0, width)))
+        if advance is not None and len(slices) > len(missing):
+            advance(len(slices) - len(missing))
+        found = {i: row for i, row in zip(missing, fresh)}
+        if self.memo_fill:
+            for i, row in found.items():
+                if len(self.memo) < MEMO_IMAGES:
+                    self.memo[keys[i]] = row
+        return torch.stack([found[i] if i in found else self.memo[key] for i, key in enumerate(keys)]) if len(keys) \
+            else torch.empty((0, width))
 
     def volume_slices(self, volumes: np.ndarray) -> np.ndarray:
         """The at most ``max_slices`` 2D images of each volume that its embedding averages: the

@@ -47,24 +47,33 @@ IDENTICAL_ANCHORS = 50  # weight of the (1, 1) point of the map: an image agains
 
 
 def adapted(embedder: DeepSSIMEmbedder, images: np.ndarray, subjects: np.ndarray, *, digest: str, seed: int = 0,
-            whiten: bool | None = None) -> tuple[DeepSSIMEmbedder, dict]:
+            whiten: bool | None = None, advance=None) -> tuple[DeepSSIMEmbedder, dict]:
     """A copy of ``embedder`` whose whitening and cosine -> SSIM map are refitted on ``images``
     (2D (n, H, W) in [0, 1], with their ``subjects``), which a scan takes from its own training set
     (``digest``: :func:`~replicheck.embedders.common.images_digest` of all of it, recorded as the
     copy's ``fitted_on``), and what was fitted. The weights stay; ``embedder`` is unchanged.
-    ``whiten``: fit a whitening (default: only refit one the model has)."""
+    ``whiten``: fit a whitening (default: only refit one the model has). ``advance(n)``: called as
+    images are embedded, :func:`adaptation_steps` in all (a progress bar)."""
     model = copy.deepcopy(embedder.model).cpu()
     whiten = model.whitened if whiten is None else whiten
-    whitened = whiten_network(model, images, seed=seed, batch_size=embedder.batch_size) if whiten else 0
+    whitened = whiten_network(model, images, seed=seed, batch_size=embedder.batch_size, advance=advance) if whiten else 0
     fresh = DeepSSIMEmbedder(model, flip_average=embedder.flip_average, rotations=embedder.rotations,
                              gammas=embedder.gammas, device=str(embedder.device), batch_size=embedder.batch_size,
                              fitted_on=digest, max_slices=embedder.max_slices)
-    fresh.calibration = fit_ssim_map(fresh, images, subjects, seed=seed)
+    fresh.remember()  # the map embeds these images with the final whitening: a scan's training set reuses them
+    fresh.calibration = fit_ssim_map(fresh, images, subjects, seed=seed, advance=advance)
+    fresh.remember(False)
     return fresh, {"whitening_images": whitened, "map_pairs": fresh.calibration["pairs"],
                    "map_images": fresh.calibration["images"]}
 
 
-def whiten_network(model: DeepSSIMNet, images: np.ndarray, *, seed: int = 0, batch_size: int = 256) -> int:
+def adaptation_steps(n_images: int, whiten: bool = True) -> int:
+    """How many images :func:`adapted` embeds for ``n_images`` (its progress bar's total)."""
+    return (min(n_images, MAX_WHITENING_IMAGES) if whiten else 0) + min(n_images, MAX_MAP_IMAGES)
+
+
+def whiten_network(model: DeepSSIMNet, images: np.ndarray, *, seed: int = 0, batch_size: int = 256,
+                   advance=None) -> int:
     """Fit ``model``'s whitening on the un-whitened embeddings of ``images`` ((n, H, W) in
     [0, 1]) and of their four flips, and set it. Returns the number of images used (at most
     :data:`MAX_WHITENING_IMAGES`)."""
@@ -79,12 +88,12 @@ def whiten_network(model: DeepSSIMNet, images: np.ndarray, *, seed: int = 0, bat
         x = preprocess(chunk.to(device), model.input_size)
         return torch.cat([model(x.flip(axes) if axes else x, whiten=False) for axes in turns], dim=1)
 
-    embedded = embed_in_batches(images, batch_size, len(turns) * model.dim, rows).numpy()
+    embedded = embed_in_batches(images, batch_size, len(turns) * model.dim, rows, advance).numpy()
     model.set_whitening(*fit_whitening(embedded.reshape(-1, model.dim)))
     return len(images)
 
 
-def fit_ssim_map(embedder, images: np.ndarray, subjects: np.ndarray, *, seed: int = 0) -> dict:
+def fit_ssim_map(embedder, images: np.ndarray, subjects: np.ndarray, *, seed: int = 0, advance=None) -> dict:
     """Knots of the cosine -> SSIM map from ``images`` ((n, H, W) in [0, 1]) and their subject ids,
     with the numbers of pairs and images used and the median cosine and SSIM of those pairs."""
     from sklearn.isotonic import IsotonicRegression
@@ -96,7 +105,7 @@ def fit_ssim_map(embedder, images: np.ndarray, subjects: np.ndarray, *, seed: in
     if len(images) > MAX_MAP_IMAGES:
         keep = np.sort(np.random.default_rng(seed).choice(len(images), MAX_MAP_IMAGES, replace=False))
         images, subjects = images[keep], subjects[keep]
-    similarity = _similarity(embedder, images)
+    similarity = _similarity(embedder, images, advance)
     cosine, ssim = [], []
     for same_subject in (False, True):
         pair_cosine, partner = _nearest(similarity, subjects, same_subject)
@@ -116,13 +125,15 @@ def fit_ssim_map(embedder, images: np.ndarray, subjects: np.ndarray, *, seed: in
             "median_cosine": float(np.median(cosine[finite])), "median_ssim": float(np.median(ssim[finite]))}
 
 
-def _similarity(embedder, images: np.ndarray) -> np.ndarray:
+def _similarity(embedder, images: np.ndarray, advance=None) -> np.ndarray:
     """The scan's cosine between every two of ``images``: the plain cosine, or with several views
     per image (DeepSSIM's rotations and gammas) that of the best-aligned views."""
     if getattr(embedder, "views", 1) == 1:
         vectors = embedder.embed(images).astype(np.float64)
+        if advance is not None:
+            advance(len(images))
         return vectors @ vectors.T
-    views = embedder.embed_views(images)  # (n, V, d)
+    views = embedder.embed_views(images, advance)  # (n, V, d)
     return view_max_cosine(views, views)
 
 

@@ -28,8 +28,9 @@ exact rescoring of the top-k, calibration against the null, flags); a level supp
 - ``union_candidates``: the level runs after the others and also rescores the nearest images
   they found (default: off);
 - ``cache``: an embedding cache the level reads and fills, or None;
-- ``prepare(store, subjects)``: learn from the training images (analysis grid, with subject ids)
-  before any vector is computed, e.g. refit an embedder's whitening (default: nothing).
+- ``prepare(store, subjects, progress=None)``: learn from the training images (analysis grid, with
+  subject ids) before any vector is computed, e.g. refit an embedder's whitening (default:
+  nothing); a level whose fitting takes long shows it on ``progress``.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class LevelBase:
     def query_views(self, images: np.ndarray) -> np.ndarray | None:
         return None
 
-    def prepare(self, store, subjects: np.ndarray) -> None:
+    def prepare(self, store, subjects: np.ndarray, *, progress=None) -> None:
         return None
 
     def rescore_batch(self, queries: np.ndarray, candidates: np.ndarray, *, keep: int | None = None) -> dict[str, np.ndarray]:

@@ -33,9 +33,10 @@ import time
 from ..embedders import Embedder
 from ..embedders.common import images_digest
 from ..embedders.deepssim import DeepSSIMEmbedder
-from ..embedders.fitting import adapted
+from ..embedders.fitting import adaptation_steps, adapted
 from ..embedders.ssim_map import deepssim_class
 from ..embedders.views import view_max_cosine
+from ..progress import Progress
 from .base import LevelBase
 from .feature_cache import FeatureCache, image_hashes
 
@@ -66,7 +67,7 @@ class FeatureLevel(LevelBase):
         if getattr(embedder, "calibration", None) is not None:  # DeepSSIM's calibrated SSIM estimate, for its classes
             self.measures["ssim_estimate"] = True
 
-    def prepare(self, store, subjects: np.ndarray) -> None:
+    def prepare(self, store, subjects: np.ndarray, *, progress=None) -> None:
         """Refit the embedder's whitening and SSIM map on the training images (``store``, with their
         ``subjects``) unless ``adapt`` is "none", the embedder has neither, or it was fitted on
         exactly these images; :attr:`adaptation` says which, and what was fitted."""
@@ -88,7 +89,9 @@ class FeatureLevel(LevelBase):
             self.adaptation = {"adapted": False, "why": "the SSIM map needs images of at least 2 subjects"}
             return
         before = self.embedder.digest
-        embedder, fitted = adapted(self.embedder, images, subjects, digest=digest, seed=self.seed)
+        advance = (progress or Progress()).step(f"{self.name}: adapting to training",
+                                                adaptation_steps(len(images), self.embedder.model.whitened))
+        embedder, fitted = adapted(self.embedder, images, subjects, digest=digest, seed=self.seed, advance=advance)
         self.use_embedder(embedder)
         self.adaptation = {"adapted": True, "what": "whitening and cosine -> SSIM map refitted on the training images",
                            **fitted, "training_digest": digest, "embedder_digest_before": before,
