@@ -48,7 +48,7 @@ QUERY_CHUNK = 64
 RESCORE_BATCH = 16  # queries a level with ``rescore_batch`` rescores together (per worker thread)
 VECTOR_BATCH_BYTES = 64 * 2**20  # analysis-grid images per batch when computing search vectors
 DATASET_SAMPLE = 1000  # synthetic (and held-out) images the data-set statistics search for, at most
-CLUSTER_NEIGHBOURS = 5  # nearest other synthetic images per sampled synthetic image (near-duplicate clusters)
+CLUSTER_NEIGHBOURS = 3  # nearest other synthetic images per sampled synthetic image (near-duplicate clusters)
 
 
 @dataclass
