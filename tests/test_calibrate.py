@@ -88,3 +88,16 @@ def test_z_scores_of_correlations_are_taken_on_fishers_z():
     z = calibrate.z_scores(np.array([0.999]), null)[0]
     assert z == pytest.approx((np.arctanh(0.999) - np.arctanh(null).mean()) / np.arctanh(null).std())
     assert z > 10 > (0.999 - null.mean()) / null.std()
+
+
+def test_subject_matched_subsample_takes_whole_subjects_up_to_the_size():
+    from replicheck.calibrate import subject_matched_subsample
+
+    subjects = np.repeat(np.array(["a", "b", "c", "d", "e"]), [4, 4, 4, 4, 4])
+    rows = subject_matched_subsample(subjects, 10, seed=3)
+    assert len(rows) == 10 and np.all(np.diff(rows) > 0)
+    taken = subjects[rows]
+    counts = sorted(np.unique(taken, return_counts=True)[1].tolist())
+    assert counts == [2, 4, 4]  # two whole subjects and part of a third
+    np.testing.assert_array_equal(subject_matched_subsample(subjects, 10, seed=3), rows)  # seeded
+    np.testing.assert_array_equal(subject_matched_subsample(subjects, 30, seed=3), np.arange(20))

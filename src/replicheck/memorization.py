@@ -16,7 +16,9 @@ a distance is its negation. Three statistics, each with what it needs:
   synthetic images whose nearest image in a training subsample is closer than their nearest
   held-out image, the two galleries of equal size. 50% for a generator that does not memorize;
   a binomial test and a Wilson interval say how far from it. Needs a holdout. The training gallery
-  is subsampled to the holdout's size, so a copy counts only when its source is in the subsample:
+  is subsampled to the holdout's size, whole subjects at a time as the holdout comes (a subsample
+  of single slices spans more patients and attracts unseen patients' images), so a copy counts
+  only when its source is in the subsample:
   the share is a weak test with a small holdout, and C_T or authenticity then says more.
 - **Authenticity** (Alaa et al., ICML 2022): the share of synthetic images closer to their nearest
   training image than that training image is to any other patient's training image. Beside it, the

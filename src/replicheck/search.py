@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .calibrate import matched_subsample, oriented
+from .calibrate import matched_subsample, oriented, subject_matched_subsample
 from .config import Search
 from .index import Index
 from .levels import Level
@@ -350,7 +350,8 @@ class DatasetSearches:
     images (``synthetic_rows``, a seeded sample) and held-out images (``holdout_rows``):
 
     - ``to_training`` and ``to_holdout``: the sampled synthetic images against a training subsample
-      and a held-out subsample of equal size (the DCR share); None without a holdout;
+      and a held-out subsample of equal size, both taken subject by subject (the DCR share); None
+      without a holdout;
     - ``training_nn``: the training images that are the nearest of a sampled synthetic or held-out
       image, against the training images of other patients (authenticity), at ``training_rows``;
     - ``among_synthetic``: the sampled synthetic images against each other (the synthetic set as
@@ -384,10 +385,10 @@ def dataset_searches(level: Level, sides: dict[str, Side], searches: LevelSearch
         holdout = sides["holdout"]
         matched = min(len(train.vectors), len(holdout.vectors))
         to_training = nearest(level, synth, train, query_rows=synthetic_rows,
-                              gallery_rows=matched_subsample(len(train.vectors), matched, seed),
+                              gallery_rows=subject_matched_subsample(train.subjects, matched, seed),
                               description=f"{name}: synthetic -> training subsample", **options)
         to_holdout = nearest(level, synth, holdout, query_rows=synthetic_rows,
-                             gallery_rows=matched_subsample(len(holdout.vectors), matched, seed + 1),
+                             gallery_rows=subject_matched_subsample(holdout.subjects, matched, seed + 1),
                              description=f"{name}: synthetic -> holdout", **options)
         holdout_rows = _sample(len(holdout.vectors), seed + 2)
         nearest_rows.append(searches.null.rows[holdout_rows, 0])
