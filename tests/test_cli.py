@@ -49,7 +49,8 @@ def test_scan_writes_outputs_and_prints_the_headline(small_sets, tmp_path):
                "--subject-regex", r"^(p\d+)_", "--out", out, "--quiet")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert len(lines) == 2 and "synthetic images" in lines[0] and "holdout floor" in lines[1]
+    assert len(lines) == 3 and "synthetic images" in lines[0] and "holdout floor" in lines[1]
+    assert lines[2].startswith("data set, voxel level: ")  # the data-set tests (issue #22)
     synthetic = pd.read_csv(out / "synthetic.csv")
     copies = synthetic[synthetic["id"].str.startswith("copy_")]
     assert copies["replica"].all()
