@@ -72,6 +72,15 @@ def markdown(rows: list[dict]) -> str:
             f"[{r['dcr_ci95'][0]:.0%}, {r['dcr_ci95'][1]:.0%}] ({r['dcr_p']:.2g}) | "
             f"{r['closer_than_other_patients']:.1%} ({r['holdout_closer_than_other_patients']:.1%}) "
             f"({r['authenticity_p']:.2g}) | {r['dataset_seconds']:.1f} of {r['scan_seconds']:.0f} |")
+    lines += ["", "Reading it: every statistic says copying for the copies and none does for new patients, except "
+              "that C_T reads the 2D novel set as \"underfitting\": `bench make` gives half of its novel images a mild "
+              "perturbation (noise, blur, a gamma change), which moves them away from the training images more than "
+              "the untouched held-out slices. The share \"closer to training\" compares galleries of whole "
+              "patients of the holdout's size, so a copy counts only when its source patient is in the training "
+              "subsample: on 2D CT (about 16 of 40 training patients per gallery) it rises only to 57% for copies, "
+              "while C_T and \"closer than any other patient\", which use every training image, separate the sets by "
+              "far. The 3D sets have 15 novel and 15 held-out volumes, one C_T cell. Seconds are the data-set tests' "
+              "own and the whole scan's, measured while the test suite ran on the same 2 cores (noisy)."]
     return "\n".join(lines) + "\n"
 
 
@@ -80,10 +89,11 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(SETS))
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "dataset-tests")
+    parser.add_argument("--table-only", action="store_true", help="rewrite the section from the results file, scan nothing")
     options = parser.parse_args()
     replicheck = str(ROOT / ".venv" / "bin" / "replicheck")
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    for name in ([options.only] if options.only else list(SETS)):
+    for name in ([] if options.table_only else [options.only] if options.only else list(SETS)):
         spec, folder = SETS[name], options.out / name
         folder.mkdir(parents=True, exist_ok=True)
         bench = folder / "bench"
