@@ -42,8 +42,10 @@ def test_every_statistic_says_copying_for_copies_and_not_for_new_patients(scans)
     assert copies["C_T"]["reading"].startswith("data copying") and copies["C_T"]["C_T"] < -3
     assert novel["C_T"]["reading"] == "no evidence of data copying"
     assert copies["C_T"]["cells"] == 2  # 60 held-out slices: 25 per cell
-    assert copies["dcr_share"]["share"] > 0.6 and copies["dcr_share"]["p_value"] < 0.01
-    assert novel["dcr_share"]["p_value"] > 0.01
+    # galleries of whole patients: a copy counts only when its source patient is in the training
+    # subsample (about half of the 8 here), so the share rises less than the other statistics
+    assert copies["dcr_share"]["share"] > 0.6 and copies["dcr_share"]["p_value"] < 0.05
+    assert novel["dcr_share"]["p_value"] > 0.05 and novel["dcr_share"]["share"] < copies["dcr_share"]["share"]
     assert copies["dcr_share"]["gallery_size"] == 60
     assert copies["authenticity"]["synthetic"]["share"] > 0.9 and copies["authenticity"]["p_value"] < 0.01
     assert novel["authenticity"]["p_value"] > 0.01
@@ -73,19 +75,20 @@ def test_a_scan_without_a_holdout_reports_what_it_cannot_compute(ctich, tmp_path
     assert stats["authenticity"]["synthetic"]["share"] == 1.0 and stats["authenticity"]["holdout"] is None
 
 
-@pytest.mark.parametrize("synthetic, options, status", [
-    ("copies", ["--fail-above", "0.1"], 3),
-    ("copies", ["--fail-above", "0.95"], 0),  # 40 of 40: the 95% interval starts at 91%
-    ("copies", ["--fail-if-copying", "0.01"], 3),
-    ("novel", ["--fail-above", "0.1", "--fail-if-copying", "0.01"], 0),
+@pytest.mark.parametrize("synthetic, options, status, reasons", [
+    ("copies", ["--fail-above", "0.1"], 3, ["above --fail-above 10.0%"]),
+    # 40 of 40: the rate's 95% interval starts at 91%, so 0.95 passes; C_T still fails the gate
+    ("copies", ["--fail-above", "0.95", "--fail-if-copying", "0.01"], 3, ["below --fail-if-copying 0.01: data copying"]),
+    ("novel", ["--fail-above", "0.1", "--fail-if-copying", "0.01"], 0, []),
 ])
-def test_the_gate_stops_a_pipeline_only_on_copying(scans, tmp_path, synthetic, options, status):
+def test_the_gate_stops_a_pipeline_only_on_copying(scans, tmp_path, synthetic, options, status, reasons):
     root = scans["root"]
     done = run("scan", root / "train", root / synthetic, "--holdout", root / "holdout", "--subject-regex", r"^(\d+)_",
                "--grid", "64x64", "--no-images", "--out", tmp_path / "r", "--quiet", *options)
     assert done.returncode == status, done.stderr
     assert (tmp_path / "r" / "summary.json").is_file()  # the results are written either way
-    assert ("gate failed:" in done.stderr) == (status == 3)
+    failures = [line for line in done.stderr.splitlines() if line.startswith("gate failed:")]
+    assert len(failures) == len(reasons) and all(reason in line for reason, line in zip(reasons, failures))
 
 
 @pytest.mark.parametrize("options, message", [

@@ -92,7 +92,7 @@ def volume_scan(ctich, tmp_path_factory):
     write_set(root / "synth", {**{f"copy_{patients[i]}": perturb(volumes[i], rng) for i in copies},
                                **{f"novel_{patients[i]}": volumes[i] for i in novel}})
     result = replicheck.scan(root / "train", root / "synth", holdout=root / "holdout", grid=(30, 64, 64),
-                             image_ndim=3)
+                             image_ndim=3, dataset_tests=False)  # tested in test_dataset_tests; costly in 3D
     return result
 
 

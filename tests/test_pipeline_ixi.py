@@ -55,7 +55,7 @@ def ixi_scan(tmp_path_factory):
         image = nib.load(file)
         nib.save(nib.Nifti1Image(np.asarray(image.dataobj, dtype=np.float32), image.affine), synth / f"novel_{file.name}")
     result = replicheck.scan(_manifest(root / "train.csv", train), synth, holdout=_manifest(root / "holdout.csv", holdout),
-                             grid=(60, 80, 80))
+                             grid=(60, 80, 80), dataset_tests=False)  # tested in test_dataset_tests; costly in 3D
     return result
 
 
