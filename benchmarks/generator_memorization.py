@@ -18,6 +18,11 @@ Each size's samples are written as PNG files and scanned with the default settin
 (``replicheck scan TRAIN SAMPLES --holdout HOLDOUT``); the per-image replica rate and the data-set
 statistics go to ``benchmarks/results/generator_memorization.json`` and a section of BENCHMARKS.md.
 Nothing is downloaded; the generated images stay under ``--out``.
+
+Status (issue #22, item 3): not yet run to the end. With ``--steps 800`` (6 minutes at N = 16 on 2
+busy cores) the samples were still blurry chest shapes: 0 replicas of 100 and C_T +2.19
+("underfitting"), so the training budget has to grow (several thousand steps per size) before the
+dose-response can be read; the default of 3000 steps is a guess not yet checked.
 """
 
 from __future__ import annotations
