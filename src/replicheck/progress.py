@@ -125,8 +125,7 @@ class RichBars:
         state = self._state(task)
         elapsed = state.elapsed or 0.0
         self.bars.remove_task(task)
-        self.bars.console.print(f"{state.description}: {int(state.total)}/{int(state.total)} done in {_clock(elapsed)}",
-                                highlight=False, markup=False)
+        self.bars.console.print(_done_line(state.description, int(state.total), elapsed), highlight=False, markup=False)
 
 
 class PlainBars:
@@ -177,13 +176,17 @@ class PlainBars:
 
     def _line(self, state: dict, now: float) -> None:
         done, total, elapsed = state["done"], state["total"], now - state["start"]
-        text = f"{state['description']}: {min(done, total)}/{total}"
         if done >= total:
-            text += f" done in {_clock(elapsed)}"
+            text = _done_line(state["description"], total, elapsed)
         else:
             eta = elapsed / done * (total - done) if done else float("nan")
-            text += f" ({100 * done / total:.0f}%), {_clock(elapsed)} elapsed, eta {_clock(eta)}"
+            text = f"{state['description']}: {done}/{total} ({100 * done / total:.0f}%), {_clock(elapsed)} elapsed, eta {_clock(eta)}"
         print(text, file=self.stream, flush=True)
+
+
+def _done_line(description: str, total: int, elapsed: float) -> str:
+    """The line a finished step leaves, in a terminal and in a log alike."""
+    return f"{description}: {total}/{total} done in {_clock(elapsed)}"
 
 
 def _clock(seconds: float) -> str:

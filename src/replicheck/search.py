@@ -378,7 +378,7 @@ def dataset_searches(level: Level, sides: dict[str, Side], searches: LevelSearch
                    primary_only=True, workers=workers, progress=progress)
     train, synth, name = sides["training"], sides["synthetic"], level.name
     higher = level.measures[level.primary]
-    synthetic_rows = _sample(len(synth.vectors), seed)
+    synthetic_rows = matched_subsample(len(synth.vectors), DATASET_SAMPLE, seed)
     to_training = to_holdout = holdout_rows = None
     nearest_rows = [searches.found.rows[synthetic_rows, 0]]
     if searches.has_holdout:
@@ -390,7 +390,7 @@ def dataset_searches(level: Level, sides: dict[str, Side], searches: LevelSearch
         to_holdout = nearest(level, synth, holdout, query_rows=synthetic_rows,
                              gallery_rows=subject_matched_subsample(holdout.subjects, matched, seed + 1),
                              description=f"{name}: synthetic -> holdout", **options)
-        holdout_rows = _sample(len(holdout.vectors), seed + 2)
+        holdout_rows = matched_subsample(len(holdout.vectors), DATASET_SAMPLE, seed + 2)
         nearest_rows.append(searches.null.rows[holdout_rows, 0])
         training_rows = np.unique(np.concatenate(nearest_rows))
         training_rows = training_rows[training_rows >= 0]
@@ -406,8 +406,3 @@ def dataset_searches(level: Level, sides: dict[str, Side], searches: LevelSearch
                     **{**options, "k": CLUSTER_NEIGHBOURS, "depth": max(options["depth"], CLUSTER_NEIGHBOURS)})
     return DatasetSearches(synthetic_rows, holdout_rows, to_training, to_holdout, training_rows, training_nn,
                            among, time.perf_counter() - tick)
-
-
-def _sample(n: int, seed: int) -> np.ndarray:
-    """All of ``n`` rows, or :data:`DATASET_SAMPLE` of them chosen at random (seeded), sorted."""
-    return np.arange(n) if n <= DATASET_SAMPLE else matched_subsample(n, DATASET_SAMPLE, seed)
