@@ -150,6 +150,20 @@ def ixi_pair():
 
 
 @pytest.mark.slow
+def test_a_querys_scores_do_not_depend_on_the_padding_of_the_batch_it_shares(ct_pair):
+    """A query with fewer candidates than its batch-mates is padded with copies of its first one;
+    the padding must never take the place of a real candidate among those aligned finely."""
+    from replicheck.levels.aligned import AlignedVoxelLevel
+
+    source, copy, stranger = ct_pair
+    level = AlignedVoxelLevel()
+    alone = level.rescore_batch(copy[None], np.stack([source, stranger])[None], keep=0)
+    padded = np.stack([source, stranger, source, source])[None]
+    batched = level.rescore_batch(copy[None], padded, keep=0, present=np.array([[True, True, False, False]]))
+    assert np.isfinite(alone["structure"][0]).all()
+    np.testing.assert_allclose(batched["structure"][0, :2], alone["structure"][0], atol=1e-6)
+
+
 def test_a_misaligned_mri_volume_is_aligned_back_and_agrees_with_simpleitk(ixi_pair):
     source, copy, stranger, truth = ixi_pair
     assert truth.rotation == pytest.approx(6.0, abs=1e-6) and truth.scale == pytest.approx(1.05, abs=1e-6)

@@ -55,3 +55,13 @@ def test_own_subject_is_excluded_and_gallery_subset_respected(sides):
     hits = nearest(level, gallery_side, gallery_side, k=1, shortlist=60, depth=60, gallery_rows=subset)
     assert np.isin(hits.rows[:, 0], subset).all()
     assert (hits.rows[subset, 0] == subset).all()  # each image's nearest in a gallery holding it is itself
+
+
+@pytest.mark.parametrize("queries, workers", [(1, 2), (15, 2), (16, 2), (17, 2), (64, 2), (64, 3), (5, 8)])
+def test_rescoring_batches_keep_every_worker_busy_and_stay_bounded(queries, workers):
+    from replicheck.search import RESCORE_BATCH, _batch_size
+
+    size = _batch_size(queries, workers)
+    batches = -(-queries // size)
+    assert 1 <= size <= RESCORE_BATCH
+    assert batches >= min(queries, workers)  # 15 volumes are no longer one batch for one of two cores

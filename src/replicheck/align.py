@@ -306,7 +306,8 @@ def filter_matrix(size: int, kernel: tuple[float, ...], pad: bool) -> torch.Tens
 
 
 def align(queries: torch.Tensor, candidates: torch.Tensor, *, bounds: Bounds = Bounds(),
-          angles: tuple[float, ...] | None = None, flip: bool = True, finest: int | None = None) -> Alignment:
+          angles: tuple[float, ...] | None = None, flip: bool = True, finest: int | None = None,
+          present: torch.Tensor | None = None) -> Alignment:
     """The similarity (and flip) that best maps each of the (Q, D, *grid) ``candidates`` onto its
     query among the (Q, *grid) ``queries``, and the candidates warped by it (see the module
     docstring).
@@ -315,6 +316,8 @@ def align(queries: torch.Tensor, candidates: torch.Tensor, *, bounds: Bounds = B
     ``flip=False`` tries no flip. With ``finest`` = m, only the m candidates of each query that
     correlate best with it after the coarse level go on to the finer levels and are returned
     (:attr:`Alignment.rows` says which): a candidate far from the query needs no precise fit.
+    ``present`` (Q, D) bool: False marks a padding candidate, chosen for the finer levels only
+    after every real one.
     """
     queries, candidates = queries.to(torch.float32), candidates.to(torch.float32)
     q, d = candidates.shape[:2]
@@ -337,7 +340,10 @@ def align(queries: torch.Tensor, candidates: torch.Tensor, *, bounds: Bounds = B
             rows, codes, mov, matrix, offset = (_take(t, keep) for t in (rows, codes, mov, matrix, offset))
         matrix, offset, correlation = ecc(ref, mov, matrix, offset, steps=steps, bounds=bounds)
         if number == 0 and finest is not None and finest < d:  # the best ``finest`` go on
-            keep = torch.argsort(-torch.nan_to_num(correlation, nan=-2.0), dim=1, stable=True)[:, :finest]
+            ranked = torch.nan_to_num(correlation, nan=-2.0)
+            if present is not None:
+                ranked = torch.where(torch.gather(present, 1, rows), ranked, torch.full_like(ranked, -3.0))
+            keep = torch.argsort(-ranked, dim=1, stable=True)[:, :finest]
             rows, codes, matrix, offset = (_take(t, keep) for t in (rows, codes, matrix, offset))
     moving = _flipped(candidates, rows, codes, flips)
     warped, valid = warp(moving, matrix, offset, grid)

@@ -157,9 +157,10 @@ def nearest(
             exclude = queries.subjects[query_rows[chunk]] if exclude_own_subject else None
             shortlisted = _shortlist(index, queries, query_rows[chunk], shortlist, exclude)
             if level.rescores_in_batches:
-                pieces = range(0, len(chunk), RESCORE_BATCH)
-                for done in pool.map(rescorer.batch, (chunk[i:i + RESCORE_BATCH] for i in pieces),
-                                     (shortlisted[i:i + RESCORE_BATCH] for i in pieces)):
+                size = _batch_size(len(chunk), workers)
+                pieces = range(0, len(chunk), size)
+                for done in pool.map(rescorer.batch, (chunk[i:i + size] for i in pieces),
+                                     (shortlisted[i:i + size] for i in pieces)):
                     advance(done)
             else:
                 for _ in pool.map(rescorer.one, chunk, shortlisted):
@@ -220,7 +221,8 @@ class _Rescorer:
 
     def batch(self, positions: np.ndarray, shortlisted: np.ndarray) -> int:
         """The queries at ``positions`` rescored together (a level with ``rescore_batch``); each
-        query's candidate list is padded to the longest with a copy of its first candidate."""
+        query's candidate list is padded to the longest with a copy of its first candidate, marked
+        absent so that a query's results never depend on the batch it shares."""
         lists = [(position, self.candidates_of(position, row)) for position, row in zip(positions, shortlisted)]
         lists = [(position, found) for position, found in lists if found.size]
         if lists:
@@ -229,7 +231,8 @@ class _Rescorer:
             store = self.gallery.store
             images = store.read(self.gallery_rows[padded.reshape(-1)]).reshape(len(lists), width, *store.shape)
             queries = self.queries.store.read(self.query_rows[[position for position, _ in lists]])
-            scores = self.level.rescore_batch(queries, images, keep=self.keep)
+            present = np.arange(width)[None, :] < np.array([found.size for _, found in lists])[:, None]
+            scores = self.level.rescore_batch(queries, images, keep=self.keep, present=present)
             for number, (position, found) in enumerate(lists):
                 self.keep_best(position, found, {name: column[number, : found.size] for name, column in scores.items()})
         return len(positions)
@@ -249,6 +252,13 @@ class _Rescorer:
         for name in self.level.measures:
             self.values.setdefault(name, np.full(self.rows.shape, np.nan))
         return Hits(self.rows, self.values)
+
+
+def _batch_size(queries: int, workers: int) -> int:
+    """Queries per rescoring batch: at most :data:`RESCORE_BATCH`, and small enough that every
+    worker gets one (15 volumes in one batch of 16 kept one of two cores idle for the whole search)."""
+    batches = max(-(-queries // RESCORE_BATCH), min(queries, max(1, workers)))
+    return max(1, -(-queries // batches))
 
 
 def _shortlist(index: Index, queries: Side, rows: np.ndarray, shortlist: int, exclude: np.ndarray | None) -> np.ndarray:

@@ -95,14 +95,17 @@ class AlignedVoxelLevel(LevelBase):
         scores = self.rescore_batch(query[None], candidates[None], keep=keep)
         return {name: values[0] for name, values in scores.items()}
 
-    def rescore_batch(self, queries: np.ndarray, candidates: np.ndarray, *, keep: int | None = None) -> dict[str, np.ndarray]:
+    def rescore_batch(self, queries: np.ndarray, candidates: np.ndarray, *, keep: int | None = None,
+                      present: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Measures of each of the (Q, D, *grid) candidates aligned onto its query among the (Q, *grid)
         ``queries``, (Q, D) each. Only each query's ``FINEST`` (at least ``keep``) candidates that
         correlate best after the coarse alignment are aligned finely and scored; the others score
-        NaN (ranked last)."""
+        NaN (ranked last). ``present`` (Q, D): False for padding, which is never chosen before a
+        real candidate."""
         q, d = candidates.shape[:2]
         finest = None if keep is None else (FINEST_NEAREST_ONLY if keep <= 1 else max(FINEST, keep))
-        found = align.align(_tensor(queries), _tensor(candidates), bounds=self.bounds, finest=finest)
+        found = align.align(_tensor(queries), _tensor(candidates), bounds=self.bounds, finest=finest,
+                            present=None if present is None else torch.from_numpy(np.asarray(present, dtype=bool)))
         ssim_best = None if keep is None or self.primary == "ssim" else min(keep, 1)  # SSIM of the nearest only
         scored = measures.compare_aligned(queries, found.warped.numpy(), found.valid.numpy(), data_range=DATA_RANGE,
                                           ssim_best=ssim_best)

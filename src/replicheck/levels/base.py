@@ -14,8 +14,9 @@ exact rescoring of the top-k, calibration against the null, flags); a level supp
   re-ranks the index's shortlist before the exact rescoring (default: none);
 - ``shortlist(ndim)``: how many index candidates to refine (default 256);
 - ``depth(ndim, k)``: how many refined candidates to rescore exactly (default k);
-- ``rescores_in_batches`` and ``rescore_batch(queries, candidates, keep=...)``: rescoring several
-  queries with their candidates in one call, (Q, D) measures (default: off, one query at a time);
+- ``rescores_in_batches`` and ``rescore_batch(queries, candidates, keep=..., present=...)``:
+  rescoring several queries with their candidates in one call, (Q, D) measures; ``present``
+  marks the real candidates among the padding (default: off, one query at a time);
 - ``scores_from_vectors`` and ``rescore_vectors(query_vector, candidate_vectors)``: measures
   computed from the search vectors alone (an embedding's cosine), so that no image is read
   back to rescore (default: off);
@@ -61,7 +62,8 @@ class Level(Protocol):
     def query_views(self, images: np.ndarray) -> np.ndarray | None:
         """(b, *grid) images -> (b, views, d) search vectors of each image as a query, or None."""
 
-    def rescore_batch(self, queries: np.ndarray, candidates: np.ndarray, *, keep: int | None = None) -> dict[str, np.ndarray]:
+    def rescore_batch(self, queries: np.ndarray, candidates: np.ndarray, *, keep: int | None = None,
+                      present: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Measures of (Q, D, *grid) candidates against their (Q, *grid) queries: name -> (Q, D)
         (``rescores_in_batches``)."""
 
@@ -115,7 +117,8 @@ class LevelBase:
     def prepare(self, store, subjects: np.ndarray, *, progress=None) -> None:
         return None
 
-    def rescore_batch(self, queries: np.ndarray, candidates: np.ndarray, *, keep: int | None = None) -> dict[str, np.ndarray]:
+    def rescore_batch(self, queries: np.ndarray, candidates: np.ndarray, *, keep: int | None = None,
+                      present: np.ndarray | None = None) -> dict[str, np.ndarray]:
         raise NotImplementedError(f"the {self.name} level rescores one query at a time")
 
     def rescore_vectors(self, query: np.ndarray, candidates: np.ndarray) -> dict[str, np.ndarray]:
