@@ -132,6 +132,7 @@ def test_skip_unreadable_lists_skipped_files(small_sets, pydicom_data, tmp_path)
     done = run("scan", small_sets / "train", synth, "--holdout", small_sets / "holdout", "--subject-regex",
                r"^(p\d+)_", "--skip-unreadable", "--quiet", "--out", tmp_path / "r")
     assert done.returncode == 0, done.stderr
+    assert "2 unreadable image(s) skipped" in done.stderr  # --quiet hides progress, never a skip
     skipped = json.loads((tmp_path / "r" / "summary.json").read_text())["inputs"]["synthetic"]["skipped"]
     assert {Path(s["file"]).name for s in skipped} == {"nan.npy", "flat.npy"}
     assert all(s["reason"] for s in skipped)

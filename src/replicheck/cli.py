@@ -38,7 +38,8 @@ app.add_typer(train_app, name="train")
 
 # ------------------------------------------------------------------ options shared by several commands
 
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or warnings.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; warnings about the results "
+                                    "(a small holdout, skipped images) still go to stderr.")]
 SubjectRegex = Annotated[Optional[str], typer.Option(
     "--subject-regex", help="Regex on image ids whose first group is the subject (patient) id.")]
 ImageNdim = Annotated[Optional[int], typer.Option("--image-ndim", help="Axes per image inside NumPy arrays (2 or 3).")]
@@ -152,7 +153,7 @@ def scan(
         skip_unreadable=skip_unreadable, keep_subject_ids=keep_subject_ids, num_workers=num_workers, seed=seed,
         progress=not quiet, gallery=gallery, dataset_tests=not no_dataset_tests,
         report_images=not no_images), labels=labels, command=" ".join(["replicheck"] + sys.argv[1:])))
-    _warn(result.warnings, quiet)
+    _warn(result.warnings)  # even with --quiet: they say how far the results can be trusted
     typer.echo(result.headline)
     if not quiet:
         typer.echo(f"Report: {out}/report.html (tables: synthetic.csv, pairs.csv, training.csv, null.csv, summary.json)")
@@ -218,7 +219,7 @@ def bench_make(
     typer.echo(f"Benchmark in {out}: {counts['training']} training, {counts['holdout']} holdout, {counts['synthetic']} "
                f"synthetic ({counts.get('replica', 0)} replicas, {counts.get('similar', 0)} same patient / other image, "
                f"{counts.get('novel', 0)} novel); labels in {out}/labels.csv")
-    _warn([f"note: {note}" for note in summary["notes"]], False, prefix="")
+    _warn([f"note: {note}" for note in summary["notes"]], prefix="")
 
 
 @bench_app.command("run")
@@ -384,10 +385,9 @@ def _fail(message: str):
     raise typer.Exit(EXIT_INPUT)
 
 
-def _warn(lines, quiet: bool, *, prefix: str = "warning: ") -> None:
-    if not quiet:
-        for line in lines:
-            typer.secho(f"{prefix}{terminal_safe(line)}", err=True, fg=typer.colors.YELLOW)
+def _warn(lines, *, prefix: str = "warning: ") -> None:
+    for line in lines:
+        typer.secho(f"{prefix}{terminal_safe(line)}", err=True, fg=typer.colors.YELLOW)
 
 
 def terminal_safe(message: str) -> str:
