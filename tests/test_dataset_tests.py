@@ -32,7 +32,7 @@ def scans(ctich, tmp_path_factory):
     collapsed.update({f"again_{n}": perturb(images[novel[30]], rng) for n in range(6)})
     write_set(root / "collapsed", collapsed)
     scans = {name: replicheck.scan(root / "train", root / name, holdout=root / "holdout", subject_regex=r"^(\d+)_",
-                                   grid="64x64", progress=False, report_images=False)
+                                   grid="64x64", progress=False, report_images=name == "collapsed")
              for name in ("copies", "novel", "collapsed")}
     return {**scans, "root": root}
 
@@ -107,3 +107,16 @@ def test_near_duplicates_inside_the_synthetic_set_form_one_group(scans):
     assert collapsed["images_in_clusters"] <= 8  # at most one chance pair among the 30 others
     assert scans["novel"].summary["dataset"]["voxel"]["synthetic_clusters"]["clusters"] <= 1
     assert "near-duplicate groups (largest 6)" in scans["collapsed"].headline
+
+
+def test_the_report_shows_the_images_of_the_largest_group(scans, tmp_path):
+    import re
+
+    out = tmp_path / "results"
+    scans["collapsed"].write(out)
+    html = render(out)
+    group = re.search(r'<figure class="group" data-level="voxel" data-size="(\d+)">(.*?)</figure>', html, re.S)
+    assert group and group.group(1) == "6"
+    shown = re.findall(r'<img class="group-image" alt="synthetic ([^"]+)"', group.group(2))
+    assert sorted(shown) == [f"again_{n}.npy" for n in range(6)]
+    assert 'class="group-image"' not in render(out, images=False)  # no patient pixels without images

@@ -176,7 +176,8 @@ def cluster_summary(groups: list[np.ndarray], ids: np.ndarray, sampled: int, thr
     """What summary.json says of the near-duplicate clusters: counts, sizes and the largest ones' ids."""
     in_clusters = int(sum(len(group) for group in groups))
     reading = (f"{in_clusters} of {sampled} synthetic images have a near-duplicate among the others "
-               f"({len(groups)} groups, the largest of {len(groups[0])}): mode collapse, or one patient copied many times"
+               f"({len(groups)} group{'s' if len(groups) != 1 else ''}, the largest of {len(groups[0])}): mode collapse, "
+               f"or one patient copied many times"
                if groups else "no two synthetic images are near-duplicates of each other")
     return {"threshold": threshold, "images": sampled, "images_in_clusters": in_clusters, "clusters": len(groups),
             "sizes": [len(group) for group in groups], "reading": reading,

@@ -5,7 +5,9 @@ the scan copies what the report needs into ``gallery.npz`` in the results folder
 the top pairs, the synthetic image and its nearest training image moved onto it by the transform
 the voxel level found (flip, rotation, scale, shift), as 8-bit display copies. In 3D it keeps the three orthogonal planes
 through the centre of the anatomy the two volumes share and a stack of slices along z to move
-through, not whole volumes, so the file stays small (about 0.5 MB per 3D pair).
+through, not whole volumes, so the file stays small (about 0.5 MB per 3D pair). It also keeps
+the images of the largest groups of near-duplicate synthetic images (:func:`group_members`), one
+thumbnail each (the axial plane through a volume's anatomy).
 ``replicheck report RESULTS`` re-renders from that file without the original images.
 With ``--no-images`` no file is written and the report holds no patient pixels.
 """
@@ -13,7 +15,7 @@ With ``--no-images`` no file is written and the report holds no patient pixels.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,9 @@ NAV_SLICES = 12  # slices along z kept per 3D volume for moving through it
 NAV_SIDE = 96  # their largest in-plane side (the three planes keep the analysis resolution)
 GALLERY_FILE = "gallery.npz"
 TRANSFORM_COLUMNS = ("flip", "rotation", "rotation_axis", "scale", "shift")  # a level's per-pair details
+GROUP_COLUMNS = ("level", "group", "synthetic")
+GROUPS_SHOWN = 3  # largest near-duplicate groups per level whose images the report shows
+GROUP_IMAGES_SHOWN = 8  # ... images of each
 
 
 @dataclass(frozen=True)
@@ -38,10 +43,18 @@ class Gallery:
     when the level found none), and for 3D the centre (z, y, x) of the shared anatomy.
     ``arrays`` maps "synthetic"/"training" (2D: (n, H, W)) or, in 3D, "synthetic.y",
     "training.x", ... (the planes through the centre across y and x), "synthetic.nav" and
-    "training.nav" (slices along z, positions in "nav_positions") to stacked arrays."""
+    "training.nav" (slices along z, positions in "nav_positions") to stacked arrays.
+    ``groups`` has one row per thumbnail of a near-duplicate group (level, group, synthetic id),
+    its pixels in ``arrays["groups"]`` (n, H, W)."""
 
     pairs: pd.DataFrame
     arrays: dict[str, np.ndarray]
+    groups: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=GROUP_COLUMNS))
+
+    @classmethod
+    def empty(cls) -> "Gallery":
+        """No pairs (a scan with ``--gallery 0``), to which :func:`with_groups` may add groups."""
+        return cls(pd.DataFrame(columns=["synthetic", "training", "level", "replica", *TRANSFORM_COLUMNS]), {})
 
     @property
     def ndim(self) -> int:
@@ -49,10 +62,12 @@ class Gallery:
 
     def save(self, path: str | Path) -> None:
         """Write atomically as one compressed .npz (the pairs table as a CSV string inside)."""
-        buffer = io.StringIO()
-        self.pairs.to_csv(buffer, index=False)
-        atomic_write(path, lambda handle: np.savez_compressed(handle, pairs=np.array(buffer.getvalue()), **self.arrays),
-                     binary=True)
+        tables = {}
+        for name, table in (("pairs", self.pairs), ("groups_table", self.groups)):
+            buffer = io.StringIO()
+            table.to_csv(buffer, index=False)
+            tables[name] = np.array(buffer.getvalue())
+        atomic_write(path, lambda handle: np.savez_compressed(handle, **tables, **self.arrays), binary=True)
 
     @classmethod
     def load(cls, path: str | Path) -> "Gallery":
@@ -60,10 +75,13 @@ class Gallery:
             with np.load(path, allow_pickle=False) as data:
                 pairs = pd.read_csv(io.StringIO(str(data["pairs"])), keep_default_na=False,
                                     dtype={"synthetic": str, "training": str, **{c: str for c in TRANSFORM_COLUMNS}})
-                arrays = {key: data[key] for key in data.files if key != "pairs"}
+                groups = (pd.read_csv(io.StringIO(str(data["groups_table"])), keep_default_na=False,
+                                      dtype={"level": str, "synthetic": str})
+                          if "groups_table" in data.files else pd.DataFrame(columns=GROUP_COLUMNS))  # older galleries
+                arrays = {key: data[key] for key in data.files if key not in ("pairs", "groups_table")}
         except (OSError, ValueError, KeyError) as error:
             raise ReplicheckError(f"{path}: not a readable replicheck gallery ({error})") from None
-        return cls(pairs, arrays)
+        return cls(pairs, arrays, groups)
 
 
 def choose(synthetic: pd.DataFrame, levels: dict[str, bool], top: int) -> pd.DataFrame:
@@ -132,6 +150,35 @@ def extract(chosen: pd.DataFrame, synthetic_store, training_store, training_ids,
         arrays[f"{role}.nav"] = to_uint8(np.stack([_shrunk(v[nav_slices(v.shape[0], c[0])]) for v, c in zip(volumes, centres)]))
     arrays["nav_positions"] = np.stack([nav_slices(synth.shape[1], c[0]) for c in centres]).astype(np.int16)
     return Gallery(pairs, arrays)
+
+
+def group_members(dataset: dict) -> pd.DataFrame:
+    """The synthetic images of each level's :data:`GROUPS_SHOWN` largest near-duplicate groups
+    (summary.json's ``dataset``), at most :data:`GROUP_IMAGES_SHOWN` of each: the report shows
+    them, since a generator that memorized one patient often emits the copy many times."""
+    rows = [{"level": level, "group": number, "synthetic": ident}
+            for level, statistics in dataset.items()
+            for number, group in enumerate(statistics.get("synthetic_clusters", {}).get("largest", [])[:GROUPS_SHOWN], 1)
+            for ident in group[:GROUP_IMAGES_SHOWN]]
+    return pd.DataFrame(rows, columns=GROUP_COLUMNS)
+
+
+def with_groups(shown: Gallery, members: pd.DataFrame, synthetic_store, synthetic_ids, orientations=None) -> Gallery:
+    """``shown`` with a thumbnail of each of ``members`` (:func:`group_members`): the image in 2D,
+    in 3D the axial plane through its anatomy's centre, turned as radiologists read it where its
+    orientation is known (``orientations``: synthetic row -> axis code)."""
+    if not len(members):
+        return shown
+    position = {ident: i for i, ident in enumerate(synthetic_ids)}
+    rows = [position[ident] for ident in members["synthetic"]]
+    images = synthetic_store.read(rows)
+    if images.ndim - 1 == 3:
+        turned = [radiological(volume, (orientations or {}).get(row, "")) for volume, row in zip(images, rows)]
+        planes = [volume[anatomy_centre(volume, volume)[0]] for volume in turned]
+        if len({plane.shape for plane in planes}) > 1:
+            planes = [volume[anatomy_centre(volume, volume)[0]] for volume in images]
+        images = np.stack(planes)
+    return replace(shown, arrays={**shown.arrays, "groups": to_uint8(images)}, groups=members.reset_index(drop=True))
 
 
 def transform_of(pair, ndim: int) -> Transform:

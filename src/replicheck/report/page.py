@@ -24,7 +24,7 @@ from ..embedders.ssim_map import DEEPSSIM_BANDS
 from ..files import write_text
 from ..records import ReplicheckError
 from . import figures
-from .gallery import GALLERY_FILE, Gallery, choose, describe_transform
+from .gallery import GALLERY_FILE, GROUP_IMAGES_SHOWN, Gallery, choose, describe_transform
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 REPORT_FILE = "report.html"
@@ -68,6 +68,8 @@ def render(results: str | Path, *, top: int | None = None, images: bool = True,
         "label_names": DETAIL_NAMES,
         "p_floor": summary["calibration"].get("p_value_floor"),  # absent in results of versions before it
         "dataset": list(summary.get("dataset", {}).values()),
+        "groups": _groups(gallery, summary) if gallery is not None else [],
+        "group_images_shown": GROUP_IMAGES_SHOWN,
         "dataset_alpha": memorization.ALPHA,
     }
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
@@ -191,6 +193,19 @@ def _gallery(gallery: Gallery, synthetic: pd.DataFrame, summary: dict, top: int 
             card.update(_volume_views(gallery, i, pair))
         cards.append(card)
     return cards
+
+
+def _groups(gallery: Gallery, summary: dict) -> list[dict]:
+    """The near-duplicate groups whose images gallery.npz keeps, largest first per level."""
+    out = []
+    for (level, number), members in gallery.groups.groupby(["level", "group"], sort=False):
+        found = summary.get("dataset", {}).get(level, {}).get("synthetic_clusters", {})
+        sizes = found.get("sizes", [])
+        out.append({"level": level, "number": int(number),
+                    "size": sizes[int(number) - 1] if int(number) <= len(sizes) else len(members),
+                    "images": [{"id": ident, "uri": figures.data_uri(figures.grey_png(gallery.arrays["groups"][i]))}
+                               for i, ident in zip(members.index, members["synthetic"])]})
+    return out
 
 
 def _volume_views(gallery: Gallery, i: int, pair) -> dict:
