@@ -321,10 +321,7 @@ def search_level(level: Level, sides: dict[str, Side], search: Search, *, seed: 
     too (``union_candidates``). ``search`` gives k and, where set, the shortlist and depth;
     otherwise the level chooses them (:meth:`~replicheck.levels.base.Level.shortlist`, ``depth``).
     """
-    ndim = len(sides["training"].store.shape)
-    depth = search.depth or level.depth(ndim, search.k)
-    shortlist = search.shortlist or level.shortlist(ndim)
-    options = dict(shortlist=shortlist, depth=depth, workers=workers, progress=progress)
+    options = dict(**_reach(level, search, sides, search.k), workers=workers, progress=progress)
     extra = {kind: np.concatenate([getattr(hits, kind).rows for hits in earlier], axis=1) if earlier else None
              for kind in ("found", "null", "train_null", "memorized")}
     train, synth, name, k = sides["training"], sides["synthetic"], level.name, search.k
@@ -351,6 +348,13 @@ def search_level(level: Level, sides: dict[str, Side], search: Search, *, seed: 
                         extra_candidates=extra["memorized"], description=f"{name}: training -> synthetic", **options)
     seconds["search_calibration"] = time.perf_counter() - tick
     return LevelSearches(found, null, train_null, memorized, len(gallery_rows), "holdout" in sides, seconds)
+
+
+def _reach(level: Level, search: Search, sides: dict[str, Side], k: int) -> dict[str, int]:
+    """How far a search for the ``k`` nearest looks: the index candidates the level refines
+    (``shortlist``) and those it rescores exactly (``depth``), the user's where set."""
+    ndim = len(sides["training"].store.shape)
+    return {"shortlist": search.shortlist or level.shortlist(ndim), "depth": search.depth or level.depth(ndim, k)}
 
 
 @dataclass(frozen=True)
@@ -383,9 +387,7 @@ def dataset_searches(level: Level, sides: dict[str, Side], searches: LevelSearch
                      workers: int, progress: Progress | None = None) -> DatasetSearches:
     """The extra searches of :class:`DatasetSearches` for ``level``, given its four searches."""
     tick = time.perf_counter()
-    ndim = len(sides["training"].store.shape)
-    options = dict(k=1, shortlist=search.shortlist or level.shortlist(ndim), depth=search.depth or level.depth(ndim, 1),
-                   primary_only=True, workers=workers, progress=progress)
+    options = dict(k=1, **_reach(level, search, sides, 1), primary_only=True, workers=workers, progress=progress)
     train, synth, name = sides["training"], sides["synthetic"], level.name
     higher = level.measures[level.primary]
     synthetic_rows = matched_subsample(len(synth.vectors), DATASET_SAMPLE, seed)

@@ -190,7 +190,8 @@ def _adaptation_sample(store, subjects: np.ndarray, most: int, seed: int,
     n = len(store)
     volumes = len(store.shape) == 3
     if volumes and volume_slices is not None:
-        per_image = volume_slices(np.zeros((1, *store.shape), dtype=np.float32)).shape[1]
+        # how many 2D images the embedder takes of a volume, asked of a zero volume that takes no memory
+        per_image = volume_slices(np.broadcast_to(np.float32(0.0), (1, *store.shape))).shape[1]
     else:
         per_image = store.shape[0] if volumes else 1
     images_needed = max(1, -(-most // per_image))
