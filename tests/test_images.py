@@ -163,6 +163,36 @@ def test_a_dicom_series_says_where_its_axes_point(tmp_path, pydicom_data, orient
     assert readers.orientation(ref) == expected
 
 
+@pytest.mark.parametrize("orientation, step, expected", [
+    ((1, 0, 0, 0, 1, 0), 2.5, "SPL"),  # axial, frames stacked towards superior
+    ((1, 0, 0, 0, 1, 0), -2.5, "IPL"),  # ... towards inferior: the frames' axis follows their positions
+    ((0, 1, 0, 0, 0, -1), 2.5, "RIP"),  # sagittal
+])
+def test_a_multiframe_dicom_says_where_its_axes_point(tmp_path, pydicom_data, orientation, step, expected):
+    """An enhanced multi-frame file keeps its orientation in the shared functional groups and each
+    frame's position in its own (issue #20's 3D gallery turns volumes by it)."""
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(pydicom_data / "emri_small.dcm")
+    ds.pop("ImageOrientationPatient", None)
+    plane = Dataset()
+    plane.ImageOrientationPatient = list(orientation)
+    shared = Dataset()
+    shared.PlaneOrientationSequence = [plane]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    normal = np.cross(orientation[:3], orientation[3:])
+    frames = []
+    for z in range(int(ds.NumberOfFrames)):
+        position, frame = Dataset(), Dataset()
+        position.ImagePositionPatient = [float(v) for v in normal * z * step]
+        frame.PlanePositionSequence = [position]
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.save_as(tmp_path / "multiframe.dcm")
+    ref = images.discover(tmp_path, role="training").refs[0]
+    assert ref.ndim == 3 and readers.orientation(ref) == expected
+
+
 @pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
 @pytest.mark.parametrize("direction, expected", [
     ((1, 0, 0, 0, 1, 0, 0, 0, 1), "SPL"),  # ITK's identity: x to the left, y posterior, z superior (LPS)

@@ -61,7 +61,10 @@ def describe(sets: dict[str, ImageSet], *, keep: bool) -> dict:
 DICOM_TAGS_READ = ("PatientID", "SOPInstanceUID", "SeriesInstanceUID", "Modality", "Rows", "Columns",
                    "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames", "ImageOrientationPatient",
                    "ImagePositionPatient", "PixelSpacing", "SliceThickness", "RescaleSlope", "RescaleIntercept",
-                   "TransferSyntaxUID", "PixelData", "FloatPixelData", "DoubleFloatPixelData")
+                   "TransferSyntaxUID", "PixelData", "FloatPixelData", "DoubleFloatPixelData",
+                   # multi-frame files, for display orientation only
+                   "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "PlaneOrientationSequence",
+                   "PlanePositionSequence")
 
 
 def _key(sets: dict[str, ImageSet]) -> bytes:

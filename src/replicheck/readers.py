@@ -245,11 +245,14 @@ def load(ref: ImageRef) -> LoadedImage:
 def orientation(ref: ImageRef) -> str:
     """Which anatomical direction each axis of a loaded 3D volume points to, in our (z, y, x) order
     (``"SAR"``: z towards superior, y anterior, x right), from a NIfTI affine, the direction cosines
-    of an NRRD/MetaImage header or a DICOM series' ImageOrientationPatient; "" for other formats and
+    of an NRRD/MetaImage header, a DICOM series' ImageOrientationPatient or a multi-frame DICOM
+    file's plane orientation and positions; "" for other formats and
     for headers that say nothing usable. Used only to show volumes as radiologists read them; the
     comparison keeps the stored axes."""
     if ref.reader == "dicom-series":
         return _series_orientation(ref)
+    if ref.reader == "dicom" and ref.ndim == 3:
+        return _multiframe_orientation(ref)
     if ref.reader == "itk" and ref.ndim == 3:
         return _itk_orientation(ref)
     if ref.reader != "nifti" or ref.ndim != 3:
@@ -279,6 +282,33 @@ def _series_orientation(ref: ImageRef) -> str:
         return ""
     row, column = cosines[:3], cosines[3:]
     return _lps_letters((np.cross(row, column), column, row))
+
+
+def _multiframe_orientation(ref: ImageRef) -> str:
+    """A multi-frame DICOM file's axes: rows and columns from its ImageOrientationPatient (in the
+    shared functional groups of an enhanced file, else the first frame's, else the top level), the
+    frames' axis from the first to the last frame's ImagePositionPatient (the order we stack them
+    in), or along the cross product where positions are missing; "" when the file gives no
+    orientation."""
+    def first(dataset, sequence: str):
+        items = dataset.get(sequence) if dataset is not None else None
+        return items[0] if items else None
+
+    try:
+        header = dicom_header(ref.source)
+        shared, frames = first(header, "SharedFunctionalGroupsSequence"), header.get("PerFrameFunctionalGroupsSequence")
+        plane = first(shared, "PlaneOrientationSequence") or first(frames[0] if frames else None, "PlaneOrientationSequence")
+        cosines = np.array([float(v) for v in (plane or header).ImageOrientationPatient])
+        positions = [first(frame, "PlanePositionSequence") for frame in (frames[0], frames[-1])] if frames else []
+        ends = [np.array([float(v) for v in p.ImagePositionPatient]) for p in positions if p is not None]
+    except (InputError, AttributeError, TypeError, ValueError, IndexError):
+        return ""
+    if cosines.shape != (6,):
+        return ""
+    row, column = cosines[:3], cosines[3:]
+    normal = np.cross(row, column)
+    ascending = len(ends) != 2 or ends[0].shape != (3,) or ends[1].shape != (3,) or np.dot(ends[1] - ends[0], normal) >= 0
+    return _lps_letters((normal if ascending else -normal, column, row))
 
 
 def _itk_orientation(ref: ImageRef) -> str:
