@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "replicheck"
 
 # Lowest first. A subpackage is one component (``levels`` covers replicheck.levels.*).
 LAYERS = (
-    ("_version", "records", "config", "workspace", "files", "progress"),
+    ("_version", "records", "config", "workspace", "files", "progress", "stopwatch"),
     ("readers", "images", "pseudonyms", "preprocess", "store", "kernels", "align", "measures", "mask_measures", "index", "transforms",
      "embedders", "segmenters"),
     ("levels", "search", "calibrate", "collect", "decide", "memorization", "gate", "volumes", "assemble"),

@@ -202,6 +202,7 @@ def level_warnings(verdict: LevelVerdict, quantile: float) -> list[str]:
 def summary(*, config: ScanConfig, preprocessing: Preprocessing, collections: dict[str, Collection],
             verdicts: list[LevelVerdict],
             combined: CombinedVerdict, copies: np.ndarray, level_summaries: dict[str, dict], timings: dict[str, float],
+            cpu_timings: dict[str, float] | None = None,
             warnings: list[str], command: str | None) -> dict:
     """summary.json: counts and rates with intervals, thresholds, null statistics, the holdout
     floor, settings, versions, timings and warnings."""
@@ -251,6 +252,7 @@ def summary(*, config: ScanConfig, preprocessing: Preprocessing, collections: di
         "settings": asdict(config),
         "versions": versions(),
         "timings_s": {key: round(value, 3) for key, value in timings.items()},
+        "cpu_s": {key: round(value, 3) for key, value in (cpu_timings or {}).items()},
         "warnings": list(warnings),
     }
     if command is not None:

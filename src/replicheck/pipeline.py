@@ -12,7 +12,6 @@ are plug-ins (:mod:`replicheck.levels`): this module never branches on a level's
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from .report import gallery
 from .report.gallery import Gallery
 from .memorization import headline as dataset_headline, level_statistics
 from .search import build_side, dataset_searches, search_level
+from .stopwatch import Stopwatch
 from .volumes import volume_verdicts
 from .workspace import scratch
 
@@ -97,12 +97,11 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
     levels = [make_level(name, config) for name in config.levels]
     # Levels that rescore the other levels' candidates run after them (stable: otherwise as listed).
     levels.sort(key=lambda level: level.union_candidates)
-    timings: dict[str, float] = {}
+    clock = Stopwatch()
     progress = Progress(config.progress)
-    started = time.perf_counter()
     slices = config.preprocessing.slices
-    sets = discover_inputs(train, synthetic, holdout, config.reading, slices=slices)
-    timings["discover"] = time.perf_counter() - started
+    with clock.stage("discover"):
+        sets = discover_inputs(train, synthetic, holdout, config.reading, slices=slices)
     if check_inputs is not None:
         check_inputs(sets)
     settings = config.preprocessing.on_grid(config.preprocessing.grid or choose_grid(sets["training"].refs, slices=slices))
@@ -111,11 +110,10 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
     if "holdout" in sets and not slices:  # before reading: one image per file (slices are counted after)
         _check_holdout_size(sets["holdout"].source, len(sets["holdout"].refs))
     with scratch() as workdir, progress.session():
-        tick = time.perf_counter()
-        collections = {role: collect(image_set, settings, workdir, skip_unreadable=config.reading.skip_unreadable,
-                                     num_workers=config.num_workers, progress=progress)
-                       for role, image_set in sets.items()}
-        timings["read_and_preprocess"] = time.perf_counter() - tick
+        with clock.stage("read_and_preprocess"):
+            collections = {role: collect(image_set, settings, workdir, skip_unreadable=config.reading.skip_unreadable,
+                                         num_workers=config.num_workers, progress=progress)
+                           for role, image_set in sets.items()}
         warnings = _calibration_warnings(collections) + _skipped_warnings(collections)
         if config.feature.cache and not any(level.cache is not None for level in levels):
             warnings.append(f"--cache {config.feature.cache} is not used: no level of this scan embeds images "
@@ -123,37 +121,35 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
         verdicts, level_summaries, dataset = [], {}, {}
         n_training = len(collections["training"])
         for level in levels:
-            tick = time.perf_counter()
-            _prepare(level, collections["training"], config, progress)
-            timings[f"{level.name}.prepare"] = time.perf_counter() - tick
-            tick = time.perf_counter()
-            sides = {role: build_side(level, c.store, c.rows, workdir, f"{level.name}.{role}", progress=progress)
-                     for role, c in collections.items()}
-            timings[f"{level.name}.represent"] = time.perf_counter() - tick
+            with clock.stage(f"{level.name}.prepare"):
+                _prepare(level, collections["training"], config, progress)
+            with clock.stage(f"{level.name}.represent"):
+                sides = {role: build_side(level, c.store, c.rows, workdir, f"{level.name}.{role}", progress=progress)
+                         for role, c in collections.items()}
             earlier = [verdict.searches for verdict in verdicts] if level.union_candidates else []
             searches = search_level(level, sides, config.search, seed=config.calibration.seed,
-                                    workers=config.num_workers, earlier=earlier, progress=progress)
-            timings.update({f"{level.name}.{key}": value for key, value in searches.seconds.items()})
+                                    workers=config.num_workers, earlier=earlier, progress=progress, clock=clock)
             verdict = decide_level(level, searches, config.calibration, settings=level.describe())
             verdicts.append(verdict)
             if config.calibration.dataset_tests:
-                extra = dataset_searches(level, sides, searches, config.search, seed=config.calibration.seed,
-                                         workers=config.num_workers, progress=progress)
-                timings[f"{level.name}.dataset_tests"] = extra.seconds
+                with clock.stage(f"{level.name}.dataset_tests"):
+                    extra = dataset_searches(level, sides, searches, config.search, seed=config.calibration.seed,
+                                             workers=config.num_workers, progress=progress)
                 dataset[level.name] = level_statistics(verdict, extra, sides["training"].vectors,
                                                        collections["synthetic"].items["id"].to_numpy(),
                                                        seed=config.calibration.seed)
             warnings.extend(assemble.level_warnings(verdict, config.calibration.quantile))
             level_summaries[level.name] = assemble.level_summary(
                 verdict, config, n_training, [v.name for v in verdicts[:-1]] if earlier else [])
-        timings["total"] = time.perf_counter() - started
+        clock.total()
         combined = combine_levels(verdicts, config.calibration)
         copies = copied_training(verdicts, combined.flags, n_training)
         items = {role: c.items for role, c in collections.items()}
         null_role = "holdout" if "holdout" in collections else "training"
         table = assemble.synthetic_table(items["synthetic"], verdicts, combined, items["training"])
         summary = assemble.summary(config=config, preprocessing=settings, collections=collections, verdicts=verdicts,
-                                   combined=combined, copies=copies, level_summaries=level_summaries, timings=timings,
+                                   combined=combined, copies=copies, level_summaries=level_summaries, timings=clock.wall,
+                                   cpu_timings=clock.cpu,
                                    warnings=warnings, command=command)
         if dataset:
             summary["dataset"] = dataset

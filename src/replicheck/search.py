@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from threading import Lock
 
@@ -42,6 +42,7 @@ from .config import Search
 from .index import Index
 from .levels import Level
 from .progress import Progress
+from .stopwatch import Stopwatch
 from .store import ArrayStore, StoredRows
 
 QUERY_CHUNK = 64
@@ -302,7 +303,7 @@ def _one_torch_thread():
 class LevelSearches:
     """The four searches of one level (see the module docstring). ``train_null`` is ``null``
     itself without a holdout; ``gallery_size`` is the size of the synthetic subsample that
-    ``memorized`` searched; ``seconds`` the time of the synthetic and of the calibration searches."""
+    ``memorized`` searched."""
 
     found: Hits
     null: Hits
@@ -310,11 +311,11 @@ class LevelSearches:
     memorized: Hits
     gallery_size: int
     has_holdout: bool
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def search_level(level: Level, sides: dict[str, Side], search: Search, *, seed: int, workers: int,
-                 earlier: list[LevelSearches] = (), progress: Progress | None = None) -> LevelSearches:
+                 earlier: list[LevelSearches] = (), progress: Progress | None = None,
+                 clock: Stopwatch | None = None) -> LevelSearches:
     """The four searches of ``level`` over ``sides`` (role -> :class:`Side`; "holdout" optional).
 
     ``earlier``: the searches of the levels run before, whose nearest images this level rescores
@@ -325,11 +326,18 @@ def search_level(level: Level, sides: dict[str, Side], search: Search, *, seed: 
     extra = {kind: np.concatenate([getattr(hits, kind).rows for hits in earlier], axis=1) if earlier else None
              for kind in ("found", "null", "train_null", "memorized")}
     train, synth, name, k = sides["training"], sides["synthetic"], level.name, search.k
-    tick = time.perf_counter()
-    found = nearest(level, synth, train, k=k, description=f"{name}: synthetic -> training",
-                    extra_candidates=extra["found"], **options)
-    seconds = {"search_synthetic": time.perf_counter() - tick}
-    tick = time.perf_counter()
+    clock = clock or Stopwatch()
+    with clock.stage(f"{name}.search_synthetic"):
+        found = nearest(level, synth, train, k=k, description=f"{name}: synthetic -> training",
+                        extra_candidates=extra["found"], **options)
+    with clock.stage(f"{name}.search_calibration"):
+        null, train_null, memorized, gallery_size = _calibration_searches(level, sides, k, extra, options, seed)
+    return LevelSearches(found, null, train_null, memorized, gallery_size, "holdout" in sides)
+
+
+def _calibration_searches(level: Level, sides: dict[str, Side], k: int, extra: dict, options: dict, seed: int):
+    """The three calibration searches of :func:`search_level` and the synthetic subsample's size."""
+    train, synth, name = sides["training"], sides["synthetic"], level.name
     if "holdout" in sides:
         holdout = sides["holdout"]
         # Same k as the synthetic search, so that each measure's best is taken over as many candidates.
@@ -346,8 +354,7 @@ def search_level(level: Level, sides: dict[str, Side], search: Search, *, seed: 
     gallery_rows = matched_subsample(len(synth.vectors), matched, seed)
     memorized = nearest(level, train, synth, k=1, gallery_rows=gallery_rows, primary_only=True,
                         extra_candidates=extra["memorized"], description=f"{name}: training -> synthetic", **options)
-    seconds["search_calibration"] = time.perf_counter() - tick
-    return LevelSearches(found, null, train_null, memorized, len(gallery_rows), "holdout" in sides, seconds)
+    return null, train_null, memorized, len(gallery_rows)
 
 
 def _reach(level: Level, search: Search, sides: dict[str, Side], k: int) -> dict[str, int]:
