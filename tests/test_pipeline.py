@@ -127,6 +127,10 @@ def test_a_scan_with_a_stand_in_level_matches_the_closed_form(angle_level, sets)
     assert summary["combined"]["n_copies"]["count"] == copies_count
     assert summary["levels"]["angle"]["n_null"] == len(holdout)
     assert summary["levels"]["angle"]["settings"] == {"stand_in": True}
+    stages = {"discover", "read_and_preprocess", "angle.prepare", "angle.represent", "angle.search_synthetic",
+              "angle.search_calibration", "total"}
+    assert stages <= set(summary["timings_s"]) and stages <= set(summary["cpu_s"])
+    assert summary["timings_s"]["total"] >= summary["timings_s"]["angle.search_synthetic"] >= 0
     assert result.headline.startswith(f"{copies_count} of {len(synthetic)} synthetic images")
 
     # N_mem: each training image's nearest synthetic image (all of them: fewer than the holdout)
