@@ -47,6 +47,7 @@ from .store import ArrayStore, StoredRows
 
 QUERY_CHUNK = 64
 RESCORE_BATCH = 16  # queries a level with ``rescore_batch`` rescores together (per worker thread)
+MIN_BATCHES = 4  # ... in at least this many batches per chunk, so that up to 4 workers share a small search
 VECTOR_BATCH_BYTES = 64 * 2**20  # analysis-grid images per batch when computing search vectors
 DATASET_SAMPLE = 1000  # synthetic (and held-out) images the data-set statistics search for, at most
 CLUSTER_NEIGHBOURS = 3  # nearest other synthetic images per sampled synthetic image (near-duplicate clusters)
@@ -158,7 +159,7 @@ def nearest(
             exclude = queries.subjects[query_rows[chunk]] if exclude_own_subject else None
             shortlisted = _shortlist(index, queries, query_rows[chunk], shortlist, exclude)
             if level.rescores_in_batches:
-                size = _batch_size(len(chunk), workers)
+                size = _batch_size(len(chunk))
                 pieces = range(0, len(chunk), size)
                 for done in pool.map(rescorer.batch, (chunk[i:i + size] for i in pieces),
                                      (shortlisted[i:i + size] for i in pieces)):
@@ -255,10 +256,13 @@ class _Rescorer:
         return Hits(self.rows, self.values)
 
 
-def _batch_size(queries: int, workers: int) -> int:
-    """Queries per rescoring batch: at most :data:`RESCORE_BATCH`, and small enough that every
-    worker gets one (15 volumes in one batch of 16 kept one of two cores idle for the whole search)."""
-    batches = max(-(-queries // RESCORE_BATCH), min(queries, max(1, workers)))
+def _batch_size(queries: int) -> int:
+    """Queries per rescoring batch: at most :data:`RESCORE_BATCH`, and small enough that a chunk
+    of queries makes at least :data:`MIN_BATCHES` batches, so that every worker has one (15
+    volumes in one batch of 16 kept one of two cores idle for the whole search). It depends on
+    the number of queries only, never on the workers: batched arithmetic rounds differently in
+    batches of other sizes, and the tables must not change with ``--num-workers``."""
+    batches = max(-(-queries // RESCORE_BATCH), min(queries, MIN_BATCHES))
     return max(1, -(-queries // batches))
 
 
