@@ -192,7 +192,7 @@ def markdown(rows: list[dict]) -> str:
              "in-plane variants (1% copies), 2 cores. `.venv/bin/python benchmarks/scaling.py --sizes ...`; raw "
              "numbers in `benchmarks/results/scaling.json`.", "",
              "| N | wall s | CPU s | peak RSS GiB | peak working disk GiB | read | represent | synthetic search "
-             "| calibration searches | data-set tests | recall (copies) | FPR (novel) | top-1 = exact |",
+             "| calibration searches | data-set tests | recall (copies) | FPR (novel) | top-1 = exhaustive (median shortfall) |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         s, a = r["stages_s"], r["exact"]
@@ -201,7 +201,12 @@ def markdown(rows: list[dict]) -> str:
             f"{s.get('read_and_preprocess', 0):.1f} | {s.get('voxel.represent', 0):.1f} | "
             f"{s.get('voxel.search_synthetic', 0):.1f} | {s.get('voxel.search_calibration', 0):.1f} | "
             f"{s.get('voxel.dataset_tests', 0):.1f} | {r['recall']:.2f} ({r['copies']}) | {r['fpr']:.3f} ({r['novel']}) | "
-            f"{a['agreeing']}/{a['queries']} |")
+            f"{a['agreeing']}/{a['queries']} ({a['median_score_shortfall']:.3f}) |")
+    lines += ["", "*top-1 = exhaustive*: for that many of the sampled synthetic images, the scan's nearest training image "
+              "is the one an exhaustive search finds (every training image aligned onto the query, `exact_nearest`); "
+              "the shortfall is how much lower the scan's structure score is. The search cascade aligns 12 candidates "
+              "per query, so on sets full of in-plane variants of the same slices it often settles on a slightly worse "
+              "one; the null searches share the cascade, so the threshold sees the same shortfall."]
     if growth:
         lines += ["", "Growth exponents (slope of log seconds against log N): " + ", ".join(
             f"{stage} {value:.2f}" for stage, value in growth.items()) + ".", "",
@@ -239,8 +244,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "scaling")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite the section and plot from the JSON")
     options = parser.parse_args()
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    if options.markdown_only:
+        plot(rows)
+        put_section(ROOT / "BENCHMARKS.md", markdown(rows))
+        return
     for n in (int(s) for s in options.sizes.split(",")):
         root = options.out / f"n{n}"
         shutil.rmtree(root, ignore_errors=True)
