@@ -169,9 +169,9 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
                                     items["training"]["id"].tolist(),
                                     orientations=_orientations(collections["synthetic"], chosen["row"])
                                     if len(settings.grid) == 3 else None)
-        if config.report.images and dataset:
-            members, synthetic_ids = gallery.group_members(dataset), items["synthetic"]["id"].tolist()
-            wanted = set(members["synthetic"])
+        members = gallery.group_members(dataset) if config.report.images else None
+        if members is not None and len(members):
+            synthetic_ids, wanted = items["synthetic"]["id"].tolist(), set(members["synthetic"])
             rows = [row for row, ident in enumerate(synthetic_ids) if ident in wanted]
             shown = gallery.with_groups(shown or Gallery.empty(), members, collections["synthetic"].store,
                                         synthetic_ids, orientations=_orientations(collections["synthetic"], rows)
