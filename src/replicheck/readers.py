@@ -278,10 +278,20 @@ def _series_orientation(ref: ImageRef) -> str:
         cosines = np.array([float(v) for v in dicom_header(ref.files[0]).ImageOrientationPatient])
     except (InputError, AttributeError, TypeError, ValueError):
         return ""
+    return _dicom_axes(cosines)
+
+
+def _dicom_axes(cosines: np.ndarray, across: np.ndarray | None = None) -> str:
+    """The (z, y, x) axis letters of DICOM slices from their ImageOrientationPatient ``cosines``:
+    x along a row, y down a column, z along their cross product, reversed where ``across`` (the
+    step from the first stacked slice to the last) points against it; "" for malformed cosines."""
     if cosines.shape != (6,):
         return ""
     row, column = cosines[:3], cosines[3:]
-    return _lps_letters((np.cross(row, column), column, row))
+    normal = np.cross(row, column)
+    if across is not None and np.dot(across, normal) < 0:
+        normal = -normal
+    return _lps_letters((normal, column, row))
 
 
 def _multiframe_orientation(ref: ImageRef) -> str:
@@ -303,12 +313,8 @@ def _multiframe_orientation(ref: ImageRef) -> str:
         ends = [np.array([float(v) for v in p.ImagePositionPatient]) for p in positions if p is not None]
     except (InputError, AttributeError, TypeError, ValueError, IndexError):
         return ""
-    if cosines.shape != (6,):
-        return ""
-    row, column = cosines[:3], cosines[3:]
-    normal = np.cross(row, column)
-    ascending = len(ends) != 2 or ends[0].shape != (3,) or ends[1].shape != (3,) or np.dot(ends[1] - ends[0], normal) >= 0
-    return _lps_letters((normal if ascending else -normal, column, row))
+    stacked = len(ends) == 2 and ends[0].shape == ends[1].shape == (3,)
+    return _dicom_axes(cosines, ends[1] - ends[0] if stacked else None)
 
 
 def _itk_orientation(ref: ImageRef) -> str:
