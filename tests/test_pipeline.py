@@ -164,3 +164,44 @@ def test_the_result_is_a_frozen_record_and_writes_its_files(angle_level, sets, t
     written = pd.read_csv(out / "synthetic.csv")
     assert list(written.columns) == list(result.synthetic.columns)
     assert not (out / "gallery.npz").exists()
+
+
+def test_a_training_sample_estimates_n_mem_and_leaves_the_other_training_rows_empty(angle_level, sets, tmp_path):
+    """With more training images than ``training_sample``, Dar's threshold and N_mem come from a
+    seeded sample: sampled rows match the closed form, the others are empty in training.csv, and
+    the summary says how many were searched and what the rate means for the whole set."""
+    roots, training, _, synthetic = sets
+    result = replicheck.scan(roots["train"], roots["synth"], roots["holdout"], levels="angle", intensity="minmax",
+                             training_sample=7, report_images=False)
+    table = result.training.set_index("id")
+    searched = table["angle_memorized"].notna()
+    assert searched.sum() == 7
+    values = np.array([training[ident] for ident in table.index[searched]])
+    assert_allclose(table.loc[searched, "angle_score"], similarity(values, list(synthetic.values())).max(axis=1),
+                    atol=1e-6)
+    assert table.loc[~searched, "angle_score"].isna().all() and (table.loc[~searched, "angle_nearest_synthetic"] == "").all()
+    assert table["replica_copies"].notna().all()  # copies come from the synthetic side: every row has them
+    n_mem = result.summary["levels"]["angle"]["n_mem"]
+    assert (n_mem["training_searched"], n_mem["training_images"], n_mem["total"]) == (7, 19, 7)
+    assert n_mem["estimated_count"] == pytest.approx(n_mem["count"] / 7 * 19, abs=0.05)
+    written = pd.read_csv(result.write(tmp_path / "results") / "training.csv")
+    assert written["angle_memorized"].isna().sum() == 12
+    full = replicheck.scan(roots["train"], roots["synth"], roots["holdout"], levels="angle", intensity="minmax",
+                           report_images=False)
+    pd.testing.assert_frame_equal(full.synthetic, result.synthetic)  # the answer never samples
+
+
+def test_summary_says_which_index_each_search_used_and_its_measured_recall(angle_level, sets):
+    roots, *_ = sets
+    exact = replicheck.scan(roots["train"], roots["synth"], roots["holdout"], levels="angle", intensity="minmax",
+                            report_images=False)
+    approximate = replicheck.scan(roots["train"], roots["synth"], roots["holdout"], levels="angle",
+                                  intensity="minmax", report_images=False, index="approximate")
+    kinds = exact.summary["levels"]["angle"]["index"]
+    assert set(kinds) == {"synthetic -> training", "holdout -> training", "training -> holdout",
+                          "training -> synthetic"}
+    assert {entry["kind"] for entry in kinds.values()} == {"exact"}
+    assert kinds["synthetic -> training"]["gallery"] == 19
+    for entry in approximate.summary["levels"]["angle"]["index"].values():
+        assert entry["kind"] == "approximate" and entry["recall_at_1"] == 1.0 and entry["checked"] > 0
+    pd.testing.assert_frame_equal(exact.synthetic, approximate.synthetic)

@@ -65,3 +65,24 @@ def test_rescoring_batches_share_small_searches_and_stay_bounded(queries):
     batches = -(-queries // size)
     assert 1 <= size <= RESCORE_BATCH
     assert batches >= min(queries, MIN_BATCHES)  # 15 volumes are no longer one batch for one of two cores
+
+
+def test_a_training_sample_searches_for_its_rows_exactly_as_the_whole_set_does(sides):
+    """Dar's threshold and N_mem from a sample of the training images: each sampled image finds
+    what it finds in a search of them all, and the sample is the same for every level."""
+    from replicheck.config import Search
+    from replicheck.search import search_level, training_sample_rows
+
+    level, _, _, gallery_side, query_side = sides
+    roles = {"training": gallery_side, "synthetic": query_side, "holdout": query_side}
+    whole = search_level(level, roles, Search(k=2, shortlist=60, depth=60), seed=0, workers=2)
+    sampled = search_level(level, roles, Search(k=2, shortlist=60, depth=60), seed=0, workers=2, training_sample=25)
+    rows = sampled.training_rows
+    assert len(rows) == 25 and len(np.unique(rows)) == 25
+    np.testing.assert_array_equal(rows, training_sample_rows(60, 25, 0))
+    np.testing.assert_array_equal(whole.training_rows, np.arange(60))
+    np.testing.assert_array_equal(sampled.memorized.rows, whole.memorized.rows[rows])
+    np.testing.assert_array_equal(sampled.train_null.rows, whole.train_null.rows[rows])
+    np.testing.assert_allclose(sampled.train_null.values["ncc"], whole.train_null.values["ncc"][rows])
+    np.testing.assert_array_equal(sampled.found.rows, whole.found.rows)  # the answer never samples
+    assert len(sampled.null.rows) == len(query_side.vectors)

@@ -109,17 +109,37 @@ def _level_pairs(verdict: LevelVerdict, synthetic: pd.DataFrame, training: pd.Da
 
 def training_table(items: pd.DataFrame, verdicts: list[LevelVerdict], copies: np.ndarray,
                    synthetic: pd.DataFrame) -> pd.DataFrame:
+    """One row per training image: its nearest synthetic image and memorization flags (empty for the
+    images outside the training sample that searched the synthetic set), and its copies."""
     synthetic_ids = synthetic["id"].to_numpy()
     table = items.copy()
     for verdict in verdicts:
-        name = verdict.name
-        table[f"{name}_nearest_synthetic"] = ids_of(synthetic_ids, verdict.searches.memorized.rows[:, 0])
-        table[f"{name}_score"] = verdict.searches.memorized.values[verdict.primary][:, 0]
-        table[f"{name}_memorized"] = verdict.memorized
-        table[f"{name}_memorized_dar"] = verdict.memorized_dar
+        name, searched = verdict.name, verdict.searches.training_rows
+
+        def spread(values, empty):
+            return _at_rows(np.asarray(values), searched, len(items), empty)
+
+        table[f"{name}_nearest_synthetic"] = spread(ids_of(synthetic_ids, verdict.searches.memorized.rows[:, 0]), "")
+        table[f"{name}_score"] = spread(verdict.searches.memorized.values[verdict.primary][:, 0], np.nan)
+        table[f"{name}_memorized"] = spread(verdict.memorized, pd.NA)
+        table[f"{name}_memorized_dar"] = spread(verdict.memorized_dar, pd.NA)
         table[f"{name}_copies"] = verdict.copies_per_training(len(items))
     table["replica_copies"] = copies
     return table
+
+
+def _at_rows(values: np.ndarray, rows: np.ndarray, n: int, empty):
+    """``values`` of the training ``rows`` placed in a column of ``n`` rows, ``empty`` elsewhere;
+    flags become a nullable boolean column when some rows are empty."""
+    if len(rows) == n:
+        return values
+    if values.dtype == bool:
+        column = pd.array(np.full(n, pd.NA), dtype="boolean")
+        column[rows] = values
+        return column
+    column = np.full(n, empty, dtype=values.dtype if values.dtype != object else object)
+    column[rows] = values
+    return column
 
 
 def null_table(items: pd.DataFrame, role: str, verdicts: list[LevelVerdict], training: pd.DataFrame) -> pd.DataFrame:
@@ -166,6 +186,9 @@ def level_summary(verdict: LevelVerdict, config: ScanConfig, n_training: int, ea
             **calibrate.rate(verdict.memorized).as_dict(),
             "threshold": unoriented(verdict.memorized_threshold.value, higher),
             "synthetic_gallery_size": verdict.searches.gallery_size,
+            "training_searched": int(len(verdict.searches.training_rows)),
+            "training_images": int(n_training),
+            "estimated_count": round(calibrate.rate(verdict.memorized).rate * n_training, 1),
             "null": "training -> holdout" if has_holdout else null_source,
         },
         "measures": measures,
@@ -181,6 +204,10 @@ def level_summary(verdict: LevelVerdict, config: ScanConfig, n_training: int, ea
             "holdout_floor": calibrate.rate(calibrate.exceeds(verdict.null_scores, dar)).as_dict(),
         },
         "candidates_from_levels": list(earlier),
+        "index": {search: getattr(verdict.searches, attribute).index for search, attribute in (
+            ("synthetic -> training", "found"), (null_source, "null"),
+            ("training -> holdout" if has_holdout else "training null", "train_null"),
+            ("training -> synthetic", "memorized"))},
     }
 
 

@@ -21,7 +21,7 @@ import typer
 from typer.exceptions import TyperException
 
 from ._version import __version__
-from .config import Alignment, CombineRule, Intensity, NullTail, VoxelMeasure
+from .config import Alignment, CombineRule, IndexKind, Intensity, NullTail, VoxelMeasure
 from .records import OptionError, ReplicheckError
 
 EXIT_INPUT = 2  # a user-facing error: bad input, bad option
@@ -92,6 +92,7 @@ def scan(
     holdout: Annotated[Optional[str], typer.Option("--holdout", help="Real images of patients not in TRAIN: the null distribution.")] = None,
     levels: Levels = "voxel",
     k: Annotated[int, typer.Option("--k", help="Training neighbours kept per synthetic image.")] = 5,
+    index: Annotated[IndexKind, typer.Option("--index", help="Candidate search: exact, approximate (faiss IVF, its recall against the exact search measured and written to summary.json) or auto (exact below 20,000 gallery images).")] = "auto",
     quantile: Annotated[float, typer.Option("--quantile", help="Quantile of the null distribution used as threshold.")] = 0.99,
     null_tail: Annotated[NullTail, typer.Option("--null-tail", help="guarded: a threshold is at least the quantile of a Gaussian fitted to the null (safe with small holdouts); empirical: the null's own quantile only.")] = "guarded",
     combine: Annotated[CombineRule, typer.Option("--combine", help="How several levels become one verdict (docs/design.md); every rule's rate is in summary.json.")] = "max-z",
@@ -130,6 +131,9 @@ def scan(
     labels: Labels = None,
     num_workers: NumWorkers = 2,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the size-matched synthetic subsample (N_mem).")] = 0,
+    training_sample: Annotated[int, typer.Option(
+        "--training-sample", help="At most this many training images (a seeded sample) search the holdout and the "
+                                  "synthetic images for Dar's threshold and N_mem; 0: all.")] = 20_000,
     quiet: Quiet = False,
 ) -> None:
     """Scan SYNTHETIC images for replicas of TRAIN images and write the results to --out."""
@@ -146,11 +150,12 @@ def scan(
 
     _run(check_gate)
     result = _run(lambda: scan_into(out, train, synthetic, holdout, ScanConfig.from_options(
-        levels=levels, k=k, quantile=quantile, null_tail=null_tail, combine=combine, grid=grid, intensity=intensity,
+        levels=levels, k=k, index=index, quantile=quantile, null_tail=null_tail, combine=combine, grid=grid, intensity=intensity,
         ct_window=ct_window, slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, align=align,
         voxel_measure=voxel_measure, embedder=embedder, device=device, batch_size=batch_size, cache=cache,
         volume_slices=volume_slices, **parse_adapt("none" if no_adapt else adapt), model_cache=model_cache, masks=masks, max_shift=max_shift,
         skip_unreadable=skip_unreadable, keep_subject_ids=keep_subject_ids, num_workers=num_workers, seed=seed,
+        training_sample=training_sample,
         progress=not quiet, gallery=gallery, dataset_tests=not no_dataset_tests,
         report_images=not no_images), labels=labels, command=" ".join(["replicheck"] + sys.argv[1:])))
     _warn(result.warnings)  # even with --quiet: they say how far the results can be trusted

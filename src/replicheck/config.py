@@ -25,6 +25,7 @@ Alignment = Literal["similarity", "shift"]
 NullTail = Literal["guarded", "empirical"]
 Adaptation = Literal["fit", "train", "none"]
 CombineRule = Literal["max-z", "max-robust-z", "any", "bonferroni", "min-p", "fisher"]
+IndexKind = Literal["auto", "exact", "approximate"]
 
 INTENSITIES: tuple[str, ...] = get_args(Intensity)
 VOXEL_MEASURES: tuple[str, ...] = get_args(VoxelMeasure)
@@ -32,6 +33,7 @@ ALIGNMENTS: tuple[str, ...] = get_args(Alignment)
 NULL_TAILS: tuple[str, ...] = get_args(NullTail)
 ADAPTATIONS: tuple[str, ...] = get_args(Adaptation)
 COMBINE_RULES: tuple[str, ...] = get_args(CombineRule)
+INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
 MIN_GRID_SIDE = 8  # voxels: the smallest analysis grid a scan accepts (SSIM's 7-voxel window fits)
 MAX_GRID_SIDE = 2048  # voxels a side of the largest analysis grid ...
 MAX_GRID_VOXELS = 2**24  # ... and its most voxels (256**3; 64 MiB of float32 per image in every working copy)
@@ -194,9 +196,11 @@ class Search:
     k: int = 5
     shortlist: int | None = None  # index candidates refined per query
     depth: int | None = None  # refined candidates rescored exactly
+    index: IndexKind = "auto"  # exact below 20,000 gallery images, approximate above (replicheck.index)
 
     def __post_init__(self):
         check_range("k", self.k, low=1, high=MAX_K)
+        check_choice("index", self.index, INDEX_KINDS)
         for name in ("shortlist", "depth"):
             if getattr(self, name) is not None:
                 check_range(name, getattr(self, name), low=1)
@@ -211,12 +215,18 @@ class Calibration:
     dar_quantile: float = 0.95  # Dar et al.'s threshold, reported beside ours (always the null's own)
     combine: CombineRule = "max-z"
     seed: int = 0  # the size-matched synthetic subsample for N_mem
+    # Training images that search the holdout (Dar's threshold) and the synthetic set (N_mem): a seeded
+    # sample of at most this many (0: all). Both rates are shares, and 20,000 images pin a 95th
+    # percentile and a 1% rate to about +-0.15 points, while 100,000 training images would make these
+    # two searches cost more than the synthetic search itself (docs/design.md, "Scale").
+    training_sample: int = 20_000
     # Data-set statistics (replicheck.memorization): Meehan's C_T, the DCR share, authenticity.
     dataset_tests: bool = True
 
     def __post_init__(self):
         check_range("quantile", self.quantile, low=0, high=1, open_interval=True)
         check_range("dar_quantile", self.dar_quantile, low=0, high=1, open_interval=True)
+        check_range("training_sample", self.training_sample, low=0)
         check_choice("combine", self.combine, COMBINE_RULES)
         check_choice("null_tail", self.tail, NULL_TAILS)
 

@@ -128,7 +128,7 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
                          for role, c in collections.items()}
             earlier = [verdict.searches for verdict in verdicts] if level.union_candidates else []
             searches = search_level(level, sides, config.search, seed=config.calibration.seed,
-                                    workers=config.num_workers, earlier=earlier, progress=progress, clock=clock)
+                                    training_sample=config.calibration.training_sample, workers=config.num_workers, earlier=earlier, progress=progress, clock=clock)
             verdict = decide_level(level, searches, config.calibration, settings=level.describe())
             verdicts.append(verdict)
             if config.calibration.dataset_tests:

@@ -22,6 +22,10 @@ A level's calibration needs four such searches (:func:`search_level`):
 - training -> holdout: Dar et al.'s threshold (95th percentile) and the null for N_mem;
 - training -> synthetic, with the synthetic gallery subsampled to the holdout's size: N_mem
   (a gallery of matched size, so that the maximum over it is comparable to the null's).
+
+The last two search a seeded sample of at most ``training_sample`` training images: they give
+shares (a percentile, a rate), which a sample estimates as well as the whole set, and at 10^5
+training images they would otherwise cost more than the answer itself.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from threading import Lock
 
@@ -49,6 +53,7 @@ QUERY_CHUNK = 64
 RESCORE_BATCH = 16  # queries a level with ``rescore_batch`` rescores together (per worker thread)
 MIN_BATCHES = 4  # ... in at least this many batches per chunk, so that up to 4 workers share a small search
 VECTOR_BATCH_BYTES = 64 * 2**20  # analysis-grid images per batch when computing search vectors
+INDEX_CHECK = 256  # query vectors on which an approximate index's recall is measured (Index.check)
 DATASET_SAMPLE = 1000  # synthetic (and held-out) images the data-set statistics search for, at most
 CLUSTER_NEIGHBOURS = 3  # nearest other synthetic images per sampled synthetic image (near-duplicate clusters)
 
@@ -111,6 +116,7 @@ class Hits:
 
     rows: np.ndarray
     values: dict[str, np.ndarray]
+    index: dict = field(default_factory=dict)  # the index searched (Index.describe), with its measured recall
 
     def best(self, measure: str, higher_is_similar: bool) -> tuple[np.ndarray, np.ndarray]:
         """Per query: the gallery row that is closest under ``measure``, and its value."""
@@ -137,16 +143,20 @@ def nearest(
     workers: int = 2,
     progress: Progress | None = None,
     description: str = "searching",
+    index: str = "auto",
 ) -> Hits:
     """The ``k`` nearest of ``gallery`` (or of its ``gallery_rows``) for each of ``query_rows``.
 
     ``extra_candidates``: an (n queries, m) array of gallery rows (-1 for none) rescored in
     addition to the shortlist; rows outside ``gallery_rows`` or of the query's own subject (with
-    ``exclude_own_subject``) are ignored.
+    ``exclude_own_subject``) are ignored. ``index``: the kind of :class:`~replicheck.index.Index`;
+    an approximate one is checked against the exact search on a sample of the queries first.
     """
     query_rows = np.arange(len(queries.vectors)) if query_rows is None else np.asarray(query_rows)
     gallery_rows = np.arange(len(gallery.vectors)) if gallery_rows is None else np.asarray(gallery_rows)
-    index = Index(gallery.vectors[gallery_rows], gallery.subjects[gallery_rows] if exclude_own_subject else None)
+    index = Index(gallery.vectors[gallery_rows], gallery.subjects[gallery_rows] if exclude_own_subject else None,
+                  kind=index)
+    checked = _check_index(index, queries, query_rows, exclude_own_subject)
     depth = max(k, min(depth, len(gallery_rows)))
     shortlist = max(depth, shortlist) if gallery.coarse is not None else depth
     rescorer = _Rescorer(level, queries, gallery, query_rows, gallery_rows, k=k, depth=depth,
@@ -167,7 +177,19 @@ def nearest(
             else:
                 for _ in pool.map(rescorer.one, chunk, shortlisted):
                     advance()
-    return rescorer.hits()
+    return replace(rescorer.hits(), index=checked)
+
+
+def _check_index(index: Index, queries: Side, query_rows: np.ndarray, exclude_own_subject: bool) -> dict:
+    """:meth:`Index.check` on the search vectors (every view) of a seeded sample of the queries,
+    at most :data:`INDEX_CHECK` vectors; an exact index just describes itself."""
+    if not index.approximate:
+        return index.describe()
+    rows = query_rows[matched_subsample(len(query_rows), INDEX_CHECK, 0)]
+    views = queries.vectors[rows][:, None] if queries.query_vectors is None else queries.query_vectors[rows]
+    sample = matched_subsample(views.shape[0] * views.shape[1], INDEX_CHECK, 1)
+    exclude = np.repeat(queries.subjects[rows], views.shape[1])[sample] if exclude_own_subject else None
+    return index.check(views.reshape(-1, views.shape[-1])[sample], exclude=exclude)
 
 
 class _Rescorer:
@@ -307,7 +329,7 @@ def _one_torch_thread():
 class LevelSearches:
     """The four searches of one level (see the module docstring). ``train_null`` is ``null``
     itself without a holdout; ``gallery_size`` is the size of the synthetic subsample that
-    ``memorized`` searched."""
+    ``memorized`` searched, ``training_rows`` the training sample it searched for."""
 
     found: Hits
     null: Hits
@@ -315,12 +337,15 @@ class LevelSearches:
     memorized: Hits
     gallery_size: int
     has_holdout: bool
+    training_rows: np.ndarray  # the training rows ``memorized`` searched for (and ``train_null`` with a holdout)
 
 
 def search_level(level: Level, sides: dict[str, Side], search: Search, *, seed: int, workers: int,
-                 earlier: list[LevelSearches] = (), progress: Progress | None = None,
+                 training_sample: int = 0, earlier: list[LevelSearches] = (), progress: Progress | None = None,
                  clock: Stopwatch | None = None) -> LevelSearches:
     """The four searches of ``level`` over ``sides`` (role -> :class:`Side`; "holdout" optional).
+    ``training_sample``: at most this many training images search for the Dar threshold and N_mem
+    (a seeded sample; 0: all).
 
     ``earlier``: the searches of the levels run before, whose nearest images this level rescores
     too (``union_candidates``). ``search`` gives k and, where set, the shortlist and depth;
@@ -335,11 +360,20 @@ def search_level(level: Level, sides: dict[str, Side], search: Search, *, seed: 
         found = nearest(level, synth, train, k=k, description=f"{name}: synthetic -> training",
                         extra_candidates=extra["found"], **options)
     with clock.stage(f"{name}.search_calibration"):
-        null, train_null, memorized, gallery_size = _calibration_searches(level, sides, k, extra, options, seed)
-    return LevelSearches(found, null, train_null, memorized, gallery_size, "holdout" in sides)
+        training_rows = training_sample_rows(len(train.vectors), training_sample, seed)
+        null, train_null, memorized, gallery_size = _calibration_searches(level, sides, k, extra, options, seed,
+                                                                          training_rows)
+    return LevelSearches(found, null, train_null, memorized, gallery_size, "holdout" in sides, training_rows)
 
 
-def _calibration_searches(level: Level, sides: dict[str, Side], k: int, extra: dict, options: dict, seed: int):
+def training_sample_rows(n_training: int, sample: int, seed: int) -> np.ndarray:
+    """The training rows the Dar and N_mem searches take: all, or a seeded sample of ``sample``
+    (the same for every level of a scan, so that their candidates can be shared)."""
+    return np.arange(n_training) if sample <= 0 else matched_subsample(n_training, sample, seed + 3)
+
+
+def _calibration_searches(level: Level, sides: dict[str, Side], k: int, extra: dict, options: dict, seed: int,
+                          training_rows: np.ndarray):
     """The three calibration searches of :func:`search_level` and the synthetic subsample's size."""
     train, synth, name = sides["training"], sides["synthetic"], level.name
     if "holdout" in sides:
@@ -347,8 +381,9 @@ def _calibration_searches(level: Level, sides: dict[str, Side], k: int, extra: d
         # Same k as the synthetic search, so that each measure's best is taken over as many candidates.
         null = nearest(level, holdout, train, k=k, description=f"{name}: holdout -> training",
                        extra_candidates=extra["null"], **options)
-        train_null = nearest(level, train, holdout, k=1, primary_only=True, extra_candidates=extra["train_null"],
-                             description=f"{name}: training -> holdout", **options)
+        train_null = nearest(level, train, holdout, k=1, query_rows=training_rows, primary_only=True,
+                             extra_candidates=extra["train_null"], description=f"{name}: training -> holdout",
+                             **options)
         matched = len(holdout.vectors)
     else:
         null = nearest(level, train, train, k=k, exclude_own_subject=True, extra_candidates=extra["null"],
@@ -356,7 +391,7 @@ def _calibration_searches(level: Level, sides: dict[str, Side], k: int, extra: d
         train_null = null
         matched = len(train.vectors)
     gallery_rows = matched_subsample(len(synth.vectors), matched, seed)
-    memorized = nearest(level, train, synth, k=1, gallery_rows=gallery_rows, primary_only=True,
+    memorized = nearest(level, train, synth, k=1, query_rows=training_rows, gallery_rows=gallery_rows, primary_only=True,
                         extra_candidates=extra["memorized"], description=f"{name}: training -> synthetic", **options)
     return null, train_null, memorized, len(gallery_rows)
 
@@ -365,7 +400,8 @@ def _reach(level: Level, search: Search, sides: dict[str, Side], k: int) -> dict
     """How far a search for the ``k`` nearest looks: the index candidates the level refines
     (``shortlist``) and those it rescores exactly (``depth``), the user's where set."""
     ndim = len(sides["training"].store.shape)
-    return {"shortlist": search.shortlist or level.shortlist(ndim), "depth": search.depth or level.depth(ndim, k)}
+    return {"shortlist": search.shortlist or level.shortlist(ndim), "depth": search.depth or level.depth(ndim, k),
+            "index": search.index}
 
 
 @dataclass(frozen=True)
