@@ -134,12 +134,16 @@ def scan(
     training_sample: Annotated[int, typer.Option(
         "--training-sample", help="At most this many training images (a seeded sample) search the holdout and the "
                                   "synthetic images for Dar's threshold and N_mem; 0: all.")] = 20_000,
+    shard: Annotated[Optional[str], typer.Option(
+        "--shard", help="I/N: run the searches of the I-th of N slices of the queries only, and write them to the "
+                        "part folder --out; `replicheck merge` joins the N parts into the results of a single run.",
+        metavar="I/N")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Scan SYNTHETIC images for replicas of TRAIN images and write the results to --out."""
     from .config import ScanConfig, check_range, parse_adapt
-    from .gate import EXIT_GATE, gate_failures
-    from .pipeline import scan_into
+    from .pipeline import run_shard, scan_into
+    from .shards import Shard
 
     def check_gate():
         for option, value in (("fail_above", fail_above), ("fail_if_copying", fail_if_copying)):
@@ -149,7 +153,8 @@ def scan(
             raise OptionError("fail_if_copying", "needs the data-set tests; drop --no-dataset-tests")
 
     _run(check_gate)
-    result = _run(lambda: scan_into(out, train, synthetic, holdout, ScanConfig.from_options(
+    command = " ".join(["replicheck"] + sys.argv[1:])
+    config = _run(lambda: ScanConfig.from_options(
         levels=levels, k=k, index=index, quantile=quantile, null_tail=null_tail, combine=combine, grid=grid, intensity=intensity,
         ct_window=ct_window, slices=slices, subject_regex=subject_regex, image_ndim=image_ndim, align=align,
         voxel_measure=voxel_measure, embedder=embedder, device=device, batch_size=batch_size, cache=cache,
@@ -157,7 +162,30 @@ def scan(
         skip_unreadable=skip_unreadable, keep_subject_ids=keep_subject_ids, num_workers=num_workers, seed=seed,
         training_sample=training_sample,
         progress=not quiet, gallery=gallery, dataset_tests=not no_dataset_tests,
-        report_images=not no_images), labels=labels, command=" ".join(["replicheck"] + sys.argv[1:])))
+        report_images=not no_images))
+    if shard is not None:
+        part = _run(lambda: _shard_only(Shard.parse(shard), labels=labels, fail_above=fail_above,
+                                        fail_if_copying=fail_if_copying))
+        folder = _run(lambda: run_shard(train, synthetic, holdout, config, part, out, command=command))
+        typer.echo(f"Part {part} written to {folder}; when all {part.count} parts are written: "
+                   f"replicheck merge PART... --out RESULTS")
+        return
+    result = _run(lambda: scan_into(out, train, synthetic, holdout, config, labels=labels, command=command))
+    _finish(result, out, quiet=quiet, fail_above=fail_above, fail_if_copying=fail_if_copying)
+
+
+def _shard_only(part, **later):
+    """A shard writes searches only: options that act on the results belong to ``merge``."""
+    given = [name for name, value in later.items() if value is not None]
+    if given:
+        raise OptionError(given[0], "acts on the joined results: give it to replicheck merge, not to a shard")
+    return part
+
+
+def _finish(result, out: Path, *, quiet: bool, fail_above, fail_if_copying) -> None:
+    """What scan and merge print after writing results, and the gate's exit status."""
+    from .gate import EXIT_GATE, gate_failures
+
     _warn(result.warnings)  # even with --quiet: they say how far the results can be trusted
     typer.echo(result.headline)
     if not quiet:
@@ -167,6 +195,29 @@ def scan(
         for reason in failures:
             typer.secho(f"gate failed: {reason}", err=True, fg=typer.colors.RED)
         raise typer.Exit(EXIT_GATE)
+
+
+@app.command()
+def merge(
+    parts: Annotated[list[Path], typer.Argument(help="The part folders of all N shards (scan --shard I/N --out PART).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the tables, summary.json and report.html.")],
+    labels: Labels = None,
+    fail_above: Annotated[Optional[float], typer.Option(
+        "--fail-above", help="Exit with status 3 when the replica rate's 95% lower bound exceeds RATE (0-1).",
+        metavar="RATE")] = None,
+    fail_if_copying: Annotated[Optional[float], typer.Option(
+        "--fail-if-copying", help="Exit with status 3 when a level's C_T p-value is below ALPHA (data copying).",
+        metavar="ALPHA")] = None,
+    num_workers: NumWorkers = 2,
+    quiet: Quiet = False,
+) -> None:
+    """Join the parts of a sharded scan: read the inputs again, calibrate, decide and report once,
+    exactly as a single scan would (the inputs must be where the shards read them)."""
+    from .pipeline import merge_into
+
+    result = _run(lambda: merge_into(out, parts, num_workers=num_workers, progress=not quiet, labels=labels,
+                                     command=" ".join(["replicheck"] + sys.argv[1:])))
+    _finish(result, out, quiet=quiet, fail_above=fail_above, fail_if_copying=fail_if_copying)
 
 
 @app.command()

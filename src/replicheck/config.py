@@ -347,6 +347,17 @@ class ScanConfig:
         changed = {group: replace(getattr(self, group), **values) for group, values in groups.items()}
         return replace(self, **top, **changed)
 
+    def flat_options(self) -> dict:
+        """Every setting by its flat name (:data:`OPTIONS`), as plain JSON values: what a shard
+        records so that ``merge`` can rebuild the same configuration with :meth:`from_options`."""
+        out = {}
+        for name, path in OPTIONS.items():
+            value = self
+            for attribute in path.split("."):
+                value = getattr(value, attribute)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
     @classmethod
     def from_options(cls, **options) -> "ScanConfig":
         """``ScanConfig`` from flat keyword options, e.g. ``ScanConfig.from_options(k=3, quantile=0.95)``."""

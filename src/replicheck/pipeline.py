@@ -12,6 +12,7 @@ are plug-ins (:mod:`replicheck.levels`): this module never branches on a level's
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,9 @@ from .records import OptionError, ReplicheckError
 from .report import gallery
 from .report.gallery import Gallery
 from .memorization import headline as dataset_headline, level_statistics
+from .parts import Parts, check_part_folder, load_parts, side_digest, write_part
 from .search import build_side, dataset_searches, search_level
+from .shards import Shard
 from .stopwatch import Stopwatch
 from .volumes import volume_verdicts
 from .workspace import scratch
@@ -89,46 +92,33 @@ def _check_shift(config: ScanConfig, grid: tuple[int, ...]) -> None:
 
 
 def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | None = None,
-             check_inputs=None) -> ScanResult:
+             check_inputs=None, parts: Parts | None = None) -> ScanResult:
     """Find replicas of ``train`` images among ``synthetic`` images, calibrated on ``holdout``
     (or on the training set, leaving each subject out, when None); ``command`` is recorded in
     summary.json; ``check_inputs(sets)``, if given, vets the discovered image sets before any
-    image is read."""
-    levels = [make_level(name, config) for name in config.levels]
-    # Levels that rescore the other levels' candidates run after them (stable: otherwise as listed).
-    levels.sort(key=lambda level: level.union_candidates)
+    image is read. ``parts``: the searches come from the shards of a sharded run
+    (:mod:`replicheck.parts`) instead of being run here; everything else is as in a single run."""
+    levels = _levels(config)
     clock = Stopwatch()
     progress = Progress(config.progress)
     slices = config.preprocessing.slices
-    with clock.stage("discover"):
-        sets = discover_inputs(train, synthetic, holdout, config.reading, slices=slices)
-    if check_inputs is not None:
-        check_inputs(sets)
-    settings = config.preprocessing.on_grid(config.preprocessing.grid or choose_grid(sets["training"].refs, slices=slices))
-    check_grid(sets, settings.grid, slices)
-    _check_shift(config, settings.grid)
-    if "holdout" in sets and not slices:  # before reading: one image per file (slices are counted after)
-        _check_holdout_size(sets["holdout"].source, len(sets["holdout"].refs))
-    with scratch() as workdir, progress.session():
-        with clock.stage("read_and_preprocess"):
-            collections = {role: collect(image_set, settings, workdir, skip_unreadable=config.reading.skip_unreadable,
-                                         num_workers=config.num_workers, progress=progress)
-                           for role, image_set in sets.items()}
-        warnings = _calibration_warnings(collections) + _skipped_warnings(collections)
+    with _read_inputs(train, synthetic, holdout, config, clock, progress, check_inputs) as (settings, collections,
+                                                                                            warnings, workdir):
         if config.feature.cache and not any(level.cache is not None for level in levels):
             warnings.append(f"--cache {config.feature.cache} is not used: no level of this scan embeds images "
                             f"(add the feature level, --levels voxel,feature)")
         verdicts, level_summaries, dataset = [], {}, {}
         n_training = len(collections["training"])
         for level in levels:
-            with clock.stage(f"{level.name}.prepare"):
-                _prepare(level, collections["training"], config, progress)
-            with clock.stage(f"{level.name}.represent"):
-                sides = {role: build_side(level, c.store, c.rows, workdir, f"{level.name}.{role}", progress=progress)
-                         for role, c in collections.items()}
+            sides = _level_sides(level, collections, config, workdir, clock, progress)
             earlier = [verdict.searches for verdict in verdicts] if level.union_candidates else []
-            searches = search_level(level, sides, config.search, seed=config.calibration.seed,
-                                    training_sample=config.calibration.training_sample, workers=config.num_workers, earlier=earlier, progress=progress, clock=clock)
+            if parts is not None:
+                parts.check_inputs(level.name, _digests(collections, sides))
+                searches = parts.searches(level.name)
+            else:
+                searches = search_level(level, sides, config.search, seed=config.calibration.seed,
+                                        training_sample=config.calibration.training_sample,
+                                        workers=config.num_workers, earlier=earlier, progress=progress, clock=clock)
             verdict = decide_level(level, searches, config.calibration, settings=level.describe())
             verdicts.append(verdict)
             if config.calibration.dataset_tests:
@@ -151,6 +141,8 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
                                    combined=combined, copies=copies, level_summaries=level_summaries, timings=clock.wall,
                                    cpu_timings=clock.cpu,
                                    warnings=warnings, command=command)
+        if parts is not None:
+            summary["sharded"] = parts.describe()
         if dataset:
             summary["dataset"] = dataset
             summary["headline"] += "".join("\n" + dataset_headline(statistics) for statistics in dataset.values())
@@ -184,6 +176,83 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
             null=assemble.null_table(items[null_role], null_role, verdicts, items["training"]),
             warnings=tuple(warnings), gallery=shown, volumes=volumes)
     return result
+
+
+def run_shard(train, synthetic, holdout, config: ScanConfig, shard: Shard, out: str | Path, *,
+              command: str | None = None) -> Path:
+    """One shard of a scan (``scan --shard I/N``): read and represent every input as a single run
+    does, run the searches for the shard's slice of each query set (:mod:`replicheck.shards`) and
+    write them into the part folder ``out``, for ``merge`` to join, calibrate and report."""
+    if config.feature.adapt == "train" and "feature" in config.levels:
+        raise OptionError("shard", "does not combine with --adapt train: every shard would train its own model; "
+                                   "train one first (replicheck train deepssim TRAIN) and give it with --embedder")
+    inputs = {role: str(Path(source).resolve()) for role, source in
+              (("training", train), ("synthetic", synthetic), ("holdout", holdout)) if source is not None}
+    sources = [train, synthetic] + ([holdout] if holdout is not None else [])
+    check_output(out, sources)
+    check_part_folder(Path(out))
+    levels = _levels(config)
+    clock = Stopwatch()
+    progress = Progress(config.progress)
+    searched, digests = {}, {}
+    with _read_inputs(train, synthetic, holdout, config, clock, progress, None) as (_, collections, _, workdir):
+        for level in levels:
+            sides = _level_sides(level, collections, config, workdir, clock, progress)
+            digests[level.name] = _digests(collections, sides)
+            earlier = list(searched.values()) if level.union_candidates else []
+            searched[level.name] = search_level(
+                level, sides, config.search, seed=config.calibration.seed, shard=shard,
+                training_sample=config.calibration.training_sample, workers=config.num_workers, earlier=earlier,
+                progress=progress, clock=clock)
+        clock.total()
+    return write_part(out, shard=shard, config=config, inputs=inputs, digests=digests, searches=searched,
+                      timings=clock.wall, cpu=clock.cpu, command=command)
+
+
+def _levels(config: ScanConfig) -> list:
+    """The scan's levels, those that rescore the other levels' candidates after them (stable:
+    otherwise as listed)."""
+    levels = [make_level(name, config) for name in config.levels]
+    levels.sort(key=lambda level: level.union_candidates)
+    return levels
+
+
+@contextmanager
+def _read_inputs(train, synthetic, holdout, config: ScanConfig, clock: Stopwatch, progress: Progress, check_inputs):
+    """Discover and check the inputs, then read them onto the analysis grid in a scratch folder
+    (removed on exit): yields the preprocessing settings, the collections by role, the warnings
+    so far and the scratch folder."""
+    slices = config.preprocessing.slices
+    with clock.stage("discover"):
+        sets = discover_inputs(train, synthetic, holdout, config.reading, slices=slices)
+    if check_inputs is not None:
+        check_inputs(sets)
+    settings = config.preprocessing.on_grid(config.preprocessing.grid or choose_grid(sets["training"].refs, slices=slices))
+    check_grid(sets, settings.grid, slices)
+    _check_shift(config, settings.grid)
+    if "holdout" in sets and not slices:  # before reading: one image per file (slices are counted after)
+        _check_holdout_size(sets["holdout"].source, len(sets["holdout"].refs))
+    with scratch() as workdir, progress.session():
+        with clock.stage("read_and_preprocess"):
+            collections = {role: collect(image_set, settings, workdir, skip_unreadable=config.reading.skip_unreadable,
+                                         num_workers=config.num_workers, progress=progress)
+                           for role, image_set in sets.items()}
+        warnings = _calibration_warnings(collections) + _skipped_warnings(collections)
+        yield settings, collections, warnings, workdir
+
+
+def _level_sides(level, collections: dict[str, Collection], config: ScanConfig, workdir: Path, clock: Stopwatch,
+                 progress: Progress) -> dict:
+    """Let ``level`` learn from the training images, then its sides (vectors, coarse rows) of every input."""
+    with clock.stage(f"{level.name}.prepare"):
+        _prepare(level, collections["training"], config, progress)
+    with clock.stage(f"{level.name}.represent"):
+        return {role: build_side(level, c.store, c.rows, workdir, f"{level.name}.{role}", progress=progress)
+                for role, c in collections.items()}
+
+
+def _digests(collections: dict[str, Collection], sides: dict) -> dict[str, str]:
+    return {role: side_digest(collections[role].items, side.vectors) for role, side in sides.items()}
 
 
 def _prepare(level, training: Collection, config: ScanConfig, progress: Progress) -> None:
@@ -226,8 +295,23 @@ def _calibration_warnings(collections: dict[str, Collection]) -> list[str]:
             "a held-out set of real images (--holdout) gives a sounder threshold"]
 
 
+def merge_into(out: str | Path, folders, *, num_workers: int = 2, progress: bool = False,
+               labels: str | Path | None = None, command: str | None = None) -> ScanResult:
+    """``replicheck merge``: the results of a sharded scan from its part folders, written into
+    ``out``. The inputs are read again from where the shards read them (and must hash as they
+    did); the searches come from the parts; the rest is a single run's (:func:`run_scan`)."""
+    parts = load_parts(folders)
+    config = ScanConfig.from_options(**{**parts.options, "num_workers": num_workers, "progress": progress})
+    inputs = parts.inputs
+    for folder in parts.folders:
+        if Path(out).resolve() == folder.resolve():
+            raise OptionError("out", f"{out} is one of the parts; write the results to a folder of their own")
+    return scan_into(out, inputs["training"], inputs["synthetic"], inputs.get("holdout"), config, labels=labels,
+                     command=command, parts=parts)
+
+
 def scan_into(out: str | Path, train, synthetic, holdout, config: ScanConfig, *, labels: str | Path | None = None,
-              command: str | None = None) -> ScanResult:
+              command: str | None = None, parts: Parts | None = None) -> ScanResult:
     """:func:`run_scan` and :meth:`ScanResult.write` into ``out``. Before any work: neither ``out``
     nor the feature cache lies inside an input folder, ``out`` holds nothing but an earlier scan's
     results (it is replaced as a whole), and ``labels`` can be read; its ids are matched to the
@@ -243,6 +327,6 @@ def scan_into(out: str | Path, train, synthetic, holdout, config: ScanConfig, *,
     truth = load_labels(labels) if labels is not None else None
     check = (lambda sets: match_labels(truth, pd.Series([ref.id for ref in sets["synthetic"].refs]), labels)) \
         if labels is not None else None
-    result = run_scan(train, synthetic, holdout, config, command=command, check_inputs=check)
+    result = run_scan(train, synthetic, holdout, config, command=command, check_inputs=check, parts=parts)
     result.write(out, labels=labels)
     return result

@@ -46,6 +46,7 @@ from .config import Search
 from .index import Index
 from .levels import Level
 from .progress import Progress
+from .shards import Shard
 from .stopwatch import Stopwatch
 from .store import ArrayStore, StoredRows
 
@@ -144,19 +145,23 @@ def nearest(
     progress: Progress | None = None,
     description: str = "searching",
     index: str = "auto",
+    all_rows: np.ndarray | None = None,
 ) -> Hits:
     """The ``k`` nearest of ``gallery`` (or of its ``gallery_rows``) for each of ``query_rows``.
 
     ``extra_candidates``: an (n queries, m) array of gallery rows (-1 for none) rescored in
     addition to the shortlist; rows outside ``gallery_rows`` or of the query's own subject (with
     ``exclude_own_subject``) are ignored. ``index``: the kind of :class:`~replicheck.index.Index`;
-    an approximate one is checked against the exact search on a sample of the queries first.
+    an approximate one is checked against the exact search on a sample of ``all_rows`` first (the
+    query rows of the whole search when ``query_rows`` are one shard's; default: ``query_rows``),
+    so that every shard probes as many lists as a single run would.
     """
     query_rows = np.arange(len(queries.vectors)) if query_rows is None else np.asarray(query_rows)
     gallery_rows = np.arange(len(gallery.vectors)) if gallery_rows is None else np.asarray(gallery_rows)
     index = Index(gallery.vectors[gallery_rows], gallery.subjects[gallery_rows] if exclude_own_subject else None,
                   kind=index)
-    checked = _check_index(index, queries, query_rows, exclude_own_subject)
+    checked = _check_index(index, queries, query_rows if all_rows is None else np.asarray(all_rows),
+                           exclude_own_subject)
     depth = max(k, min(depth, len(gallery_rows)))
     shortlist = max(depth, shortlist) if gallery.coarse is not None else depth
     rescorer = _Rescorer(level, queries, gallery, query_rows, gallery_rows, k=k, depth=depth,
@@ -341,11 +346,12 @@ class LevelSearches:
 
 
 def search_level(level: Level, sides: dict[str, Side], search: Search, *, seed: int, workers: int,
-                 training_sample: int = 0, earlier: list[LevelSearches] = (), progress: Progress | None = None,
-                 clock: Stopwatch | None = None) -> LevelSearches:
+                 training_sample: int = 0, shard: Shard | None = None, earlier: list[LevelSearches] = (),
+                 progress: Progress | None = None, clock: Stopwatch | None = None) -> LevelSearches:
     """The four searches of ``level`` over ``sides`` (role -> :class:`Side`; "holdout" optional).
     ``training_sample``: at most this many training images search for the Dar threshold and N_mem
-    (a seeded sample; 0: all).
+    (a seeded sample; 0: all). ``shard``: search only that shard's slice of each search's queries
+    (:mod:`replicheck.shards`); the hits then cover the slice, in order.
 
     ``earlier``: the searches of the levels run before, whose nearest images this level rescores
     too (``union_candidates``). ``search`` gives k and, where set, the shortlist and depth;
@@ -356,13 +362,20 @@ def search_level(level: Level, sides: dict[str, Side], search: Search, *, seed: 
              for kind in ("found", "null", "train_null", "memorized")}
     train, synth, name, k = sides["training"], sides["synthetic"], level.name, search.k
     clock = clock or Stopwatch()
+
+    def queries(rows: np.ndarray) -> dict:
+        """The query rows of one search, or of this shard's slice of them."""
+        if shard is None:
+            return {"query_rows": rows}
+        return {"query_rows": rows[shard.positions(len(rows), QUERY_CHUNK)], "all_rows": rows}
+
     with clock.stage(f"{name}.search_synthetic"):
         found = nearest(level, synth, train, k=k, description=f"{name}: synthetic -> training",
-                        extra_candidates=extra["found"], **options)
+                        extra_candidates=extra["found"], **queries(np.arange(len(synth.vectors))), **options)
     with clock.stage(f"{name}.search_calibration"):
         training_rows = training_sample_rows(len(train.vectors), training_sample, seed)
         null, train_null, memorized, gallery_size = _calibration_searches(level, sides, k, extra, options, seed,
-                                                                          training_rows)
+                                                                          training_rows, queries)
     return LevelSearches(found, null, train_null, memorized, gallery_size, "holdout" in sides, training_rows)
 
 
@@ -373,26 +386,28 @@ def training_sample_rows(n_training: int, sample: int, seed: int) -> np.ndarray:
 
 
 def _calibration_searches(level: Level, sides: dict[str, Side], k: int, extra: dict, options: dict, seed: int,
-                          training_rows: np.ndarray):
-    """The three calibration searches of :func:`search_level` and the synthetic subsample's size."""
+                          training_rows: np.ndarray, queries):
+    """The three calibration searches of :func:`search_level` and the synthetic subsample's size;
+    ``queries(rows)`` gives the query rows of a search (a shard's slice of ``rows``)."""
     train, synth, name = sides["training"], sides["synthetic"], level.name
     if "holdout" in sides:
         holdout = sides["holdout"]
         # Same k as the synthetic search, so that each measure's best is taken over as many candidates.
         null = nearest(level, holdout, train, k=k, description=f"{name}: holdout -> training",
-                       extra_candidates=extra["null"], **options)
-        train_null = nearest(level, train, holdout, k=1, query_rows=training_rows, primary_only=True,
-                             extra_candidates=extra["train_null"], description=f"{name}: training -> holdout",
-                             **options)
+                       extra_candidates=extra["null"], **queries(np.arange(len(holdout.vectors))), **options)
+        train_null = nearest(level, train, holdout, k=1, primary_only=True, extra_candidates=extra["train_null"],
+                             description=f"{name}: training -> holdout", **queries(training_rows), **options)
         matched = len(holdout.vectors)
     else:
         null = nearest(level, train, train, k=k, exclude_own_subject=True, extra_candidates=extra["null"],
-                       description=f"{name}: training -> other subjects", **options)
+                       description=f"{name}: training -> other subjects", **queries(np.arange(len(train.vectors))),
+                       **options)
         train_null = null
         matched = len(train.vectors)
     gallery_rows = matched_subsample(len(synth.vectors), matched, seed)
-    memorized = nearest(level, train, synth, k=1, query_rows=training_rows, gallery_rows=gallery_rows, primary_only=True,
-                        extra_candidates=extra["memorized"], description=f"{name}: training -> synthetic", **options)
+    memorized = nearest(level, train, synth, k=1, gallery_rows=gallery_rows, primary_only=True,
+                        extra_candidates=extra["memorized"], description=f"{name}: training -> synthetic",
+                        **queries(training_rows), **options)
     return null, train_null, memorized, len(gallery_rows)
 
 
