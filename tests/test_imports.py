@@ -21,14 +21,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "replicheck"
 # Lowest first. A subpackage is one component (``levels`` covers replicheck.levels.*).
 LAYERS = (
     ("_version", "records", "config", "workspace", "files", "progress", "stopwatch"),
-    ("readers", "images", "pseudonyms", "preprocess", "store", "kernels", "align", "measures", "mask_measures", "index", "transforms",
+    ("readers", "images", "pseudonyms", "preprocess", "store", "kernels", "align", "measures", "mask_measures", "index", "shards", "transforms",
      "embedders", "segmenters"),
-    ("levels", "search", "calibrate", "collect", "decide", "memorization", "gate", "volumes", "assemble"),
-    ("pipeline", "report", "train", "bench", "demo"),
+    ("levels", "search", "calibrate", "collect", "decide", "memorization", "gate", "volumes", "assemble", "parts"),
+    ("pipeline", "report", "train", "bench", "demo", "ray_backend"),
     ("__init__",),  # the public API: replicheck.scan, ScanConfig, ScanResult
     ("cli",),
 )
-HEAVY = ("torch", "faiss", "numba")
+HEAVY = ("torch", "faiss", "numba", "ray")
 
 
 def modules() -> dict[str, Path]:

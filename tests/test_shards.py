@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import perturb, split_patients, write_set
 
 from replicheck.config import ScanConfig
 from replicheck.pipeline import merge_into, run_shard, scan_into
@@ -34,24 +33,6 @@ def test_a_shard_that_is_not_i_of_n_is_refused(text):
         Shard.parse(text)
 
 
-@pytest.fixture(scope="module")
-def inputs(ctich, tmp_path_factory):
-    """CT-ICH slices by patient: 3 chunks of synthetic queries (copies and unseen patients), 2 of held-out ones."""
-    rng = np.random.default_rng(5)
-    images, patients = ctich["flat_brain"], ctich["flat_patient"]
-    train_p, holdout_p, _ = split_patients(patients, 11, (12, 6))
-    root = tmp_path_factory.mktemp("shards")
-    train_rows = np.flatnonzero(np.isin(patients, train_p))[:150]
-    holdout_rows = np.flatnonzero(np.isin(patients, holdout_p))[:100]
-    novel_rows = np.flatnonzero(~np.isin(patients, np.concatenate([train_p, holdout_p])))
-    write_set(root / "train", {f"p{patients[i]}_{i}": images[i] for i in train_rows})
-    write_set(root / "holdout", {f"p{patients[i]}_{i}": images[i] for i in holdout_rows})
-    copies = rng.choice(train_rows, 20, replace=False)
-    write_set(root / "synth", {**{f"copy_{i}": perturb(images[i], rng) for i in copies},
-                               **{f"novel_{i}": images[i] for i in rng.choice(novel_rows, 150, replace=False)}})
-    return root
-
-
 def _config(**options) -> ScanConfig:
     return ScanConfig.from_options(subject_regex=r"^(p\d+)_", grid=(64, 64), training_sample=90, **options)
 
@@ -67,13 +48,14 @@ def _sharded(inputs, folder, config, count):
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [{"levels": "voxel"}, {"levels": "voxel,feature", "adapt": "none"}],
                          ids=["voxel", "voxel+feature"])
-def test_merged_shards_write_the_files_of_a_single_run(inputs, tmp_path, options):
+def test_merged_shards_write_the_files_of_a_single_run(shard_inputs, tmp_path, options):
     """(The feature level is used as bundled: refitting it on the training images costs 30 s a run
     here. Its refit is deterministic: with it, a 3-shard merge differed from a single run only in
     the refit's recorded seconds.)"""
     config = _config(**options)
-    single = scan_into(tmp_path / "single", inputs / "train", inputs / "synth", inputs / "holdout", config)
-    parts = _sharded(inputs, tmp_path, config, 3)
+    single = scan_into(tmp_path / "single", shard_inputs / "train", shard_inputs / "synth", shard_inputs / "holdout",
+                       config)
+    parts = _sharded(shard_inputs, tmp_path, config, 3)
     merged = merge_into(tmp_path / "merged", parts)
     for table in TABLES:
         assert (tmp_path / "single" / table).read_bytes() == (tmp_path / "merged" / table).read_bytes(), table
@@ -90,21 +72,21 @@ def test_merged_shards_write_the_files_of_a_single_run(inputs, tmp_path, options
 
 
 @pytest.mark.slow
-def test_merge_refuses_parts_that_do_not_belong_together(inputs, tmp_path):
+def test_merge_refuses_parts_that_do_not_belong_together(shard_inputs, tmp_path):
     config = _config()
-    parts = _sharded(inputs, tmp_path, config, 2)
+    parts = _sharded(shard_inputs, tmp_path, config, 2)
     with pytest.raises(ReplicheckError, match="shard\\(s\\) 2/2 missing"):
         merge_into(tmp_path / "results", parts[:1])
     with pytest.raises(ReplicheckError, match="both shard 1/2"):
         shutil.copytree(parts[0], tmp_path / "copy_of_1")
         merge_into(tmp_path / "results", [parts[0], tmp_path / "copy_of_1", parts[1]])
-    other = run_shard(inputs / "train", inputs / "synth", inputs / "holdout", _config(k=3), Shard(2, 2),
-                      tmp_path / "other_2")
+    other = run_shard(shard_inputs / "train", shard_inputs / "synth", shard_inputs / "holdout", _config(k=3),
+                      Shard(2, 2), tmp_path / "other_2")
     with pytest.raises(ReplicheckError, match="another run.*settings differ: k"):
         merge_into(tmp_path / "results", [parts[0], other])
     # An input changed after the shards ran: the merge reads it again and refuses.
     changed = tmp_path / "inputs"
-    shutil.copytree(inputs, changed)
+    shutil.copytree(shard_inputs, changed)
     shards = [run_shard(changed / "train", changed / "synth", changed / "holdout", config, Shard(i, 2),
                         tmp_path / f"changed_{i}") for i in (1, 2)]
     first = sorted((changed / "train").glob("*.npy"))[0]

@@ -15,7 +15,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from typer.exceptions import TyperException
@@ -58,6 +58,7 @@ Embedder = Annotated[str, typer.Option(
 Masks = Annotated[str, typer.Option(
     "--masks", help="Segmentation level: foreground, skull, ct-bone, ct-haemorrhage, vessels; manifest; a mask "
                     "folder; or 'cmd:TEMPLATE' with {input} and {output}.")]
+Backend = Literal["local", "ray"]
 NumWorkers = Annotated[int, typer.Option("--num-workers", help="Threads for reading and searching.")]
 Labels = Annotated[Optional[Path], typer.Option(
     "--labels", help="Known labels (CSV with id and replica columns, e.g. a benchmark's labels.csv): adds ROC curves.")]
@@ -138,6 +139,15 @@ def scan(
         "--shard", help="I/N: run the searches of the I-th of N slices of the queries only, and write them to the "
                         "part folder --out; `replicheck merge` joins the N parts into the results of a single run.",
         metavar="I/N")] = None,
+    backend: Annotated[Backend, typer.Option(
+        "--backend", help="local: this machine; ray: the searches as --shards Ray tasks on the cluster at --address, "
+                          "merged here (pip install 'replicheck[ray]'; the inputs must be readable on every node).")] = "local",
+    address: Annotated[Optional[str], typer.Option(
+        "--address", help="With --backend ray: the cluster (e.g. auto, or HOST:PORT of its head); default: a Ray "
+                          "started on this machine.")] = None,
+    shards: Annotated[Optional[int], typer.Option(
+        "--shards", help="With --backend ray: Ray tasks to split the searches into (default: one per CPU of the "
+                         "cluster).")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Scan SYNTHETIC images for replicas of TRAIN images and write the results to --out."""
@@ -164,14 +174,31 @@ def scan(
         progress=not quiet, gallery=gallery, dataset_tests=not no_dataset_tests,
         report_images=not no_images))
     if shard is not None:
+        if backend == "ray":
+            _run(lambda: _refuse("shard", "runs one shard on this machine; --backend ray runs them all (--shards N)"))
         part = _run(lambda: _shard_only(Shard.parse(shard), labels=labels, fail_above=fail_above,
                                         fail_if_copying=fail_if_copying))
         folder = _run(lambda: run_shard(train, synthetic, holdout, config, part, out, command=command))
         typer.echo(f"Part {part} written to {folder}; when all {part.count} parts are written: "
                    f"replicheck merge PART... --out RESULTS")
         return
-    result = _run(lambda: scan_into(out, train, synthetic, holdout, config, labels=labels, command=command))
+    if backend == "ray":
+        from .ray_backend import scan_on_ray
+
+        if shards is not None:
+            _run(lambda: check_range("shards", shards, low=1))
+        result = _run(lambda: scan_on_ray(out, train, synthetic, holdout, config, shards=shards, address=address,
+                                          labels=labels, command=command))
+    else:
+        for option, value in (("address", address), ("shards", shards)):
+            if value is not None:
+                _run(lambda: _refuse(option, "needs --backend ray"))
+        result = _run(lambda: scan_into(out, train, synthetic, holdout, config, labels=labels, command=command))
     _finish(result, out, quiet=quiet, fail_above=fail_above, fail_if_copying=fail_if_copying)
+
+
+def _refuse(option: str, problem: str):
+    raise OptionError(option, problem)
 
 
 def _shard_only(part, **later):

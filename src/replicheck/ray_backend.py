@@ -1,0 +1,88 @@
+"""``scan --backend ray``: the shards of a sharded scan (:mod:`replicheck.shards`) run as Ray tasks.
+
+Each task runs :func:`replicheck.pipeline.run_shard` on a cluster node and returns its part folder
+as bytes, so the nodes need no shared place to write; the driver writes the parts to a scratch
+folder and merges them (:func:`replicheck.pipeline.merge_into`), so the results are those of a
+single run, byte for byte. The inputs must be readable at the same paths on every node (a shared
+file system, as on any cluster), and replicheck installed there (``pip install 'replicheck[ray]'``).
+
+Ray is imported only here, and only when this backend is asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import ScanConfig
+from .pipeline import ScanResult, merge_into, run_shard
+from .progress import Progress
+from .records import ReplicheckError
+from .shards import Shard
+from .workspace import scratch
+
+
+def scan_on_ray(out: str | Path, train, synthetic, holdout, config: ScanConfig, *, shards: int | None = None,
+                address: str | None = None, labels: str | Path | None = None,
+                command: str | None = None) -> ScanResult:
+    """A scan whose searches run as ``shards`` Ray tasks (default: one per CPU of the cluster) on
+    the cluster at ``address`` (None: a Ray started on this machine), written into ``out``."""
+    ray = _import_ray()
+    inputs = [None if source is None else str(Path(source).resolve()) for source in (train, synthetic, holdout)]
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise ReplicheckError(f"--address {address}: cannot reach a Ray cluster there ({error})") from None
+    try:
+        count = shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        options = {**config.flat_options(), "progress": False}
+        task = ray.remote(num_cpus=1, max_retries=2)(_run_shard_task)
+        pending = {task.remote(inputs, options, index, count): index for index in range(1, count + 1)}
+        advance = Progress(config.progress).step(f"ray: {count} shards", count)
+        with scratch("ray") as folder:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                index = pending.pop(done[0])
+                _unpack(_result(ray, done[0], Shard(index, count)), folder / f"part_{index}")
+                advance()
+            return merge_into(out, [folder / f"part_{index}" for index in range(1, count + 1)],
+                              num_workers=config.num_workers, progress=config.progress, labels=labels,
+                              command=command)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _run_shard_task(inputs: list, options: dict, index: int, count: int) -> dict[str, bytes]:
+    """On a cluster node: one shard, its part folder returned as file name -> bytes."""
+    train, synthetic, holdout = inputs
+    config = ScanConfig.from_options(**options)
+    with scratch("shard") as folder:
+        part = run_shard(train, synthetic, holdout, config, Shard(index, count), folder / "part")
+        return {path.name: path.read_bytes() for path in sorted(part.iterdir())}
+
+
+def _result(ray, reference, shard: Shard) -> dict[str, bytes]:
+    """A task's part, or its error as ours (a task that a lost node killed is retried by Ray)."""
+    try:
+        return ray.get(reference)
+    except ray.exceptions.RayTaskError as error:
+        cause = error.cause if isinstance(getattr(error, "cause", None), ReplicheckError) else None
+        if cause is not None:
+            raise ReplicheckError(f"shard {shard}: {cause}") from None
+        raise ReplicheckError(f"shard {shard} failed on the cluster: {str(error).splitlines()[0]}") from None
+
+
+def _unpack(files: dict[str, bytes], folder: Path) -> None:
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / Path(name).name).write_bytes(data)
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ReplicheckError("--backend ray needs Ray: pip install 'replicheck[ray]' (after torch)") from None
+    return ray
