@@ -94,3 +94,30 @@ def test_merge_refuses_parts_that_do_not_belong_together(shard_inputs, tmp_path)
     with pytest.raises(ReplicheckError, match="training images .* are not what this shard read"):
         merge_into(tmp_path / "results", shards)
     assert not (tmp_path / "results").exists()  # nothing written by a refused merge
+
+
+@pytest.mark.slow
+def test_shards_and_merge_from_the_command_line_without_a_holdout(shard_inputs, tmp_path):
+    """Leave-one-subject-out calibration sharded through the CLI: the same tables as a single run."""
+    from typer.testing import CliRunner
+
+    from replicheck.cli import app
+
+    runner = CliRunner()
+    common = [str(shard_inputs / "train"), str(shard_inputs / "synth"), "--subject-regex", r"^(p\d+)_",
+              "--grid", "64,64", "--quiet"]
+    single = runner.invoke(app, ["scan", *common, "--out", str(tmp_path / "single")])
+    assert single.exit_code == 0, single.output
+    for index in (1, 2):
+        part = runner.invoke(app, ["scan", *common, "--shard", f"{index}/2", "--out", str(tmp_path / f"part_{index}")])
+        assert part.exit_code == 0 and f"Part {index}/2 written" in part.output, part.output
+    merged = runner.invoke(app, ["merge", str(tmp_path / "part_1"), str(tmp_path / "part_2"), "--out",
+                                 str(tmp_path / "merged"), "--quiet"])
+    assert merged.exit_code == 0, merged.output
+    for table in TABLES:
+        assert (tmp_path / "single" / table).read_bytes() == (tmp_path / "merged" / table).read_bytes(), table
+    assert merged.output.splitlines()[0] == single.output.splitlines()[0]
+    refused = runner.invoke(app, ["scan", *common, "--shard", "1/2", "--out", str(tmp_path / "p"), "--fail-above", "0.1"])
+    assert refused.exit_code == 2 and "--fail-above acts on the joined results" in refused.output
+    refused = runner.invoke(app, ["scan", *common, "--out", str(tmp_path / "p"), "--shards", "2"])
+    assert refused.exit_code == 2 and "--shards needs --backend ray" in refused.output
