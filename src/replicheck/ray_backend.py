@@ -11,6 +11,7 @@ Ray is imported only here, and only when this backend is asked for.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from .config import ScanConfig
@@ -19,6 +20,8 @@ from .progress import Progress
 from .records import ReplicheckError
 from .shards import Shard
 from .workspace import scratch
+
+CONNECT_SECONDS = 5
 
 
 def scan_on_ray(out: str | Path, train, synthetic, holdout, config: ScanConfig, *, shards: int | None = None,
@@ -30,6 +33,7 @@ def scan_on_ray(out: str | Path, train, synthetic, holdout, config: ScanConfig, 
     inputs = [None if source is None else str(Path(source).resolve()) for source in (train, synthetic, holdout)]
     started_here = not ray.is_initialized()
     if started_here:
+        _check_reachable(ray, address)
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as error:
@@ -80,9 +84,28 @@ def _unpack(files: dict[str, bytes], folder: Path) -> None:
         (folder / Path(name).name).write_bytes(data)
 
 
+def _check_reachable(ray, address: str | None) -> None:
+    """A HOST:PORT that takes no connection is refused at once (Ray itself retries for minutes).
+    Ray reads a loopback host as this node's address, so that is tried too."""
+    host, _, port = (address or "").rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return
+    hosts = [host] + ([ray.util.get_node_ip_address()] if host in ("localhost", "127.0.0.1", "::1") else [])
+    problem = None
+    for candidate in hosts:
+        try:
+            socket.create_connection((candidate, int(port)), timeout=CONNECT_SECONDS).close()
+            return
+        except OSError as error:
+            problem = error.strerror or str(error)
+    raise ReplicheckError(f"--address {address}: cannot reach a Ray cluster there ({problem}); start one with "
+                          f"ray start --head, or leave --address out to run Ray on this machine")
+
+
 def _import_ray():
     try:
         import ray
+        import ray.util
     except ImportError:
         raise ReplicheckError("--backend ray needs Ray: pip install 'replicheck[ray]' (after torch)") from None
     return ray
