@@ -207,11 +207,23 @@ def markdown(rows: list[dict]) -> str:
               "the shortfall is how much lower the scan's structure score is. The search cascade aligns 12 candidates "
               "per query, so on sets full of in-plane variants of the same slices it often settles on a slightly worse "
               "one; the null searches share the cascade, so the threshold sees the same shortfall."]
+    lines += [f"\nN = {r['n']:,}: {r['note']}." for r in rows if r.get("note")]
+    lines += [f"\nN = {r['n']:,}: the candidate index was {kind}." for r in rows
+              for kind in [_index_kinds(r.get("index"))] if kind]
     if growth:
         lines += ["", "Growth exponents (slope of log seconds against log N): " + ", ".join(
             f"{stage} {value:.2f}" for stage, value in growth.items()) + ".", "",
             "![seconds per stage against N](docs/scaling.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _index_kinds(index: dict | None) -> str:
+    """The approximate searches of a run and their measured recall@1, in words ("" when all were exact)."""
+    if not index:
+        return ""
+    parts = [f"{entry['index']} for {search} (nprobe {entry['nprobe']}, recall@1 {entry['recall_at_1']:.3f} on "
+             f"{entry['checked']} query vectors)" for search, entry in index.items() if entry["kind"] == "approximate"]
+    return "; ".join(parts)
 
 
 def plot(rows: list[dict]) -> None:
