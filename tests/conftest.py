@@ -100,20 +100,20 @@ def write_set(folder: Path, arrays: dict[str, np.ndarray]) -> Path:
 
 @pytest.fixture(scope="session")
 def shard_inputs(ctich, tmp_path_factory):
-    """Small CT-ICH slice sets for sharded scans, split by patient: 170 synthetic queries (3 chunks
-    of 64; 20 copies, 150 unseen patients' slices), 100 held-out (2 chunks), 150 training."""
+    """Small CT-ICH slice sets for sharded scans, split by patient: 130 synthetic queries (3 chunks
+    of at most 64; 20 copies, 110 unseen patients' slices), 70 held-out (2 chunks), 100 training."""
     rng = np.random.default_rng(5)
     images, patients = ctich["flat_brain"], ctich["flat_patient"]
     train_p, holdout_p, _ = split_patients(patients, 11, (12, 6))
     root = tmp_path_factory.mktemp("shards")
-    train_rows = np.flatnonzero(np.isin(patients, train_p))[:150]
-    holdout_rows = np.flatnonzero(np.isin(patients, holdout_p))[:100]
+    train_rows = np.flatnonzero(np.isin(patients, train_p))[:100]
+    holdout_rows = np.flatnonzero(np.isin(patients, holdout_p))[:70]
     novel_rows = np.flatnonzero(~np.isin(patients, np.concatenate([train_p, holdout_p])))
     write_set(root / "train", {f"p{patients[i]}_{i}": images[i] for i in train_rows})
     write_set(root / "holdout", {f"p{patients[i]}_{i}": images[i] for i in holdout_rows})
     copies = rng.choice(train_rows, 20, replace=False)
     write_set(root / "synth", {**{f"copy_{i}": perturb(images[i], rng) for i in copies},
-                               **{f"novel_{i}": images[i] for i in rng.choice(novel_rows, 150, replace=False)}})
+                               **{f"novel_{i}": images[i] for i in rng.choice(novel_rows, 110, replace=False)}})
     return root
 
 

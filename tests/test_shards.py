@@ -34,7 +34,7 @@ def test_a_shard_that_is_not_i_of_n_is_refused(text):
 
 
 def _config(**options) -> ScanConfig:
-    return ScanConfig.from_options(subject_regex=r"^(p\d+)_", grid=(64, 64), training_sample=90, **options)
+    return ScanConfig.from_options(subject_regex=r"^(p\d+)_", grid=(64, 64), training_sample=60, **options)
 
 
 def _sharded(inputs, folder, config, count):
@@ -46,22 +46,23 @@ def _sharded(inputs, folder, config, count):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [{"levels": "voxel"}, {"levels": "voxel,feature", "adapt": "none"}],
+@pytest.mark.parametrize("options, count", [({"levels": "voxel"}, 3),
+                                            ({"levels": "voxel,feature", "adapt": "none", "dataset_tests": False}, 2)],
                          ids=["voxel", "voxel+feature"])
-def test_merged_shards_write_the_files_of_a_single_run(shard_inputs, tmp_path, options):
+def test_merged_shards_write_the_files_of_a_single_run(shard_inputs, tmp_path, options, count):
     """(The feature level is used as bundled, and its runs share an embedding cache: refitting it on
     the training images costs 30 s a run here and embedding 20 s. Both are deterministic: without
     them, a 3-shard merge differed from a single run only in the refit's recorded seconds.)"""
     config = _config(**options, **({"cache": str(tmp_path / "cache")} if "feature" in options["levels"] else {}))
     single = scan_into(tmp_path / "single", shard_inputs / "train", shard_inputs / "synth", shard_inputs / "holdout",
                        config)
-    parts = _sharded(shard_inputs, tmp_path, config, 3)
+    parts = _sharded(shard_inputs, tmp_path, config, count)
     merged = merge_into(tmp_path / "merged", parts)
     for table in TABLES:
         assert (tmp_path / "single" / table).read_bytes() == (tmp_path / "merged" / table).read_bytes(), table
     assert merged.synthetic["replica"].sum() >= 18  # the copies are found, as in a single run
     one, joined = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("single", "merged"))
-    assert joined["sharded"]["shards"] == 3 and len(joined["sharded"]["parts"]) == 3
+    assert joined["sharded"]["shards"] == count and len(joined["sharded"]["parts"]) == count
     for summary in (one, joined):
         for key in ("timings_s", "cpu_s", "sharded", "command", "created"):
             summary.pop(key, None)
@@ -106,7 +107,7 @@ def test_shards_and_merge_from_the_command_line_without_a_holdout(shard_inputs, 
 
     runner = CliRunner()
     common = [str(shard_inputs / "train"), str(shard_inputs / "synth"), "--subject-regex", r"^(p\d+)_",
-              "--grid", "64,64", "--quiet"]
+              "--grid", "64,64", "--no-dataset-tests", "--quiet"]
     single = runner.invoke(app, ["scan", *common, "--out", str(tmp_path / "single")])
     assert single.exit_code == 0, single.output
     for index in (1, 2):
