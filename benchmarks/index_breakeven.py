@@ -62,18 +62,12 @@ def make_images(data, n: int, queries: int, seed: int):
 
 
 def shortlist(index, views: np.ndarray, k: int) -> np.ndarray:
-    """Each query's best ``k`` rows over its views, as :func:`replicheck.search._shortlist` merges them."""
+    """Each query's best ``k`` rows over its views, merged as a scan merges them."""
+    from replicheck.search import merge_views
+
     n, count = views.shape[:2]
     scores, ids = index.search(np.ascontiguousarray(views.reshape(n * count, -1)), k)
-    scores, ids = scores.reshape(n, -1), ids.reshape(n, -1)
-    out = np.full((n, k), -1, dtype=np.int64)
-    for row in range(n):
-        found = ids[row] >= 0
-        order = np.argsort(-scores[row][found], kind="stable")
-        unique, first = np.unique(ids[row][found][order], return_index=True)
-        best = unique[np.argsort(first, kind="stable")][:k]
-        out[row, : len(best)] = best
-    return out
+    return merge_views(scores.reshape(n, -1), ids.reshape(n, -1), k)
 
 
 def timed(index, views):

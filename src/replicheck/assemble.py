@@ -137,7 +137,7 @@ def _at_rows(values: np.ndarray, rows: np.ndarray, n: int, empty):
         column = pd.array(np.full(n, pd.NA), dtype="boolean")
         column[rows] = values
         return column
-    column = np.full(n, empty, dtype=values.dtype if values.dtype != object else object)
+    column = np.full(n, empty, dtype=values.dtype)
     column[rows] = values
     return column
 

@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from .config import INDEX_KINDS
+
 EXACT_UP_TO = 20_000  # gallery images below which "auto" searches exactly (BENCHMARKS.md, "Approximate index")
 TARGET_RECALL = 0.99  # recall@1 against the exact search the approximate index must reach on the checked queries
 FIRST_NPROBE = 32  # inverted lists probed at first; doubled until the target is met
@@ -77,7 +78,6 @@ class Index:
         keep = self.groups[np.clip(ids, 0, None)] != np.asarray(exclude)[:, None]
         keep &= ids >= 0
         return _first_kept(scores, ids, keep, k)
-
 
     def describe(self) -> dict:
         """What the index is, for summary.json."""

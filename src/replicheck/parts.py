@@ -25,13 +25,12 @@ from ._version import __version__
 from .config import ScanConfig
 from .files import write_json
 from .records import OptionError, ReplicheckError
-from .search import Hits, LevelSearches
+from .search import SEARCHES, Hits, LevelSearches
 from .shards import Shard
 from .workspace import staged_folder
 
 PART_FILE = "part.json"
 PART_FORMAT = 1
-SEARCHES = ("found", "null", "train_null", "memorized")
 UNSHARED = ("num_workers", "progress")  # settings that change no result: shards and merge may differ in them
 
 
@@ -49,10 +48,6 @@ def side_digest(items: pd.DataFrame, vectors: np.ndarray) -> str:
         digest.update("\0".join(map(str, items[column])).encode() + b"\1")
     digest.update(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
     return digest.hexdigest()[:16]
-
-
-def part_files(levels) -> tuple[str, ...]:
-    return (PART_FILE,) + tuple(f"searches-{name}.npz" for name in levels)
 
 
 def write_part(out: str | Path, *, shard: Shard, config: ScanConfig, inputs: dict[str, str],
@@ -132,7 +127,7 @@ class Parts:
                 raise ReplicheckError(f"{path}: cannot read this part's searches ({error})") from None
         meta = self.records[0]["levels"][level]
         training_rows = loaded[0]["training_rows"]
-        joined = {kind: _join([arrays for arrays in loaded], kind, meta["index"][kind]) for kind in SEARCHES}
+        joined = {kind: _join(loaded, kind, meta["index"][kind]) for kind in SEARCHES}
         if meta["train_null_is_null"]:
             joined["train_null"] = joined["null"]
         return LevelSearches(joined["found"], joined["null"], joined["train_null"], joined["memorized"],

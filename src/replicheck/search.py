@@ -303,13 +303,18 @@ def _shortlist(index: Index, queries: Side, rows: np.ndarray, shortlist: int, ex
     n, count = views.shape[:2]
     scores, ids = index.search(views.reshape(n * count, -1), shortlist,
                                exclude=None if exclude is None else np.repeat(exclude, count))
-    scores, ids = scores.reshape(n, -1), ids.reshape(n, -1)
-    out = np.full((n, shortlist), -1, dtype=np.int64)
-    for row in range(n):
+    return merge_views(scores.reshape(n, -1), ids.reshape(n, -1), shortlist)
+
+
+def merge_views(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Each query's ``k`` best gallery rows from the results of all its views, (n, views x depth)
+    scores and ids side by side: each row at its best score over the views, best first (-1 pads)."""
+    out = np.full((len(ids), k), -1, dtype=np.int64)
+    for row in range(len(ids)):
         found = ids[row] >= 0
         order = np.argsort(-scores[row][found], kind="stable")
         unique, first = np.unique(ids[row][found][order], return_index=True)
-        best = unique[np.argsort(first, kind="stable")][:shortlist]  # each id at its best score, best first
+        best = unique[np.argsort(first, kind="stable")][:k]  # each id at its best score, best first
         out[row, : len(best)] = best
     return out
 
@@ -328,6 +333,9 @@ def _one_torch_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+SEARCHES = ("found", "null", "train_null", "memorized")  # the hits of a LevelSearches, by attribute
 
 
 @dataclass(frozen=True)
@@ -359,7 +367,7 @@ def search_level(level: Level, sides: dict[str, Side], search: Search, *, seed: 
     """
     options = dict(**_reach(level, search, sides, search.k), workers=workers, progress=progress)
     extra = {kind: np.concatenate([getattr(hits, kind).rows for hits in earlier], axis=1) if earlier else None
-             for kind in ("found", "null", "train_null", "memorized")}
+             for kind in SEARCHES}
     train, synth, name, k = sides["training"], sides["synthetic"], level.name, search.k
     clock = clock or Stopwatch()
 
