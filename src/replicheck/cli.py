@@ -58,6 +58,12 @@ Embedder = Annotated[str, typer.Option(
 Masks = Annotated[str, typer.Option(
     "--masks", help="Segmentation level: foreground, skull, ct-bone, ct-haemorrhage, vessels; manifest; a mask "
                     "folder; or 'cmd:TEMPLATE' with {input} and {output}.")]
+FailAbove = Annotated[Optional[float], typer.Option(
+    "--fail-above", help="Exit with status 3 when the replica rate's 95% lower bound exceeds RATE (0-1).",
+    metavar="RATE")]
+FailIfCopying = Annotated[Optional[float], typer.Option(
+    "--fail-if-copying", help="Exit with status 3 when a level's C_T p-value is below ALPHA (data copying).",
+    metavar="ALPHA")]
 Backend = Literal["local", "ray"]
 NumWorkers = Annotated[int, typer.Option("--num-workers", help="Threads for reading and searching.")]
 Labels = Annotated[Optional[Path], typer.Option(
@@ -119,12 +125,8 @@ def scan(
     skip_unreadable: Annotated[bool, typer.Option("--skip-unreadable", help="Skip unreadable images (listed in summary.json) instead of stopping.")] = False,
     keep_subject_ids: Annotated[bool, typer.Option(
         "--keep-subject-ids", help="Write subjects taken from DICOM PatientIDs in the clear (default: as pseudonyms).")] = False,
-    fail_above: Annotated[Optional[float], typer.Option(
-        "--fail-above", help="Exit with status 3 when the replica rate's 95% lower bound exceeds RATE (0-1).",
-        metavar="RATE")] = None,
-    fail_if_copying: Annotated[Optional[float], typer.Option(
-        "--fail-if-copying", help="Exit with status 3 when a level's C_T p-value is below ALPHA (data copying).",
-        metavar="ALPHA")] = None,
+    fail_above: FailAbove = None,
+    fail_if_copying: FailIfCopying = None,
     no_dataset_tests: Annotated[bool, typer.Option(
         "--no-dataset-tests", help="Skip the data-set statistics (C_T, DCR share, authenticity) and their searches.")] = False,
     gallery: Annotated[int, typer.Option("--gallery", help="Top pairs shown with their pixels in report.html.")] = 50,
@@ -155,14 +157,7 @@ def scan(
     from .pipeline import run_shard, scan_into
     from .shards import Shard
 
-    def check_gate():
-        for option, value in (("fail_above", fail_above), ("fail_if_copying", fail_if_copying)):
-            if value is not None:
-                check_range(option, value, low=0, high=1)
-        if fail_if_copying is not None and no_dataset_tests:
-            raise OptionError("fail_if_copying", "needs the data-set tests; drop --no-dataset-tests")
-
-    _run(check_gate)
+    _run(lambda: _check_gate(fail_above, fail_if_copying, dataset_tests=not no_dataset_tests))
     command = " ".join(["replicheck"] + sys.argv[1:])
     config = _run(lambda: ScanConfig.from_options(
         levels=levels, k=k, index=index, quantile=quantile, null_tail=null_tail, combine=combine, grid=grid, intensity=intensity,
@@ -197,6 +192,17 @@ def scan(
     _finish(result, out, quiet=quiet, fail_above=fail_above, fail_if_copying=fail_if_copying)
 
 
+def _check_gate(fail_above, fail_if_copying, *, dataset_tests: bool) -> None:
+    """The gate's thresholds are shares, and C_T needs the data-set tests."""
+    from .config import check_range
+
+    for option, value in (("fail_above", fail_above), ("fail_if_copying", fail_if_copying)):
+        if value is not None:
+            check_range(option, value, low=0, high=1)
+    if fail_if_copying is not None and not dataset_tests:
+        raise OptionError("fail_if_copying", "needs the data-set tests; drop --no-dataset-tests")
+
+
 def _refuse(option: str, problem: str):
     raise OptionError(option, problem)
 
@@ -229,12 +235,8 @@ def merge(
     parts: Annotated[list[Path], typer.Argument(help="The part folders of all N shards (scan --shard I/N --out PART).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the tables, summary.json and report.html.")],
     labels: Labels = None,
-    fail_above: Annotated[Optional[float], typer.Option(
-        "--fail-above", help="Exit with status 3 when the replica rate's 95% lower bound exceeds RATE (0-1).",
-        metavar="RATE")] = None,
-    fail_if_copying: Annotated[Optional[float], typer.Option(
-        "--fail-if-copying", help="Exit with status 3 when a level's C_T p-value is below ALPHA (data copying).",
-        metavar="ALPHA")] = None,
+    fail_above: FailAbove = None,
+    fail_if_copying: FailIfCopying = None,
     num_workers: NumWorkers = 2,
     quiet: Quiet = False,
 ) -> None:
@@ -242,6 +244,8 @@ def merge(
     exactly as a single scan would (the inputs must be where the shards read them)."""
     from .pipeline import merge_into
 
+    # The ranges only: whether the parts were scanned with data-set tests is known once they are read.
+    _run(lambda: _check_gate(fail_above, fail_if_copying, dataset_tests=True))
     result = _run(lambda: merge_into(out, parts, num_workers=num_workers, progress=not quiet, labels=labels,
                                      command=" ".join(["replicheck"] + sys.argv[1:])))
     _finish(result, out, quiet=quiet, fail_above=fail_above, fail_if_copying=fail_if_copying)
