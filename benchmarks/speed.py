@@ -165,9 +165,11 @@ def build_2d(data: Path, root: Path, sizes: dict, seed: int) -> dict:
 def build_3d(data: Path, root: Path, sizes: dict, seed: int) -> dict:
     rng = np.random.default_rng(seed + 1)
     volumes, subjects, modality = real_3d(data)
+    needs = {"train": sizes["train"], "novel": sizes["synth"] - sizes["copies"], "holdout": sizes["holdout"]}
+    if sizes.get("variants") is None:  # as many variants of each real volume as the sizes need
+        sizes = {**sizes, "variants": max(1, -(-int(sum(needs.values()) * 1.15) // len(volumes)))}
     log(f"3D real volumes: {len(volumes)} ({modality.count('ct')} CT-ICH, {modality.count('mr')} IXI) on {GRID_3D}; "
         f"{sizes['variants']} variants each")
-    needs = {"train": sizes["train"], "novel": sizes["synth"] - sizes["copies"], "holdout": sizes["holdout"]}
     splits = split_by_subject(subjects, modality, needs, rng, per_subject=sizes["variants"])
     where = {s: name for name, members in splits.items() for s in members}
     pools: dict[str, list[tuple[str, int, dict]]] = {name: [] for name in needs}
@@ -199,7 +201,7 @@ def build_3d(data: Path, root: Path, sizes: dict, seed: int) -> dict:
             image = variant(volumes[index], params)
             truth.append({"id": ident, "kind": "novel", "source": source})
         np.save(folders["synthetic"] / f"{ident}.npy", image)
-    return _write_sets(root, {}, {}, {}, truth, splits)
+    return {**_write_sets(root, {}, {}, {}, truth, splits), "variants_per_real_image": sizes["variants"]}
 
 
 def _synthetic(train: dict, novel: dict, n_copies: int, rng: np.random.Generator):
@@ -251,14 +253,19 @@ def child_scan(config_path: str) -> None:
                              image_ndim=config["image_ndim"], voxel_measure=config.get("voxel_measure"),
                              align=config.get("align", "similarity"))
     finished = time.perf_counter()
+    out = Path(config["out"])
+    written = None
+    if config.get("write_results"):  # the CLI's results folder (CSVs, summary.json), timed as the write stage
+        result.write(out / "written")
+        written = time.perf_counter() - finished
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak = peak_rss_bytes()
-    out = Path(config["out"])
     result.synthetic.to_csv(out / "synthetic.csv", index=False)
     result.pairs.to_csv(out / "pairs.csv", index=False)
     (out / "child.json").write_text(json.dumps({
         "import_s": imported - started,
         "scan_wall_s": finished - imported,
+        "write_s": written,
         "peak_rss_bytes": peak,
         # ru_maxrss is not used as the peak: Linux carries the parent's RSS over the fork/exec into it
         "ru_maxrss_bytes": usage.ru_maxrss * 1024,
