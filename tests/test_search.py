@@ -59,12 +59,17 @@ def test_own_subject_is_excluded_and_gallery_subset_respected(sides):
 
 @pytest.mark.parametrize("queries", [1, 3, 4, 15, 16, 17, 64])
 def test_rescoring_batches_share_small_searches_and_stay_bounded(queries):
-    from replicheck.search import MIN_BATCHES, RESCORE_BATCH, _batch_size
+    from replicheck.search import MIN_BATCHES, RESCORE_BATCH, RESCORE_BYTES, _batch_size
 
     size = _batch_size(queries)
     batches = -(-queries // size)
     assert 1 <= size <= RESCORE_BATCH
     assert batches >= min(queries, MIN_BATCHES)  # 15 volumes are no longer one batch for one of two cores
+    # a 2D query's 12 candidates (64 kB each) leave the batch as it was; 3D volumes (4 MiB) make it smaller
+    assert _batch_size(queries, 12 * 4 * 128 * 128) == size
+    volumes = _batch_size(queries, 8 * 4 * 64 * 128 * 128)
+    assert 1 <= volumes <= min(size, RESCORE_BYTES // (8 * 4 * 64 * 128 * 128))
+    assert -(-queries // volumes) >= min(queries, MIN_BATCHES)
 
 
 def test_a_training_sample_searches_for_its_rows_exactly_as_the_whole_set_does(sides):

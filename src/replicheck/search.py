@@ -52,6 +52,7 @@ from .store import ArrayStore, StoredRows
 
 QUERY_CHUNK = 64
 RESCORE_BATCH = 16  # queries a level with ``rescore_batch`` rescores together (per worker thread)
+RESCORE_BYTES = 128 * 2**20  # ... and at most this many bytes of their candidates (float32), so that 3D stays small
 MIN_BATCHES = 4  # ... in at least this many batches per chunk, so that up to 4 workers share a small search
 VECTOR_BATCH_BYTES = 64 * 2**20  # analysis-grid images per batch when computing search vectors
 INDEX_CHECK = 256  # query vectors on which an approximate index's recall is measured (Index.check)
@@ -174,7 +175,7 @@ def nearest(
             exclude = queries.subjects[query_rows[chunk]] if exclude_own_subject else None
             shortlisted = _shortlist(index, queries, query_rows[chunk], shortlist, exclude)
             if level.rescores_in_batches:
-                size = _batch_size(len(chunk))
+                size = _batch_size(len(chunk), depth * 4 * int(np.prod(gallery.store.shape)))
                 pieces = range(0, len(chunk), size)
                 for done in pool.map(rescorer.batch, (chunk[i:i + size] for i in pieces),
                                      (shortlisted[i:i + size] for i in pieces)):
@@ -283,13 +284,17 @@ class _Rescorer:
         return Hits(self.rows, self.values)
 
 
-def _batch_size(queries: int) -> int:
-    """Queries per rescoring batch: at most :data:`RESCORE_BATCH`, and small enough that a chunk
-    of queries makes at least :data:`MIN_BATCHES` batches, so that every worker has one (15
-    volumes in one batch of 16 kept one of two cores idle for the whole search). It depends on
-    the number of queries only, never on the workers: batched arithmetic rounds differently in
-    batches of other sizes, and the tables must not change with ``--num-workers``."""
-    batches = max(-(-queries // RESCORE_BATCH), min(queries, MIN_BATCHES))
+def _batch_size(queries: int, query_bytes: int = 0) -> int:
+    """Queries per rescoring batch: at most :data:`RESCORE_BATCH`, at most :data:`RESCORE_BYTES`
+    of candidates (``query_bytes`` a query), and small enough that a chunk of queries makes at
+    least :data:`MIN_BATCHES` batches, so that every worker has one (15 volumes in one batch of 16
+    kept one of two cores idle for the whole search). The byte bound binds in 3D only: the
+    alignment and the measures keep about ten copies of a batch's candidates, and 16 queries of
+    eight 64x128x128 volumes peaked at 7.3 GiB with two workers. It depends on the number of
+    queries and the images' size only, never on the workers: batched arithmetic rounds
+    differently in batches of other sizes, and the tables must not change with ``--num-workers``."""
+    largest = max(1, min(RESCORE_BATCH, RESCORE_BYTES // max(1, query_bytes)))
+    batches = max(-(-queries // largest), min(queries, MIN_BATCHES))
     return max(1, -(-queries // batches))
 
 
