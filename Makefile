@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# test processes (pytest-xdist); each test file runs in one of them, so its fixtures are built once
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install bench clean
 
@@ -21,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/replicheck demo --out demo-out
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/speed.py --subset 500

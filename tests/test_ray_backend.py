@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,14 +39,25 @@ def cluster(tmp_path_factory):
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     temp = tmp_path_factory.mktemp("ray")
     common = ["--num-cpus", "1", "--disable-usage-stats"]
-    subprocess.run([command, "start", "--head", "--port", str(port), "--include-dashboard", "false",
-                    "--temp-dir", str(temp), *common], check=True, env=env, capture_output=True, timeout=180)
+    _ray_start(command, env, "--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", str(temp),
+               *common)
     try:
-        subprocess.run([command, "start", "--address", f"127.0.0.1:{port}", *common], check=True, env=env,
-                       capture_output=True, timeout=180)
+        _ray_start(command, env, "--address", f"127.0.0.1:{port}", *common)
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([command, "stop", "--force"], env=env, capture_output=True, timeout=180)
+
+
+def _ray_start(command: str, env: dict, *options: str, tries: int = 3) -> None:
+    """``ray start`` with ``options``, tried again when it fails: on a loaded machine (the suite runs
+    two test processes on two cores) a worker node can miss the head's first answers."""
+    for attempt in range(1, tries + 1):
+        done = subprocess.run([command, "start", *options], env=env, capture_output=True, text=True, timeout=180)
+        if done.returncode == 0:
+            return
+        if attempt == tries:
+            raise AssertionError(f"ray start {' '.join(options)} failed {tries} times:\n{done.stdout}\n{done.stderr}")
+        time.sleep(5)
 
 
 def test_a_scan_on_a_ray_cluster_writes_the_files_of_a_single_run(shard_inputs, cluster, tmp_path):

@@ -68,14 +68,14 @@ def test_calibrated_checkpoint_keeps_the_weights_and_adds_the_measure(slices, fi
                                                              if k not in ("architecture", "ssim_calibration")})
     before = source.read_bytes()
     out = tmp_path / "calibrated.pt"
-    calibration = adapt.adapt_checkpoint(source, images[:200], subjects[:200], out, whiten=False)
+    calibration = adapt.adapt_checkpoint(source, images[:100], subjects[:100], out, whiten=False)
     assert source.read_bytes() == before  # the input checkpoint is never modified
     plain, calibrated = load_embedder(str(source)), load_embedder(str(out))
     assert calibrated.calibration == calibration and plain.calibration is None
     assert calibrated.digest == plain.digest  # same embedding: the feature cache stays valid
     np.testing.assert_array_equal(calibrated.embed(images[:8]), plain.embed(images[:8]))
     # by default the whitening is refitted on the same images first: another embedding, another cache key
-    adapt.adapt_checkpoint(source, images[:200], subjects[:200], tmp_path / "whitened.pt")
+    adapt.adapt_checkpoint(source, images[:100], subjects[:100], tmp_path / "whitened.pt")
     whitened = load_embedder(str(tmp_path / "whitened.pt"))
     assert whitened.model.whitened and whitened.digest != plain.digest
     assert (whitened.rotations, whitened.gammas) == (plain.rotations, plain.gammas)
