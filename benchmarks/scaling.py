@@ -199,7 +199,7 @@ INTRO = {
     "2d": ("## Scaling: 2D scans of 1,000 to 100,000 images a side (issue #21)",
            "N training and N synthetic 128×128 images and a holdout of N/10 (at least 300), built from real CT-ICH "
            "and IXI slices and their in-plane variants (1% copies)"),
-    "3d": ("## Scaling: 3D scans of 100 to 5,000 volumes a side (issue #21)",
+    "3d": ("## Scaling: 3D scans of 100 and 1,000 volumes a side (issue #21)",
            "N training and N synthetic 64×128×128 volumes and a holdout of N/5 (at least 30), built from the 132 real "
            "CT-ICH and IXI volumes and their in-plane variants (10% copies, so that 100 volumes hold 10)"),
 }
