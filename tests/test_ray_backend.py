@@ -9,7 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,14 +30,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster():
     """A head and one worker node, each with 1 CPU, stopped at the end."""
     command = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
     if command is None:
         pytest.skip("the ray command is not installed")
     port = _free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    temp = tmp_path_factory.mktemp("ray")
+    # Ray's sockets live under its temp folder, and a Unix socket path has at most 107 bytes: pytest's
+    # folders (one level deeper in each test process of pytest-xdist) are too long for it
+    temp = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
     common = ["--num-cpus", "1", "--disable-usage-stats"]
     _ray_start(command, env, "--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", str(temp),
                *common)
@@ -46,18 +48,14 @@ def cluster(tmp_path_factory):
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([command, "stop", "--force"], env=env, capture_output=True, timeout=180)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
-def _ray_start(command: str, env: dict, *options: str, tries: int = 3) -> None:
-    """``ray start`` with ``options``, tried again when it fails: on a loaded machine (the suite runs
-    two test processes on two cores) a worker node can miss the head's first answers."""
-    for attempt in range(1, tries + 1):
-        done = subprocess.run([command, "start", *options], env=env, capture_output=True, text=True, timeout=180)
-        if done.returncode == 0:
-            return
-        if attempt == tries:
-            raise AssertionError(f"ray start {' '.join(options)} failed {tries} times:\n{done.stdout}\n{done.stderr}")
-        time.sleep(5)
+def _ray_start(command: str, env: dict, *options: str) -> None:
+    """``ray start`` with ``options``; a failure shows what Ray said."""
+    done = subprocess.run([command, "start", *options], env=env, capture_output=True, text=True, timeout=180)
+    if done.returncode:
+        raise AssertionError(f"ray start {' '.join(options)} failed:\n{done.stdout}\n{done.stderr}")
 
 
 def test_a_scan_on_a_ray_cluster_writes_the_files_of_a_single_run(shard_inputs, cluster, tmp_path):
