@@ -11,8 +11,9 @@ patients are split into training, novel and holdout. 1% of the synthetic images 
 training images (gamma, noise, a shift of up to 2 pixels; :func:`speed.perturb`), the rest novel
 patients' images. ``--dim 3d`` does the same with the 132 real CT-ICH and IXI volumes on a
 64x128x128 grid (:func:`speed.build_3d`: in-plane variants of each volume), N training and N
-synthetic volumes with 10% copies (so that 100 volumes hold 10) and a holdout of N/5 (at least 30). The default ``replicheck scan`` runs in a child process with its own TMPDIR,
-and this script records:
+synthetic volumes with 10% copies (so that 100 volumes hold 10) and a holdout of N/5 (at least
+30). The default ``replicheck scan`` runs in a child process with its own TMPDIR, and this
+script records:
 
 - wall and CPU seconds of every stage (summary.json's ``timings_s`` and ``cpu_s``, plus ``write``:
   the CLI's results folder written by ``ScanResult.write``), the child's peak RSS and the peak size
@@ -44,7 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from common import DEFAULT_DATA, ROOT, log, put_section, real_2d
-from speed import _synthetic, _write_sets, build_3d, detection, read_results, split_by_subject, variant
+from speed import (_synthetic, _write_sets, build_3d, detection, read_results, split_by_subject, variant,
+                   variants_needed)
 
 RESULTS = {"2d": ROOT / "benchmarks" / "results" / "scaling.json",
            "3d": ROOT / "benchmarks" / "results" / "scaling_3d.json"}
@@ -67,7 +69,7 @@ def build(data: Path, root: Path, n: int, seed: int, dim: str) -> dict:
     images, ids, subjects, modality = real_2d(data)
     sizes = sizes_for(n, dim)
     needs = {"train": sizes["train"], "novel": sizes["synth"] - sizes["copies"], "holdout": sizes["holdout"]}
-    per_image = max(1, -(-int(sum(needs.values()) * 1.15) // len(images)))  # variants of each real slice
+    per_image = variants_needed(needs, len(images))
     splits = split_by_subject(subjects, modality, needs, rng, per_subject=per_image)
     where = {s: name for name, members in splits.items() for s in members}
     pools = {name: [] for name in needs}
@@ -143,28 +145,27 @@ def exact_nearest(built: dict, queries: list[str], batch: int = 256, finest: int
     query at the alignment's coarse level and the ``finest`` of each ``batch`` that correlate best
     there are aligned in full (aligning all in full costs 10x more, about 6 ms a pair on 2 cores,
     and the scan's own cascade aligns 12 in full per query). The training images are read from
-    disk a batch at a time, so that 5,000 volumes need not fit in memory."""
+    disk a batch at a time, once for all queries, so that 5,000 volumes need not fit in memory."""
     import torch
 
     from replicheck import align, measures
 
     train_files = sorted(Path(built["folders"]["train"]).glob("*.npy"))
-    out = {}
-    for ident in queries:
-        query = np.load(Path(built["folders"]["synthetic"]) / f"{ident}.npy").astype(np.float32) / 255.0
-        best, best_score = -1, -np.inf
-        for start in range(0, len(train_files), batch):
-            gallery = np.stack([np.load(f) for f in train_files[start:start + batch]]).astype(np.float32) / 255.0
-            candidates = torch.from_numpy(gallery)[None]
+    images = {ident: np.load(Path(built["folders"]["synthetic"]) / f"{ident}.npy").astype(np.float32) / 255.0
+              for ident in queries}
+    best = {ident: (-1, -np.inf) for ident in queries}
+    for start in range(0, len(train_files), batch):
+        gallery = np.stack([np.load(f) for f in train_files[start:start + batch]]).astype(np.float32) / 255.0
+        candidates = torch.from_numpy(gallery)[None]
+        for ident, query in images.items():
             found = align.align(torch.from_numpy(query)[None], candidates, finest=finest)
             scores = measures.compare_aligned(query[None], found.warped.numpy(), found.valid.numpy(), data_range=1.0,
                                               ssim_best=0)["structure"][0]
             scores = np.nan_to_num(scores, nan=-np.inf)
             j = int(np.argmax(scores))
-            if scores[j] > best_score:
-                best, best_score = start + int(found.rows[0, j]), float(scores[j])
-        out[ident] = (train_files[best].stem, best_score)
-    return out
+            if scores[j] > best[ident][1]:
+                best[ident] = (start + int(found.rows[0, j]), float(scores[j]))
+    return {ident: (train_files[row].stem, score) for ident, (row, score) in best.items()}
 
 
 def agreement(built: dict, out: Path, count: int, seed: int, dim: str) -> dict:

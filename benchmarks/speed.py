@@ -135,6 +135,12 @@ def variant(volume: np.ndarray, params: dict) -> np.ndarray:
     return to_uint8(out[:, 0].numpy() ** params["gamma"])
 
 
+def variants_needed(needs: dict[str, int], real: int) -> int:
+    """Variants of each of ``real`` images that fill the splits' ``needs`` with 15% to spare (the
+    subject split is uneven)."""
+    return max(1, -(-int(sum(needs.values()) * 1.15) // real))
+
+
 def variant_params(rng: np.random.Generator, n: int) -> list[dict]:
     out = [{"identity": True}]
     for i in range(1, n):
@@ -167,7 +173,7 @@ def build_3d(data: Path, root: Path, sizes: dict, seed: int) -> dict:
     volumes, subjects, modality = real_3d(data)
     needs = {"train": sizes["train"], "novel": sizes["synth"] - sizes["copies"], "holdout": sizes["holdout"]}
     if sizes.get("variants") is None:  # as many variants of each real volume as the sizes need
-        sizes = {**sizes, "variants": max(1, -(-int(sum(needs.values()) * 1.15) // len(volumes)))}
+        sizes = {**sizes, "variants": variants_needed(needs, len(volumes))}
     log(f"3D real volumes: {len(volumes)} ({modality.count('ct')} CT-ICH, {modality.count('mr')} IXI) on {GRID_3D}; "
         f"{sizes['variants']} variants each")
     splits = split_by_subject(subjects, modality, needs, rng, per_subject=sizes["variants"])
