@@ -42,6 +42,10 @@ FINEST = 4  # candidates aligned at the finest level (at least k), chosen by the
 FINEST_NEAREST_ONLY = 2  # ... when only the nearest is kept
 SHORTLIST = 256  # index candidates the refinement ranks
 INDEX_KEEP = 4  # the index's best candidates, rescored whatever the refinement thinks of them
+# Intensity curves under which the refinement compares views, keeping each candidate's better
+# correlation: a copy whose contrast was re-mapped (a gamma of 0.7 with a zoom, a shift and lost
+# detail) can rank below other patients' images under one curve and not under the other.
+REFINE_CURVES = {"identity": lambda images: images, "sqrt": lambda images: images.clamp_min(0.0).sqrt()}
 
 
 class AlignedVoxelLevel(LevelBase):
@@ -63,30 +67,42 @@ class AlignedVoxelLevel(LevelBase):
 
     def coarse(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(as a query: the moment frame, to flip and turn in :meth:`refine`; as a candidate: its
-        moment-frame view and its plain view at the refinement's size, side by side)."""
-        ndim = images.ndim - 1
-        side = REFINE_SIDE[ndim]
-        frames = align.moment_frames(_tensor(images), side)
-        views = torch.cat([align.frame_views(frames, side=side)[:, 0], align.plain_views(frames, side=side)[:, 0]], 1)
-        return frames.rows().numpy(), views.numpy()
+        moment-frame view and its plain view at the refinement's size, side by side), once for each
+        of :data:`REFINE_CURVES`, one after the other."""
+        side = REFINE_SIDE[images.ndim - 1]
+        as_query, as_candidate = [], []
+        for curve in REFINE_CURVES.values():
+            frames = align.moment_frames(curve(_tensor(images)), side)
+            as_query.append(frames.rows())
+            as_candidate += [align.frame_views(frames, side=side)[:, 0], align.plain_views(frames, side=side)[:, 0]]
+        return torch.cat(as_query, 1).numpy(), torch.cat(as_candidate, 1).numpy()
 
     def refine(self, grid: tuple[int, ...], query: np.ndarray, candidates: StoredRows, keep: int) -> np.ndarray:
         """Positions of the ``keep`` candidates to rescore: the index's first :data:`INDEX_KEEP`, then
         those that correlate best with the query under any flip (and, in 2D, turn) of its moment-frame
-        view, or under any flip of its plain view. Why keep the index's best: at 32 voxels a side the
-        views see a compound copy's zoom, shift and gamma more sharply than at 16 and can drop its
-        source (on the 2D CT benchmark, 15% of compound copies lost their source in refinement;
-        keeping the index's top 4 brought 6 of those 9 back; the index alone loses translated copies)."""
+        view, or under any flip of its plain view, under either intensity curve of
+        :data:`REFINE_CURVES`. Why keep the index's best: at 32 voxels a side the views see a
+        compound copy's zoom, shift and gamma more sharply than at 16 and can drop its source (on
+        the 2D CT benchmark, 15% of compound copies lost their source in refinement; keeping the
+        index's top 4 brought 6 of those 9 back; the index alone loses translated copies)."""
         ndim = len(grid)
         side = REFINE_SIDE[ndim]
         shape = align.coarse_shape(tuple(grid), 2 * side)
-        frames = align.Frames.from_rows(torch.from_numpy(np.asarray(query, dtype=np.float32))[None], shape)
         flips = align.flips_of(ndim)
-        moment = align.frame_views(frames, flips=flips, angles=align.VIEW_ANGLES if ndim == 2 else (0.0,), side=side)[0]
-        plain = align.plain_views(frames, flips=flips, side=side)[0]
+        curves = len(REFINE_CURVES)
+        queries = torch.from_numpy(np.asarray(query, dtype=np.float32)).reshape(curves, -1)
         rows = torch.from_numpy(candidates.read())
-        size = moment.shape[1]
-        scores = torch.maximum((rows[:, :size] @ moment.T).max(1).values, (rows[:, size:] @ plain.T).max(1).values)
+        rows = rows.reshape(len(rows), curves, -1)
+        scores = None
+        for curve in range(curves):
+            frames = align.Frames.from_rows(queries[curve:curve + 1], shape)
+            angles = align.VIEW_ANGLES if ndim == 2 else (0.0,)
+            moment = align.frame_views(frames, flips=flips, angles=angles, side=side)[0]
+            plain = align.plain_views(frames, flips=flips, side=side)[0]
+            size = moment.shape[1]
+            found = torch.maximum((rows[:, curve, :size] @ moment.T).max(1).values,
+                                  (rows[:, curve, size:] @ plain.T).max(1).values)
+            scores = found if scores is None else torch.maximum(scores, found)
         order = np.argsort(-scores.numpy(), kind="stable")
         first = np.arange(min(INDEX_KEEP, len(order)))
         return np.concatenate([first, order[~np.isin(order, first)]])[:keep]
