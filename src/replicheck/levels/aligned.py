@@ -12,7 +12,8 @@ removes translation and zoom before any comparison:
    frame drifts), as Pearson unit vectors side by side; a query is searched under each of its
    flips (4 in 2D, 8 in 3D) and the candidates of all flips are merged (``query_views``).
 2. **Refine**: the same views at 32 pixels a side (16 in 3D), the moment-frame view of a query
-   also turned by :data:`replicheck.align.VIEW_ANGLES` in 2D; each candidate keeps its best view.
+   also turned by :data:`replicheck.align.VIEW_ANGLES` in 2D, each under two intensity curves
+   (identity and square root, :data:`REFINE_CURVES`); each candidate keeps its best view.
 3. **Rescore**: :func:`replicheck.align.align` estimates each candidate's flip and similarity
    transform (ECC on smoothed images, bounded to ±20 degrees and 0.87-1.15 in scale), and the
    warped pair is scored over the voxels it covers (:func:`replicheck.measures.compare_aligned`):
@@ -159,8 +160,8 @@ class AlignedVoxelLevel(LevelBase):
             "shortlist": f"moment-frame views (centroid, radius of gyration; band-passed 1-4 voxels) at {INDEX_SIDE[2]} "
                          f"(2D) or {INDEX_SIDE[3]} (3D) voxels a side, every flip of the query (faiss IndexFlatIP)",
             "refine": f"the same views at {REFINE_SIDE[2]} (2D) or {REFINE_SIDE[3]} (3D), turned by "
-                      f"{list(align.VIEW_ANGLES)} degrees in 2D; {SHORTLIST} candidates in, {DEPTH[2]} (2D) or {DEPTH[3]} "
-                      f"(3D) out",
+                      f"{list(align.VIEW_ANGLES)} degrees in 2D, under the intensity curves {list(REFINE_CURVES)}; "
+                      f"{SHORTLIST} candidates in, {DEPTH[2]} (2D) or {DEPTH[3]} (3D) out",
             "alignment_method": "ECC (Evangelidis and Psarakis 2008) on smoothed images at "
                                 f"{[level[0] for level in align.LEVELS_2D]} (2D) / {[level[0] for level in align.LEVELS_3D]} "
                                 "(3D) voxels a side, projected onto similarities",
