@@ -53,7 +53,7 @@ def test_any_is_the_union_of_the_levels_flags_and_bonferroni_a_subset():
     assert not (strict.flags & ~verdict.flags).any() and strict.flags.sum() < verdict.flags.sum()
 
 
-@pytest.mark.parametrize("rule", ["bonferroni", "min-p", "fisher", "max-z", "max-robust-z"])
+@pytest.mark.parametrize("rule", ["bonferroni", "min-p", "fisher", "max-z", "max-robust-z", "lead-z"])
 def test_corrected_rules_flag_about_one_minus_quantile_of_new_real_images(rule):
     """Images drawn like the null: 'any' over three levels flags far more than 1 - q, the
     corrected rules about 1 - q (min-p and fisher are calibrated on the joint null)."""
@@ -66,18 +66,20 @@ def test_corrected_rules_flag_about_one_minus_quantile_of_new_real_images(rule):
     assert 0.03 < floor < 0.065, floor
 
 
-def test_max_z_is_calibrated_on_a_small_null():
+@pytest.mark.parametrize("rule", ["max-z", "lead-z"])
+def test_z_rules_are_calibrated_on_a_small_null(rule):
     """26 null images (the size of the 3D CT/MR benchmark's holdout): the null images' z-scores
-    are taken leave-one-out, so max-z flags new real images no more often than one level does
+    are taken leave-one-out (and, under lead-z, a null image is conclusive at a level only above
+    every other null image), so the rule flags new real images no more often than one level does
     with the same null, and the holdout floor it reports matches what new images see. With
     each null image standardised by statistics that include it, max-z flagged 6-7% here."""
     shares, floors, single = [], [], []
     for repetition in range(200):
         rng = np.random.default_rng(repetition)
         null, fresh = _levels(rng, 26, noise=1.0), _levels(rng, 1000, noise=1.0)
-        verdict = calibrate.combine("max-z", fresh, null, 0.99)
+        verdict = calibrate.combine(rule, fresh, null, 0.99)
         shares.append(verdict.flags.mean())
-        floors.append(calibrate.combine("max-z", null, null, 0.99).null_flags.mean())
+        floors.append(calibrate.combine(rule, null, null, 0.99).null_flags.mean())
         single.append(calibrate.exceeds(fresh["voxel"], calibrate.threshold(null["voxel"], 0.99)).mean())
     assert np.mean(shares) <= np.mean(single) + 0.005, (np.mean(shares), np.mean(single))
     assert abs(np.mean(floors) - np.mean(shares)) < 0.015, (np.mean(floors), np.mean(shares))
@@ -170,3 +172,36 @@ def test_with_one_level_every_rule_is_the_level_s_own_flag():
         verdict = calibrate.combine(rule, scores, null, 0.95)
         assert verdict.flags.tolist() == own.tolist()
         np.testing.assert_array_equal(verdict.p, calibrate.p_values(scores["voxel"], null["voxel"]))
+
+
+def _auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """ROC AUC by brute force: the share of (positive, negative) pairs ranked right, ties half."""
+    difference = positives[:, None] - negatives[None, :]
+    return float(np.mean(difference > 0) + 0.5 * np.mean(difference == 0))
+
+
+def test_lead_z_keeps_the_lead_level_s_ranking_and_hears_a_conclusive_level():
+    """The lead level (voxel) separates moderate replicas; the other two levels are noise for them
+    (issue #18, item 4: a rule must lose at most 0.005 of AUC against the best level). Max-z lets
+    the other levels' chance highs outrank the replicas; lead-z does not, and it still flags the
+    replicas only the feature level sees, beyond every null score (a cosine of 1.000)."""
+    rng = np.random.default_rng(7)
+    null, negatives = _levels(rng, 1000), _levels(rng, 2000)
+    replicas = _levels(rng, 300)
+    replicas["voxel"] = replicas["voxel"] + 2.5
+    duplicates = {name: np.full(5, 0.0) for name in null}
+    duplicates["feature"] = np.full(5, null["feature"].max() + 1.0)
+    synthetic = {name: np.concatenate([negatives[name], replicas[name], duplicates[name]]) for name in null}
+    is_negative = np.arange(2305) < 2000
+    is_replica = (np.arange(2305) >= 2000) & (np.arange(2305) < 2300)
+    best = _auc(synthetic["voxel"][is_replica], synthetic["voxel"][is_negative])
+    lead = calibrate.combine("lead-z", synthetic, null, 0.99)
+    widest = calibrate.combine("max-z", synthetic, null, 0.99)
+    assert best - _auc(lead.statistic[is_replica], lead.statistic[is_negative]) <= 0.005
+    assert best - _auc(widest.statistic[is_replica], widest.statistic[is_negative]) > 0.005
+    assert lead.flags[-5:].all()
+    assert lead.flags[is_negative].mean() <= 0.02
+    # an image no other level is conclusive about keeps the lead level's z-score
+    quiet = (synthetic["feature"] <= null["feature"].max()) & (synthetic["segmentation"] <= null["segmentation"].max())
+    assert quiet.sum() > 2250
+    np.testing.assert_array_equal(lead.statistic[quiet], calibrate.z_scores(synthetic["voxel"], null["voxel"])[quiet])

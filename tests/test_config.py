@@ -37,7 +37,7 @@ def test_every_flat_name_is_unique_and_reaches_a_field():
     ({"grid": (4096, 4096)}, "grid 4096x4096 is too large"),
     ({"device": "tpu"}, "device must be cpu, cuda, cuda:N or mps"),
     ({"quantile": 1.5}, "quantile must be between 0 and 1 (exclusive), got 1.5"),
-    ({"combine": "vote"}, "combine must be one of max-z, max-robust-z, any, bonferroni, min-p, fisher; got 'vote'"),
+    ({"combine": "vote"}, "combine must be one of max-z, max-robust-z, lead-z, any, bonferroni, min-p, fisher; got 'vote'"),
     ({"intensity": "hu"}, "intensity must be one of auto, ct, percentile, 8bit, ct8, minmax; got 'hu'"),
     ({"voxel_measure": "mi"}, "voxel_measure must be one of structure, ncc, ssim, mse, psnr; got 'mi'"),
     ({"align": "affine"}, "align must be one of similarity, shift; got 'affine'"),

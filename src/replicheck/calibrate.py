@@ -307,6 +307,10 @@ RULES = {
              "far out of its null weighs most, and one with a long upper tail in its null is scaled down by it",
     "max-robust-z": "as max-z with robust z-scores (score minus the null's median, over 1.4826 x its median "
                     "absolute deviation), which ignore the null's tail",
+    "lead-z": "the first level's z-score, raised to another level's z-score where that level is conclusive (its "
+              "score beyond every null image's), thresholded at the quantile of the same statistic over the null "
+              "images: the first level's ranking is kept, and another level speaks only when no real image of "
+              "another patient came as close",
 }
 
 
@@ -348,6 +352,11 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
         smallest = synth_p.min(axis=0)
         return RuleOutcome(statistic=-np.log10(smallest), p=np.minimum(1.0, len(names) * smallest), flags=flags,
                            null_flags=null_flags, level_quantile=level_quantile)
+    if rule == "lead-z":
+        statistic, null_statistic = _lead_z(names, scores, null)
+        limit = threshold(null_statistic, quantile, measure=rule, tail=tail)
+        return RuleOutcome(statistic=statistic, p=p_values(statistic, null_statistic), flags=exceeds(statistic, limit),
+                           null_flags=leave_one_out_flags(null_statistic, quantile, tail=tail), level_quantile=quantile)
     if rule in ("max-z", "max-robust-z"):
         robust = rule == "max-robust-z"
         statistic = np.max([np.nan_to_num(z_scores(scores[name], null[name], robust=robust), nan=-np.inf)
@@ -365,6 +374,43 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
     limit = threshold(null_statistic, quantile, measure=rule, tail=statistic_tail)
     return RuleOutcome(statistic=statistic, p=p_values(statistic, null_statistic), flags=exceeds(statistic, limit),
                        null_flags=leave_one_out_flags(null_statistic, quantile, tail=statistic_tail), level_quantile=quantile)
+
+
+CONCLUSIVE_Z = 3.09  # lead-z: z-score (one-sided Gaussian p 0.001) a non-lead level must also pass to be heard
+
+
+def _lead_z(names: list[str], scores: dict[str, np.ndarray], null: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The ``lead-z`` statistic of the synthetic and of the null images.
+
+    Why: under ``max-z`` every extra level adds its null's noise to the maximum, so a weak level's
+    chance highs outrank a strong level's moderate replicas (2D CT: 0.010-0.040 of ROC AUC lost
+    on five families against the voxel level alone). Here the first level ranks every image; another
+    level lifts an image to its own z-score only when its score lies beyond every null image's,
+    and beyond :data:`CONCLUSIVE_Z` null standard deviations (so that a small null's maximum is not
+    a low bar), which a new real image does with chance at most about 1/(n + 1) per level, so the
+    lead level's ranking changes for few negatives, while a copy that another level sees as a
+    duplicate (a cosine of 1.000) is still flagged. A null image is judged against the *other* null images, as a new image
+    would be: it is conclusive only where it is its level's unique maximum, and z-scores are
+    left-one-out (:func:`leave_one_out_z`)."""
+    lead = names[0]
+    statistic = np.nan_to_num(z_scores(scores[lead], null[lead]), nan=-np.inf)
+    null_statistic = np.nan_to_num(leave_one_out_z(null[lead]), nan=-np.inf)
+    for name in names[1:]:
+        own = np.asarray(null[name], dtype=np.float64)
+        finite = own[np.isfinite(own)]
+        if finite.size == 0:
+            continue
+        values = np.asarray(scores[name], dtype=np.float64)
+        z, null_z = z_scores(values, own), leave_one_out_z(own)
+        with np.errstate(invalid="ignore"):
+            conclusive = np.isfinite(values) & (values > finite.max()) & (z > CONCLUSIVE_Z)
+        statistic = np.where(conclusive, np.maximum(statistic, z), statistic)
+        top = np.sort(finite)[-2:]
+        others_max = np.where(own == top[-1], top[0] if finite.size > 1 else -np.inf, top[-1])
+        with np.errstate(invalid="ignore"):
+            null_conclusive = np.isfinite(own) & (own > others_max) & (null_z > CONCLUSIVE_Z)
+        null_statistic = np.where(null_conclusive, np.maximum(null_statistic, null_z), null_statistic)
+    return statistic, null_statistic
 
 
 def leave_one_out_z(null: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ VoxelMeasure = Literal["structure", "ncc", "ssim", "mse", "psnr"]
 Alignment = Literal["similarity", "shift"]
 NullTail = Literal["guarded", "empirical"]
 Adaptation = Literal["fit", "train", "none"]
-CombineRule = Literal["max-z", "max-robust-z", "any", "bonferroni", "min-p", "fisher"]
+CombineRule = Literal["max-z", "max-robust-z", "lead-z", "any", "bonferroni", "min-p", "fisher"]
 IndexKind = Literal["auto", "exact", "approximate"]
 
 INTENSITIES: tuple[str, ...] = get_args(Intensity)
