@@ -90,6 +90,7 @@ class AlignedVoxelLevel(LevelBase):
         side = REFINE_SIDE[ndim]
         shape = align.coarse_shape(tuple(grid), 2 * side)
         flips = align.flips_of(ndim)
+        angles = align.VIEW_ANGLES if ndim == 2 else (0.0,)
         curves = len(REFINE_CURVES)
         queries = torch.from_numpy(np.asarray(query, dtype=np.float32)).reshape(curves, -1)
         rows = torch.from_numpy(candidates.read())
@@ -97,7 +98,6 @@ class AlignedVoxelLevel(LevelBase):
         scores = None
         for curve in range(curves):
             frames = align.Frames.from_rows(queries[curve:curve + 1], shape)
-            angles = align.VIEW_ANGLES if ndim == 2 else (0.0,)
             moment = align.frame_views(frames, flips=flips, angles=angles, side=side)[0]
             plain = align.plain_views(frames, flips=flips, side=side)[0]
             size = moment.shape[1]
