@@ -92,18 +92,14 @@ class AlignedVoxelLevel(LevelBase):
         flips = align.flips_of(ndim)
         angles = align.VIEW_ANGLES if ndim == 2 else (0.0,)
         curves = len(REFINE_CURVES)
-        queries = torch.from_numpy(np.asarray(query, dtype=np.float32)).reshape(curves, -1)
+        frames = align.Frames.from_rows(torch.from_numpy(np.asarray(query, dtype=np.float32)).reshape(curves, -1), shape)
+        moment = align.frame_views(frames, flips=flips, angles=angles, side=side)  # (curves, views, d)
+        plain = align.plain_views(frames, flips=flips, side=side)
         rows = torch.from_numpy(candidates.read())
-        rows = rows.reshape(len(rows), curves, -1)
-        scores = None
-        for curve in range(curves):
-            frames = align.Frames.from_rows(queries[curve:curve + 1], shape)
-            moment = align.frame_views(frames, flips=flips, angles=angles, side=side)[0]
-            plain = align.plain_views(frames, flips=flips, side=side)[0]
-            size = moment.shape[1]
-            found = torch.maximum((rows[:, curve, :size] @ moment.T).max(1).values,
-                                  (rows[:, curve, size:] @ plain.T).max(1).values)
-            scores = found if scores is None else torch.maximum(scores, found)
+        rows = rows.reshape(len(rows), curves, -1)  # (candidates, curves, moment view and plain view)
+        size = moment.shape[2]
+        scores = torch.maximum(torch.einsum("ncd,cvd->ncv", rows[:, :, :size], moment).amax((1, 2)),
+                               torch.einsum("ncd,cvd->ncv", rows[:, :, size:], plain).amax((1, 2)))
         order = np.argsort(-scores.numpy(), kind="stable")
         first = np.arange(min(INDEX_KEEP, len(order)))
         return np.concatenate([first, order[~np.isin(order, first)]])[:keep]
