@@ -308,9 +308,9 @@ RULES = {
     "max-robust-z": "as max-z with robust z-scores (score minus the null's median, over 1.4826 x its median "
                     "absolute deviation), which ignore the null's tail",
     "lead-z": "the first level's z-score, raised to another level's z-score where that level is conclusive (its "
-              "score beyond every null image's and 3.09 null standard deviations), thresholded at the quantile of the same statistic over the null "
-              "images: the first level's ranking is kept, and another level speaks only when no real image of "
-              "another patient came as close",
+              "score beyond every null image's and 3.09 null standard deviations), thresholded at the quantile of "
+              "the same statistic over the null images: the first level's ranking is kept, and another level "
+              "speaks only when no real image of another patient came as close",
 }
 
 
@@ -331,9 +331,9 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
     and the quantile each level's threshold used.
     A missing score (no candidate at that level) counts as no evidence (p = 1). With one level,
     every rule is that level's own flag. ``tail`` (:func:`threshold`) applies to the levels'
-    thresholds and to the continuous max-z statistics; min-p and Fisher's statistics take few
-    values on a small null, where a Gaussian guard could lie above any value they reach, so they
-    keep the empirical quantile.
+    thresholds and to the continuous z statistics (max-z, max-robust-z, lead-z); min-p and
+    Fisher's statistics take few values on a small null, where a Gaussian guard could lie above
+    any value they reach, so they keep the empirical quantile.
     """
     if rule not in RULES:
         raise ValueError(f"unknown combination rule {rule!r}; choose one of {', '.join(RULES)}")
@@ -354,10 +354,8 @@ def combine(rule: str, scores: dict[str, np.ndarray], null: dict[str, np.ndarray
                            null_flags=null_flags, level_quantile=level_quantile)
     if rule == "lead-z":
         statistic, null_statistic = _lead_z(names, scores, null)
-        limit = threshold(null_statistic, quantile, measure=rule, tail=tail)
-        return RuleOutcome(statistic=statistic, p=p_values(statistic, null_statistic), flags=exceeds(statistic, limit),
-                           null_flags=leave_one_out_flags(null_statistic, quantile, tail=tail), level_quantile=quantile)
-    if rule in ("max-z", "max-robust-z"):
+        statistic_tail = tail
+    elif rule in ("max-z", "max-robust-z"):
         robust = rule == "max-robust-z"
         statistic = np.max([np.nan_to_num(z_scores(scores[name], null[name], robust=robust), nan=-np.inf)
                             for name in names], axis=0)
