@@ -229,7 +229,7 @@ def frame_views(frames: Frames, *, flips: tuple[tuple[int, ...], ...] = ((),), a
     images = torch.stack([f.filtered for f in flipped], 1)  # (b, F, *shape)
     images = images[:, :, None].expand(-1, -1, len(angles), *images.shape[2:]).reshape(-1, 1, *images.shape[2:])
     count = b * len(flips) * len(angles)
-    grid = F.affine_grid(theta.reshape(count, ndim, ndim + 1), [count, 1] + [side] * ndim, align_corners=False)
+    grid = sampling_grid(theta.reshape(count, ndim, ndim + 1), (side,) * ndim)
     sampled = F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
     return _unit(sampled.reshape(count, -1)).reshape(b, len(flips) * len(angles), -1)
 
@@ -241,11 +241,10 @@ def plain_views(frames: Frames, *, flips: tuple[tuple[int, ...], ...] = ((),), s
     cannot, so the search and the alignment also start from it."""
     ndim = frames.centre.shape[1]
     side = side or default_side(ndim)
-    rows = []
-    for flip in flips:
-        image = frames.filtered.flip([a + 1 for a in flip]) if flip else frames.filtered
-        rows.append(_unit(_resized(image, coarse_shape(tuple(image.shape[1:]), side)).reshape(len(image), -1)))
-    return torch.stack(rows, 1)
+    shrunk = _shrunk(frames.filtered, side)
+    view = _unit(shrunk.reshape(len(shrunk), -1)).view(shrunk.shape)
+    # Area averaging commutes with a flip (its bins are symmetric): each flip is of the one shrunk view.
+    return torch.stack([view.flip([a + 1 for a in flip]) if flip else view for flip in flips], 1).flatten(2)
 
 
 def moment_views(images: torch.Tensor, *, flips: tuple[tuple[int, ...], ...] = ((),),
@@ -330,7 +329,13 @@ def align(queries: torch.Tensor, candidates: torch.Tensor, *, bounds: Bounds = B
     for number, (side, steps, sigma) in enumerate(LEVELS_2D if ndim == 2 else LEVELS_3D):
         shape = coarse_shape(grid, side)
         ref = _resized(queries, shape)
-        mov = _flipped(_resized(candidates.reshape(q * d, *grid), shape).view(q, d, *shape), rows, codes, flips)
+        if number == 0:  # every candidate, twice (one per start): resize each once
+            mov = _flipped(_resized(candidates.reshape(q * d, *grid), shape).view(q, d, *shape), rows, codes, flips)
+        else:  # the ``finest`` that go on: resize those only
+            chosen = _take(candidates, rows)
+            m = chosen.shape[1]
+            mov = _flipped(_resized(chosen.reshape(q * m, *grid), shape).view(q, m, *shape),
+                           torch.arange(m).expand(q, m), codes, flips)
         if sigma:
             ref = gaussian(ref, sigma)
             mov = gaussian(mov.reshape(-1, *shape), sigma).view(mov.shape)
@@ -383,7 +388,7 @@ def ecc(references: torch.Tensor, moving: torch.Tensor, matrix: torch.Tensor, of
     eye = torch.eye(ndim)
     correlation = torch.full((n,), float("nan"))
     for _ in range(steps):
-        sampling = F.affine_grid(torch.cat([matrix, offset[:, :, None]], 2), [n, 1, *grid], align_corners=False)
+        sampling = sampling_grid(torch.cat([matrix, offset[:, :, None]], 2), grid)
         sampled = F.grid_sample(stack, sampling, align_corners=False, padding_mode="zeros").reshape(n, 2, -1)
         warped, mask = sampled[:, 0], (sampled[:, 1] > 0.999).to(sampled.dtype) * inside  # fully covered
         image = mask * warped
@@ -428,7 +433,7 @@ def warp(moving: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor,
     batch = tuple(moving.shape[: moving.ndim - ndim])
     n = int(np.prod(batch)) if batch else 1
     theta = torch.cat([matrix.reshape(n, ndim, ndim), offset.reshape(n, ndim, 1)], 2)
-    sampling = F.affine_grid(theta, [n, 1, *grid], align_corners=False)
+    sampling = sampling_grid(theta, grid)
     warped = F.grid_sample(moving.reshape(n, 1, *moving.shape[moving.ndim - ndim:]), sampling, align_corners=False,
                            padding_mode="zeros")[:, 0]
     return warped.view(*batch, *grid), (sampling.abs() < 1).all(-1).view(*batch, *grid)
@@ -666,6 +671,22 @@ def _rotation_matrix(degrees: float, ndim: int) -> torch.Tensor:
     if ndim == 2:
         return torch.tensor([[c, -s], [s, c]])
     return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def sampling_grid(theta: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """``torch.nn.functional.affine_grid(theta, [n, 1, *grid], align_corners=False)`` for (n, d, d + 1)
+    ``theta``: one matrix product with a cached grid of homogeneous voxel coordinates. affine_grid
+    builds that grid anew for every image of the batch, which made it the alignment's costliest call
+    (a third of ECC's time in 2D)."""
+    points = _homogeneous(tuple(grid))
+    return torch.matmul(points, theta.to(points.dtype).transpose(1, 2)).view(len(theta), *grid, len(grid))
+
+
+@functools.lru_cache(maxsize=16)
+def _homogeneous(grid: tuple[int, ...]) -> torch.Tensor:
+    """(voxels, d + 1): each voxel's normalised coordinates, x first, and a 1."""
+    axes = _axes(grid)
+    return torch.stack([axis.reshape(-1) for axis in axes] + [torch.ones(int(np.prod(grid)))], 1)
 
 
 def _axes(grid: tuple[int, ...]) -> list[torch.Tensor]:

@@ -47,7 +47,7 @@ class ArrayStore:
         if rows.size and (rows.min() < 0 or rows.max() >= self._rows):
             raise IndexError(f"rows outside a store of {self._rows} rows")
         if self.mapped and rows.size:
-            return np.array(self.mapped_rows()[rows]).reshape((len(rows),) + self.shape)
+            return self.mapped_rows()[rows].reshape((len(rows),) + self.shape)  # fancy indexing copies once
         out = np.empty((len(rows),) + self.shape, dtype=np.float32)
         flat = out.reshape(len(rows), -1)
         for i, row in enumerate(rows):
