@@ -11,7 +11,9 @@ For each query image:
    (gallery rows per query, e.g. other levels' nearest images) join the survivors before step 3.
 
 Queries run in a thread pool (torch and faiss release the GIL) with one torch thread per
-worker, so that two cores give two queries at a time without oversubscription. Images are
+worker, so that two cores give two queries at a time without oversubscription; the next chunk's
+shortlists are made while its jobs queue behind the current ones, so workers never wait at a
+chunk's end. Images are
 read from their :class:`~replicheck.store.ArrayStore`, a few at a time.
 
 A level's calibration needs four such searches (:func:`search_level`):
@@ -31,7 +33,7 @@ training images they would otherwise cost more than the answer itself.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,6 +56,7 @@ QUERY_CHUNK = 64
 RESCORE_BATCH = 16  # queries a level with ``rescore_batch`` rescores together (per worker thread)
 RESCORE_BYTES = 128 * 2**20  # ... and at most this many bytes of their candidates (float32), so that 3D stays small
 MIN_BATCHES = 4  # ... in at least this many batches per chunk, so that up to 4 workers share a small search
+IN_FLIGHT = 4  # rescoring jobs queued per worker: the next chunk's jobs wait behind this one's, so no worker idles at a chunk's end
 VECTOR_BATCH_BYTES = 64 * 2**20  # analysis-grid images per batch when computing search vectors
 INDEX_CHECK = 256  # query vectors on which an approximate index's recall is measured (Index.check)
 DATASET_SAMPLE = 1000  # synthetic (and held-out) images the data-set statistics search for, at most
@@ -170,19 +173,24 @@ def nearest(
                          extra_candidates=extra_candidates)
     advance = (progress or Progress()).step(description, len(query_rows))
     with _one_torch_thread(), ThreadPoolExecutor(max(1, workers)) as pool:
+        running = set()
         for start in range(0, len(query_rows), QUERY_CHUNK):
             chunk = np.arange(start, min(start + QUERY_CHUNK, len(query_rows)))
             exclude = queries.subjects[query_rows[chunk]] if exclude_own_subject else None
             shortlisted = _shortlist(index, queries, query_rows[chunk], shortlist, exclude)
             if level.rescores_in_batches:
                 size = _batch_size(len(chunk), depth * 4 * int(np.prod(gallery.store.shape)))
-                pieces = range(0, len(chunk), size)
-                for done in pool.map(rescorer.batch, (chunk[i:i + size] for i in pieces),
-                                     (shortlisted[i:i + size] for i in pieces)):
-                    advance(done)
+                jobs = [(rescorer.batch, chunk[i:i + size], shortlisted[i:i + size]) for i in range(0, len(chunk), size)]
             else:
-                for _ in pool.map(rescorer.one, chunk, shortlisted):
-                    advance()
+                jobs = [(rescorer.one, position, row) for position, row in zip(chunk, shortlisted)]
+            for job in jobs:
+                running.add(pool.submit(*job))
+                if len(running) >= IN_FLIGHT * max(1, workers):
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        advance(future.result())
+        for future in as_completed(running):
+            advance(future.result())
     return replace(rescorer.hits(), index=checked)
 
 
@@ -235,11 +243,12 @@ class _Rescorer:
             candidates = np.concatenate([candidates, extra[np.sort(np.unique(extra, return_index=True)[1])]])
         return candidates
 
-    def one(self, position: int, shortlisted: np.ndarray) -> None:
-        """One query rescored on its own (the search vectors themselves for a level whose measure they are)."""
+    def one(self, position: int, shortlisted: np.ndarray) -> int:
+        """One query rescored on its own (the search vectors themselves for a level whose measure they
+        are); returns 1, the queries done."""
         candidates = self.candidates_of(position, shortlisted)
         if candidates.size == 0:
-            return
+            return 1
         query_row, level = self.query_rows[position], self.level
         if level.scores_from_vectors:  # the search vectors are the measure (an embedding's cosine)
             scores = level.rescore_vectors(self.queries.vectors[query_row],
@@ -248,6 +257,7 @@ class _Rescorer:
             scores = level.rescore(self.queries.store.read(query_row)[0],
                                    self.gallery.store.read(self.gallery_rows[candidates]), keep=self.keep)
         self.keep_best(position, candidates, scores)
+        return 1
 
     def batch(self, positions: np.ndarray, shortlisted: np.ndarray) -> int:
         """The queries at ``positions`` rescored together (a level with ``rescore_batch``); each

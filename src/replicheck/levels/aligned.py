@@ -38,7 +38,7 @@ from .base import LevelBase
 INDEX_SIDE = {2: 16, 3: 8}  # moment-frame views in the index, voxels a side
 REFINE_SIDE = {2: 32, 3: 16}  # ... in the refinement
 DEPTH = {2: 12, 3: 8}  # candidates aligned and rescored per query
-DEPTH_NEAREST_ONLY = 3  # ... when only the nearest is kept (k = 1: the calibration's searches for N_mem and Dar)
+DEPTH_NEAREST_ONLY = 3  # ... in a search for the nearest alone (k = 1: the data-set tests; the calibration's searches take the scan's k)
 FINEST = 4  # candidates aligned at the finest level (at least k), chosen by their coarse alignment
 FINEST_NEAREST_ONLY = 2  # ... when only the nearest is kept
 SHORTLIST = 256  # index candidates the refinement ranks
@@ -85,7 +85,11 @@ class AlignedVoxelLevel(LevelBase):
         :data:`REFINE_CURVES`. Why keep the index's best: at 32 voxels a side the views see a
         compound copy's zoom, shift and gamma more sharply than at 16 and can drop its source (on
         the 2D CT benchmark, 15% of compound copies lost their source in refinement; keeping the
-        index's top 4 brought 6 of those 9 back; the index alone loses translated copies)."""
+        index's top 4 brought 6 of those 9 back; the index alone loses translated copies).
+        A search that keeps no more than :data:`INDEX_KEEP` (the nearest-only searches) takes the
+        index's order as it is, without reading or comparing any view."""
+        if keep <= INDEX_KEEP:
+            return np.arange(min(keep, len(candidates)))
         ndim = len(grid)
         side = REFINE_SIDE[ndim]
         shape = align.coarse_shape(tuple(grid), 2 * side)
