@@ -13,8 +13,7 @@ For each query image:
 Queries run in a thread pool (torch and faiss release the GIL) with one torch thread per
 worker, so that two cores give two queries at a time without oversubscription; the next chunk's
 shortlists are made while its jobs queue behind the current ones, so workers never wait at a
-chunk's end. Images are
-read from their :class:`~replicheck.store.ArrayStore`, a few at a time.
+chunk's end. Images are read from their :class:`~replicheck.store.ArrayStore`, a few at a time.
 
 A level's calibration needs four such searches (:func:`search_level`):
 

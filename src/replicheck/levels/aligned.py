@@ -86,8 +86,9 @@ class AlignedVoxelLevel(LevelBase):
         compound copy's zoom, shift and gamma more sharply than at 16 and can drop its source (on
         the 2D CT benchmark, 15% of compound copies lost their source in refinement; keeping the
         index's top 4 brought 6 of those 9 back; the index alone loses translated copies).
-        A search that keeps no more than :data:`INDEX_KEEP` (the nearest-only searches) takes the
-        index's order as it is, without reading or comparing any view."""
+        A search that keeps no more than :data:`INDEX_KEEP` (the data-set tests', at
+        :data:`DEPTH_NEAREST_ONLY`) takes the index's order as it is, without reading or comparing
+        any view."""
         if keep <= INDEX_KEEP:
             return np.arange(min(keep, len(candidates)))
         ndim = len(grid)
