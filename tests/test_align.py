@@ -179,3 +179,28 @@ def test_a_misaligned_mri_volume_is_aligned_back_and_agrees_with_simpleitk(ixi_p
                                                      sitk.sitkLinear, 0.0))
     assert scores["ncc"][0, 0] == pytest.approx(_ncc(copy, resampled, found.valid[0, 0].numpy()), abs=1e-3)
     assert scores["structure"][0, 0] > 0.9 > scores["structure"][0, 1]
+
+
+@pytest.mark.parametrize("grid", [(64, 64), (30, 48), (12, 20, 16)])
+def test_sampling_grids_equal_torchs_affine_grid(grid):
+    """The alignment samples through grids made from one cached coordinate grid; torch's
+    affine_grid (align_corners=False) is the reference."""
+    import torch.nn.functional as F
+
+    theta = torch.randn(7, len(grid), len(grid) + 1, generator=torch.Generator().manual_seed(0))
+    reference = F.affine_grid(theta, [7, 1, *grid], align_corners=False)
+    ours = align.sampling_grid(theta, grid)
+    assert ours.shape == reference.shape
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(3, 100, 90), (2, 20, 26, 18)])
+def test_plain_views_of_flips_equal_the_views_of_flipped_images(shape):
+    """Each flip's plain view is the flipped view of the image shrunk once; area averaging must
+    give the view of the flipped image, also where the grid does not divide evenly."""
+    images = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+    flips = align.flips_of(len(shape) - 1)
+    views = align.plain_views(align.moment_frames(images, 8), flips=flips, side=8)
+    for number, flip in enumerate(flips):
+        flipped = align.moment_frames(images, 8).flipped(flip)
+        torch.testing.assert_close(views[:, number], align.plain_views(flipped, side=8)[:, 0], atol=1e-6, rtol=0)

@@ -115,3 +115,24 @@ def test_refinement_keeps_the_source_of_re_contrasted_compound_copies(ctich, mon
     assert _sources_kept(gallery, sources, copies) == 40
     monkeypatch.setattr(aligned, "REFINE_CURVES", {"identity": aligned.REFINE_CURVES["identity"]})
     assert _sources_kept(gallery, sources, copies) <= 36
+
+
+def test_a_search_for_the_nearest_alone_takes_the_index_order_without_reading_views():
+    """At DEPTH_NEAREST_ONLY the index's first INDEX_KEEP fill every place, so the refinement must
+    neither read the candidates' views nor reorder them; deeper searches still refine."""
+    level = aligned.AlignedVoxelLevel()
+    images = np.random.default_rng(0).random((20, 32, 32)).astype(np.float32)
+    query_rows, candidate_rows = level.coarse(images)
+
+    class Unread:
+        def __len__(self):
+            return len(images)
+
+        def read(self):
+            raise AssertionError("the views were read")
+
+    depth = level.depth(2, 1)
+    assert depth <= aligned.INDEX_KEEP
+    np.testing.assert_array_equal(level.refine((32, 32), query_rows[0], Unread(), depth), np.arange(depth))
+    chosen = level.refine((32, 32), query_rows[0], _Rows(candidate_rows), aligned.DEPTH[2])
+    assert len(chosen) == aligned.DEPTH[2] and set(range(aligned.INDEX_KEEP)) <= set(chosen)
