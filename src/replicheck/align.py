@@ -334,8 +334,7 @@ def align(queries: torch.Tensor, candidates: torch.Tensor, *, bounds: Bounds = B
         else:  # the ``finest`` that go on: resize those only
             chosen = _take(candidates, rows)
             m = chosen.shape[1]
-            mov = _flipped(_resized(chosen.reshape(q * m, *grid), shape).view(q, m, *shape),
-                           torch.arange(m).expand(q, m), codes, flips)
+            mov = _flip_each(_resized(chosen.reshape(q * m, *grid), shape).view(q, m, *shape), codes, flips)
         if sigma:
             ref = gaussian(ref, sigma)
             mov = gaussian(mov.reshape(-1, *shape), sigma).view(mov.shape)
@@ -372,7 +371,7 @@ def ecc(references: torch.Tensor, moving: torch.Tensor, matrix: torch.Tensor, of
     q, m = moving.shape[:2]
     grid = tuple(moving.shape[2:])
     ndim, n = len(grid), q * m
-    points = torch.stack([axis.reshape(-1) for axis in _axes(grid)], 1)  # (voxels, d), x first
+    points = _homogeneous(grid)[:, :ndim]  # (voxels, d), x first
     gradient = _gradients(references).reshape(q, ndim, -1)  # (Q, d, voxels), per normalised unit
     jacobian = torch.stack([gradient[:, i] * points[:, j] for i in range(ndim) for j in range(ndim)]
                            + [gradient[:, i] for i in range(ndim)], 2)  # (Q, voxels, p)
@@ -601,7 +600,11 @@ def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def _flipped(images: torch.Tensor, rows: torch.Tensor, codes: torch.Tensor, flips) -> torch.Tensor:
     """(Q, M, *grid): candidate ``rows`` of (Q, D, *grid) ``images``, each flipped by its flip code."""
-    chosen = _take(images, rows)
+    return _flip_each(_take(images, rows), codes, flips)
+
+
+def _flip_each(chosen: torch.Tensor, codes: torch.Tensor, flips) -> torch.Tensor:
+    """(Q, M, *grid) images, each flipped by its flip code (a new tensor: ``chosen`` is left as it is)."""
     out = chosen.clone()
     for number, flip in enumerate(flips):
         if flip:
