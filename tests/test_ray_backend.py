@@ -4,6 +4,7 @@ to a single run's."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -71,6 +72,12 @@ def test_a_scan_on_a_ray_cluster_writes_the_files_of_a_single_run(shard_inputs, 
     for table in TABLES:
         assert (tmp_path / "local" / table).read_bytes() == (tmp_path / "ray" / table).read_bytes(), table
     assert on_ray.output.splitlines()[0] == local.output.splitlines()[0]  # the same headline
+    summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    # read once, in 2 slices on the cluster: the driver joined them and read no image itself
+    assert summary["prepared"]["slices"] == 2 and summary["sharded"]["shards"] == 2
+    assert "read_and_preprocess" not in summary["timings_s"] and "join_prepared" in summary["timings_s"]
+    for part in summary["sharded"]["parts"]:
+        assert "read_and_preprocess" not in part["timings_s"]
 
 
 def test_an_unreachable_cluster_is_one_clear_error(shard_inputs, tmp_path):

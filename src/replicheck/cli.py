@@ -141,9 +141,17 @@ def scan(
         "--shard", help="I/N: run the searches of the I-th of N slices of the queries only, and write them to the "
                         "part folder --out; `replicheck merge` joins the N parts into the results of a single run.",
         metavar="I/N")] = None,
+    prepare: Annotated[Optional[str], typer.Option(
+        "--prepare", help="I/N: only read, preprocess and represent the I-th of N slices of every input, into "
+                          "--out/slice-I-of-N; scans, shards and merge then join the N slices (--prepared OUT), so "
+                          "that each image is read once, wherever its slice ran.", metavar="I/N")] = None,
+    prepared: Annotated[Optional[Path], typer.Option(
+        "--prepared", help="A folder of all N slices written by --prepare I/N (with the same options and inputs): "
+                           "joined instead of reading the inputs.", metavar="PREP")] = None,
     backend: Annotated[Backend, typer.Option(
-        "--backend", help="local: this machine; ray: the searches as --shards Ray tasks on the cluster at --address, "
-                          "merged here (pip install 'replicheck[ray]'; the inputs must be readable on every node).")] = "local",
+        "--backend", help="local: this machine; ray: the inputs read in --shards slices and searched in --shards "
+                          "Ray tasks on the cluster at --address, merged here (pip install 'replicheck[ray]'; the "
+                          "inputs must be readable on every node).")] = "local",
     address: Annotated[Optional[str], typer.Option(
         "--address", help="With --backend ray: the cluster (e.g. auto, or HOST:PORT of its head); default: a Ray "
                           "started on this machine.")] = None,
@@ -154,7 +162,7 @@ def scan(
 ) -> None:
     """Scan SYNTHETIC images for replicas of TRAIN images and write the results to --out."""
     from .config import ScanConfig, check_range, parse_adapt
-    from .pipeline import run_shard, scan_into
+    from .pipeline import prepare_slice, run_shard, scan_into
     from .shards import Shard
 
     _run(lambda: _check_gate(fail_above, fail_if_copying, dataset_tests=not no_dataset_tests))
@@ -168,12 +176,22 @@ def scan(
         training_sample=training_sample,
         progress=not quiet, gallery=gallery, dataset_tests=not no_dataset_tests,
         report_images=not no_images))
+    if prepare is not None:
+        piece = _run(lambda: _prepare_only(Shard.parse(prepare), shard=shard, prepared=prepared,
+                                           backend=None if backend == "local" else backend, address=address,
+                                           shards=shards, labels=labels,
+                                           fail_above=fail_above, fail_if_copying=fail_if_copying))
+        folder = _run(lambda: prepare_slice(train, synthetic, holdout, config, piece, out, command=command))
+        typer.echo(f"Slice {piece} prepared in {folder}; when all {piece.count} slices are: replicheck scan ... "
+                   f"--prepared {out} (with --shard I/N for shards, and replicheck merge PART... --prepared {out})")
+        return
     if shard is not None:
         if backend == "ray":
             _run(lambda: _refuse("shard", "runs one shard on this machine; --backend ray runs them all (--shards N)"))
         part = _run(lambda: _shard_only(Shard.parse(shard), labels=labels, fail_above=fail_above,
                                         fail_if_copying=fail_if_copying))
-        folder = _run(lambda: run_shard(train, synthetic, holdout, config, part, out, command=command))
+        folder = _run(lambda: run_shard(train, synthetic, holdout, config, part, out, command=command,
+                                        prepared=prepared))
         typer.echo(f"Part {part} written to {folder}; when all {part.count} parts are written: "
                    f"replicheck merge PART... --out RESULTS")
         return
@@ -182,13 +200,16 @@ def scan(
 
         if shards is not None:
             _run(lambda: check_range("shards", shards, low=1))
+        if prepared is not None:
+            _run(lambda: _refuse("prepared", "is for --backend local: --backend ray prepares its own slices"))
         result = _run(lambda: scan_on_ray(out, train, synthetic, holdout, config, shards=shards, address=address,
                                           labels=labels, command=command))
     else:
         for option, value in (("address", address), ("shards", shards)):
             if value is not None:
                 _run(lambda: _refuse(option, "needs --backend ray"))
-        result = _run(lambda: scan_into(out, train, synthetic, holdout, config, labels=labels, command=command))
+        result = _run(lambda: scan_into(out, train, synthetic, holdout, config, labels=labels, command=command,
+                                        prepared=prepared))
     _finish(result, out, quiet=quiet, fail_above=fail_above, fail_if_copying=fail_if_copying)
 
 
@@ -205,6 +226,15 @@ def _check_gate(fail_above, fail_if_copying, *, dataset_tests: bool) -> None:
 
 def _refuse(option: str, problem: str):
     raise OptionError(option, problem)
+
+
+def _prepare_only(piece, **others):
+    """Preparing a slice reads and represents only: options that search or act on results are refused."""
+    given = [name for name, value in others.items() if value is not None]
+    if given:
+        raise OptionError(given[0], "does not combine with --prepare, which only reads and represents a slice of "
+                                    "the inputs; give it to the scan that joins them (--prepared)")
+    return piece
 
 
 def _shard_only(part, **later):
@@ -238,16 +268,20 @@ def merge(
     fail_above: FailAbove = None,
     fail_if_copying: FailIfCopying = None,
     num_workers: NumWorkers = 2,
+    prepared: Annotated[Optional[Path], typer.Option(
+        "--prepared", help="The folder of prepared slices the shards joined (scan --prepare I/N): joined again "
+                           "instead of reading the inputs.", metavar="PREP")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Join the parts of a sharded scan: read the inputs again, calibrate, decide and report once,
-    exactly as a single scan would (the inputs must be where the shards read them)."""
+    """Join the parts of a sharded scan: read the inputs again (or join --prepared), calibrate,
+    decide and report once, exactly as a single scan would (the inputs must be where the shards
+    read them)."""
     from .pipeline import merge_into
 
     # The ranges only: whether the parts were scanned with data-set tests is known once they are read.
     _run(lambda: _check_gate(fail_above, fail_if_copying, dataset_tests=True))
     result = _run(lambda: merge_into(out, parts, num_workers=num_workers, progress=not quiet, labels=labels,
-                                     command=" ".join(["replicheck"] + sys.argv[1:])))
+                                     command=" ".join(["replicheck"] + sys.argv[1:]), prepared=prepared))
     _finish(result, out, quiet=quiet, fail_above=fail_above, fail_if_copying=fail_if_copying)
 
 

@@ -120,36 +120,68 @@ def collect(image_set: ImageSet, settings: Preprocessing, workdir: Path, *, skip
             num_workers: int, progress: Progress) -> Collection:
     """Read, normalise and resample every image of one set into an on-disk store."""
     store = ArrayStore(workdir / f"{image_set.role}.f32", settings.grid)
-    rows, meta, skipped, notes = [], [], list(image_set.skipped), []
-    methods: Counter = Counter()
+    read = read_into(store, image_set, settings, skip_unreadable=skip_unreadable, num_workers=num_workers,
+                     progress=progress)
+    return assemble_collection(image_set, store, read, settings)
+
+
+@dataclass(frozen=True)
+class Read:
+    """What reading some images of a set into a store gave: a table row and a meta row per stored
+    image, the images skipped as unreadable (file, reason), the normalisations used, and notes."""
+
+    rows: list[dict]
+    meta: list[dict]
+    skipped: list[tuple[str, str]]
+    methods: Counter
+    notes: list[str]
+
+    def items(self, settings: Preprocessing) -> pd.DataFrame:
+        items = pd.DataFrame(self.rows)
+        return items if settings.slices else items.drop(columns="slice")
+
+    def table(self, settings: Preprocessing) -> pd.DataFrame:
+        """Table and meta rows side by side (what :attr:`Collection.rows` gives)."""
+        items = self.items(settings)
+        return pd.concat([items, pd.DataFrame(self.meta, index=items.index)], axis=1)
+
+
+def read_into(store: ArrayStore, image_set: ImageSet, settings: Preprocessing, *, skip_unreadable: bool,
+              num_workers: int, progress: Progress) -> Read:
+    """Read, normalise and resample the images of ``image_set`` (all of its refs) into ``store``."""
+    read = Read([], [], [], Counter(), [])
     loaded = images.stream(image_set.refs, workers=num_workers, skip_unreadable=skip_unreadable)
     for ref, image in progress.track(loaded, total=len(image_set.refs), description=f"reading {image_set.role}"):
         if isinstance(image, InputError):
-            skipped.append((ref.source, image.problem))
+            read.skipped.append((ref.source, image.problem))
             continue
         try:
             prepared = prepare(image, settings)
         except InputError as error:
             if not skip_unreadable:
                 raise
-            skipped.append((ref.source, error.problem))
+            read.skipped.append((ref.source, error.problem))
             continue
-        methods[prepared.method] += 1
-        notes.extend(f"{ref.source}: {note}" for note in prepared.notes)
+        read.methods[prepared.method] += 1
+        read.notes.extend(f"{ref.source}: {note}" for note in prepared.notes)
         for array, position in zip(prepared.arrays, prepared.slice_positions):
             store.append(array)
-            rows.append({"id": ref.id if position is None else f"{ref.id}#z{position:03d}", "subject": ref.subject,
-                         "source": ref.source, "slice": position})
-            meta.append({"role": image_set.role, "root": image_set.source, "intensity": prepared.method,
-                         "shape": ref.shape, "mask": ref.mask})
-    if not rows:
+            read.rows.append({"id": ref.id if position is None else f"{ref.id}#z{position:03d}",
+                              "subject": ref.subject, "source": ref.source, "slice": position})
+            read.meta.append({"role": image_set.role, "root": image_set.source, "intensity": prepared.method,
+                              "shape": ref.shape, "mask": ref.mask})
+    return read
+
+
+def assemble_collection(image_set: ImageSet, store: ArrayStore, read: Read, settings: Preprocessing) -> Collection:
+    """The collection of ``image_set`` once its images are in ``store``; refused when none could be used."""
+    skipped = list(image_set.skipped) + read.skipped
+    if not read.rows:
         raise InputError(image_set.source, f"none of the {image_set.role} images could be used "
                                            f"({len(skipped)} skipped, e.g. {skipped[0][0]}: {skipped[0][1]})")
-    items = pd.DataFrame(rows)
-    if not settings.slices:
-        items = items.drop(columns="slice")
-    return Collection(image_set, items, store, tuple(skipped), methods, tuple(notes),
-                      pd.DataFrame(meta, index=items.index))
+    items = read.items(settings)
+    return Collection(image_set, items, store, tuple(skipped), read.methods, tuple(read.notes),
+                      pd.DataFrame(read.meta, index=items.index))
 
 
 def check_output(out: str | Path, sources: list, *, what: str = "output") -> None:

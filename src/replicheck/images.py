@@ -53,6 +53,12 @@ class ImageSet:
         return {ref.ndim for ref in self.refs}
 
 
+def file_of(source: str) -> str:
+    """The file an image's ``source`` lies in: itself, or an array address's file."""
+    address = _ADDRESS.match(source) if not os.path.isfile(source) else None
+    return address.group("path") if address else source
+
+
 def input_folders(source) -> list[Path]:
     """The folders whose files ``source`` reads, so that results never land among them: a folder
     itself, or the folders of a manifest's paths (a listed folder, as a DICOM series, itself);

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import assemble, readers
-from .collect import Collection, check_grid, check_output, collect, discover_inputs
+from .collect import Collection, check_grid, check_output, collect, discover_inputs, read_into
 from .config import ScanConfig
 from .decide import combine_levels, copied_training, decide_level
 from .levels import make_level
@@ -31,10 +31,12 @@ from .report import gallery
 from .report.gallery import Gallery
 from .memorization import headline as dataset_headline, level_statistics
 from .parts import Parts, check_part_folder, load_parts, side_digest, write_part
+from .prepared import Prepared, load_prepared, slice_refs, write_slice
 from .search import build_side, dataset_searches, search_level
 from .shards import Shard
 from .stopwatch import Stopwatch
 from .volumes import volume_verdicts
+from .store import ArrayStore
 from .workspace import scratch
 
 
@@ -92,25 +94,28 @@ def _check_shift(config: ScanConfig, grid: tuple[int, ...]) -> None:
 
 
 def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | None = None,
-             check_inputs=None, parts: Parts | None = None) -> ScanResult:
+             check_inputs=None, parts: Parts | None = None, prepared: str | Path | None = None) -> ScanResult:
     """Find replicas of ``train`` images among ``synthetic`` images, calibrated on ``holdout``
     (or on the training set, leaving each subject out, when None); ``command`` is recorded in
     summary.json; ``check_inputs(sets)``, if given, vets the discovered image sets before any
     image is read. ``parts``: the searches come from the shards of a sharded run
-    (:mod:`replicheck.parts`) instead of being run here; everything else is as in a single run."""
+    (:mod:`replicheck.parts`) instead of being run here; everything else is as in a single run.
+    ``prepared``: a folder of prepared slices (:mod:`replicheck.prepared`) joined instead of reading
+    the inputs."""
     levels = _levels(config)
     clock = Stopwatch()
     progress = Progress(config.progress)
     slices = config.preprocessing.slices
-    with _read_inputs(train, synthetic, holdout, config, clock, progress, check_inputs) as (settings, collections,
-                                                                                            warnings, workdir):
+    joined = _load_prepared(prepared, config, train, synthetic, holdout)
+    with _read_inputs(train, synthetic, holdout, config, clock, progress, check_inputs, joined) as (
+            settings, collections, warnings, workdir):
         if config.feature.cache and not any(level.cache is not None for level in levels):
             warnings.append(f"--cache {config.feature.cache} is not used: no level of this scan embeds images "
                             f"(add the feature level, --levels voxel,feature)")
         verdicts, level_summaries, dataset = [], {}, {}
         n_training = len(collections["training"])
         for level in levels:
-            sides = _level_sides(level, collections, config, workdir, clock, progress)
+            sides = _level_sides(level, collections, config, workdir, clock, progress, joined)
             earlier = [verdict.searches for verdict in verdicts] if level.union_candidates else []
             if parts is not None:
                 parts.check_inputs(level.name, _digests(collections, sides))
@@ -143,6 +148,8 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
                                    warnings=warnings, command=command)
         if parts is not None:
             summary["sharded"] = parts.describe()
+        if joined is not None:
+            summary["prepared"] = joined.describe()
         if dataset:
             summary["dataset"] = dataset
             summary["headline"] += "".join("\n" + dataset_headline(statistics) for statistics in dataset.values())
@@ -179,25 +186,24 @@ def run_scan(train, synthetic, holdout, config: ScanConfig, *, command: str | No
 
 
 def run_shard(train, synthetic, holdout, config: ScanConfig, shard: Shard, out: str | Path, *,
-              command: str | None = None) -> Path:
+              command: str | None = None, prepared: str | Path | None = None) -> Path:
     """One shard of a scan (``scan --shard I/N``): read and represent every input as a single run
-    does, run the searches for the shard's slice of each query set (:mod:`replicheck.shards`) and
-    write them into the part folder ``out``, for ``merge`` to join, calibrate and report."""
-    if config.feature.adapt == "train" and "feature" in config.levels:
-        raise OptionError("shard", "does not combine with --adapt train: every shard would train its own model; "
-                                   "train one first (replicheck train deepssim TRAIN) and give it with --embedder")
-    inputs = {role: str(Path(source).resolve()) for role, source in
-              (("training", train), ("synthetic", synthetic), ("holdout", holdout)) if source is not None}
+    does (or join the ``prepared`` slices), run the searches for the shard's slice of each query
+    set (:mod:`replicheck.shards`) and write them into the part folder ``out``, for ``merge`` to
+    join, calibrate and report."""
+    _check_no_training_in_scan("shard", config)
+    inputs = _inputs(train, synthetic, holdout)
     sources = [train, synthetic] + ([holdout] if holdout is not None else [])
     check_output(out, sources)
     check_part_folder(Path(out))
     levels = _levels(config)
     clock = Stopwatch()
     progress = Progress(config.progress)
+    joined = _load_prepared(prepared, config, train, synthetic, holdout)
     searched, digests = {}, {}
-    with _read_inputs(train, synthetic, holdout, config, clock, progress, None) as (_, collections, _, workdir):
+    with _read_inputs(train, synthetic, holdout, config, clock, progress, None, joined) as (_, collections, _, workdir):
         for level in levels:
-            sides = _level_sides(level, collections, config, workdir, clock, progress)
+            sides = _level_sides(level, collections, config, workdir, clock, progress, joined)
             digests[level.name] = _digests(collections, sides)
             earlier = list(searched.values()) if level.union_candidates else []
             searched[level.name] = search_level(
@@ -209,6 +215,54 @@ def run_shard(train, synthetic, holdout, config: ScanConfig, shard: Shard, out: 
                       timings=clock.wall, cpu=clock.cpu, command=command)
 
 
+def prepare_slice(train, synthetic, holdout, config: ScanConfig, piece: Shard, out: str | Path, *,
+                  command: str | None = None) -> Path:
+    """``scan --prepare I/N --out PREP``: read, preprocess and (for the levels that allow it,
+    :mod:`replicheck.prepared`) represent the I-th of N slices of every input, into
+    ``PREP/slice-I-of-N``, for scans, shards and the merge to join (``--prepared PREP``)."""
+    _check_no_training_in_scan("prepare", config)
+    inputs = _inputs(train, synthetic, holdout)
+    check_output(out, [train, synthetic] + ([holdout] if holdout is not None else []))
+    levels = [level for level in _levels(config) if level.sliceable]
+    clock = Stopwatch()
+    progress = Progress(config.progress)
+    sets, settings = _discover(train, synthetic, holdout, config, clock, None)
+    sets = {role: slice_refs(image_set, piece) for role, image_set in sets.items()}
+    with scratch() as workdir, progress.session():
+        stores, reads = {}, {}
+        with clock.stage("read_and_preprocess"):
+            for role, image_set in sets.items():
+                stores[role] = ArrayStore(workdir / f"{role}.f32", settings.grid)
+                reads[role] = read_into(stores[role], image_set, settings,
+                                        skip_unreadable=config.reading.skip_unreadable,
+                                        num_workers=config.num_workers, progress=progress)
+        sides = {}
+        with clock.stage("represent"):
+            for level in levels:
+                sides[level.name] = {role: build_side(level, stores[role], reads[role].table(settings), workdir,
+                                                      f"{level.name}.{role}", progress=progress)
+                                     for role in sets if len(stores[role])}
+        clock.total()
+        return write_slice(out, piece=piece, config=config, inputs=inputs, sets=sets, stores=stores, reads=reads,
+                           sides=sides, timings=clock.wall, cpu=clock.cpu, command=command)
+
+
+def _inputs(train, synthetic, holdout) -> dict[str, str]:
+    """The inputs by role, as full paths: what parts and prepared slices of one run share."""
+    return {role: str(Path(source).resolve()) for role, source in
+            (("training", train), ("synthetic", synthetic), ("holdout", holdout)) if source is not None}
+
+
+def _check_no_training_in_scan(option: str, config: ScanConfig) -> None:
+    if config.feature.adapt == "train" and "feature" in config.levels:
+        raise OptionError(option, "does not combine with --adapt train: every process would train its own model; "
+                                  "train one first (replicheck train deepssim TRAIN) and give it with --embedder")
+
+
+def _load_prepared(folder, config: ScanConfig, train, synthetic, holdout) -> Prepared | None:
+    return None if folder is None else load_prepared(folder, config, _inputs(train, synthetic, holdout))
+
+
 def _levels(config: ScanConfig) -> list:
     """The scan's levels, those that rescore the other levels' candidates after them (stable:
     otherwise as listed)."""
@@ -218,10 +272,28 @@ def _levels(config: ScanConfig) -> list:
 
 
 @contextmanager
-def _read_inputs(train, synthetic, holdout, config: ScanConfig, clock: Stopwatch, progress: Progress, check_inputs):
+def _read_inputs(train, synthetic, holdout, config: ScanConfig, clock: Stopwatch, progress: Progress, check_inputs,
+                 prepared: Prepared | None = None):
     """Discover and check the inputs, then read them onto the analysis grid in a scratch folder
-    (removed on exit): yields the preprocessing settings, the collections by role, the warnings
-    so far and the scratch folder."""
+    (removed on exit), or join the ``prepared`` slices there: yields the preprocessing settings,
+    the collections by role, the warnings so far and the scratch folder."""
+    sets, settings = _discover(train, synthetic, holdout, config, clock, check_inputs)
+    with scratch() as workdir, progress.session():
+        if prepared is None:
+            with clock.stage("read_and_preprocess"):
+                collections = {role: collect(image_set, settings, workdir,
+                                             skip_unreadable=config.reading.skip_unreadable,
+                                             num_workers=config.num_workers, progress=progress)
+                               for role, image_set in sets.items()}
+        else:
+            with clock.stage("join_prepared"):
+                collections = prepared.collections(sets, settings, workdir)
+        warnings = _calibration_warnings(collections) + _skipped_warnings(collections)
+        yield settings, collections, warnings, workdir
+
+
+def _discover(train, synthetic, holdout, config: ScanConfig, clock: Stopwatch, check_inputs):
+    """The inputs' image sets, checked before any pixel is read, and the preprocessing settings."""
     slices = config.preprocessing.slices
     with clock.stage("discover"):
         sets = discover_inputs(train, synthetic, holdout, config.reading, slices=slices)
@@ -232,23 +304,19 @@ def _read_inputs(train, synthetic, holdout, config: ScanConfig, clock: Stopwatch
     _check_shift(config, settings.grid)
     if "holdout" in sets and not slices:  # before reading: one image per file (slices are counted after)
         _check_holdout_size(sets["holdout"].source, len(sets["holdout"].refs))
-    with scratch() as workdir, progress.session():
-        with clock.stage("read_and_preprocess"):
-            collections = {role: collect(image_set, settings, workdir, skip_unreadable=config.reading.skip_unreadable,
-                                         num_workers=config.num_workers, progress=progress)
-                           for role, image_set in sets.items()}
-        warnings = _calibration_warnings(collections) + _skipped_warnings(collections)
-        yield settings, collections, warnings, workdir
+    return sets, settings
 
 
 def _level_sides(level, collections: dict[str, Collection], config: ScanConfig, workdir: Path, clock: Stopwatch,
-                 progress: Progress) -> dict:
-    """Let ``level`` learn from the training images, then its sides (vectors, coarse rows) of every input."""
+                 progress: Progress, prepared: Prepared | None = None) -> dict:
+    """Let ``level`` learn from the training images, then its sides (vectors, coarse rows) of every
+    input, joined from the ``prepared`` slices where they hold them."""
     with clock.stage(f"{level.name}.prepare"):
         _prepare(level, collections["training"], config, progress)
     with clock.stage(f"{level.name}.represent"):
-        return {role: build_side(level, c.store, c.rows, workdir, f"{level.name}.{role}", progress=progress)
-                for role, c in collections.items()}
+        joined = prepared.sides(level, collections, workdir) if prepared is not None else None
+        return joined or {role: build_side(level, c.store, c.rows, workdir, f"{level.name}.{role}", progress=progress)
+                          for role, c in collections.items()}
 
 
 def _digests(collections: dict[str, Collection], sides: dict) -> dict[str, str]:
@@ -296,10 +364,12 @@ def _calibration_warnings(collections: dict[str, Collection]) -> list[str]:
 
 
 def merge_into(out: str | Path, folders, *, num_workers: int = 2, progress: bool = False,
-               labels: str | Path | None = None, command: str | None = None) -> ScanResult:
+               labels: str | Path | None = None, command: str | None = None,
+               prepared: str | Path | None = None) -> ScanResult:
     """``replicheck merge``: the results of a sharded scan from its part folders, written into
-    ``out``. The inputs are read again from where the shards read them (and must hash as they
-    did); the searches come from the parts; the rest is a single run's (:func:`run_scan`)."""
+    ``out``. The inputs are read again from where the shards read them, or joined from the
+    ``prepared`` slices (and must hash as the shards' did); the searches come from the parts; the
+    rest is a single run's (:func:`run_scan`)."""
     parts = load_parts(folders)
     config = ScanConfig.from_options(**{**parts.options, "num_workers": num_workers, "progress": progress})
     inputs = parts.inputs
@@ -307,11 +377,12 @@ def merge_into(out: str | Path, folders, *, num_workers: int = 2, progress: bool
         if Path(out).resolve() == folder.resolve():
             raise OptionError("out", f"{out} is one of the parts; write the results to a folder of their own")
     return scan_into(out, inputs["training"], inputs["synthetic"], inputs.get("holdout"), config, labels=labels,
-                     command=command, parts=parts)
+                     command=command, parts=parts, prepared=prepared)
 
 
 def scan_into(out: str | Path, train, synthetic, holdout, config: ScanConfig, *, labels: str | Path | None = None,
-              command: str | None = None, parts: Parts | None = None) -> ScanResult:
+              command: str | None = None, parts: Parts | None = None,
+              prepared: str | Path | None = None) -> ScanResult:
     """:func:`run_scan` and :meth:`ScanResult.write` into ``out``. Before any work: neither ``out``
     nor the feature cache lies inside an input folder, ``out`` holds nothing but an earlier scan's
     results (it is replaced as a whole), and ``labels`` can be read; its ids are matched to the
@@ -327,6 +398,7 @@ def scan_into(out: str | Path, train, synthetic, holdout, config: ScanConfig, *,
     truth = load_labels(labels) if labels is not None else None
     check = (lambda sets: match_labels(truth, pd.Series([ref.id for ref in sets["synthetic"].refs]), labels)) \
         if labels is not None else None
-    result = run_scan(train, synthetic, holdout, config, command=command, check_inputs=check, parts=parts)
+    result = run_scan(train, synthetic, holdout, config, command=command, check_inputs=check, parts=parts,
+                      prepared=prepared)
     result.write(out, labels=labels)
     return result

@@ -10,10 +10,13 @@ call instead of one system call per row (the mapped pages count as resident whil
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+COPY_BLOCK = 16 * 2**20  # bytes per copy when joining store files
 
 
 class ArrayStore:
@@ -27,6 +30,21 @@ class ArrayStore:
         self._row_bytes = int(np.prod(self.shape)) * 4
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self._rows = 0
+
+    @classmethod
+    def joined(cls, path: str | Path, shape: tuple[int, ...], parts, *, mapped: bool = False) -> "ArrayStore":
+        """A store at ``path`` holding the rows of the store files ``parts``, one after the other
+        (the slices of a prepared scan, :mod:`replicheck.prepared`): copied in blocks, not row by row."""
+        store = cls(path, shape, mapped=mapped)
+        with open(store._fd, "wb", closefd=False) as target:
+            for part in parts:
+                size = os.path.getsize(part)
+                if size % store._row_bytes:
+                    raise ValueError(f"{part}: {size} bytes is not a whole number of {store.shape} rows")
+                with open(part, "rb") as source:
+                    shutil.copyfileobj(source, target, COPY_BLOCK)
+                store._rows += size // store._row_bytes
+        return store
 
     def __len__(self) -> int:
         return self._rows

@@ -51,6 +51,7 @@ REFINE_CURVES = {"identity": lambda images: images, "sqrt": lambda images: image
 
 class AlignedVoxelLevel(LevelBase):
     name = "voxel"
+    sliceable = True  # pooling, flips and coarse rows act on each image alone (tests/test_prepared.py)
     rescores_in_batches = True  # alignment pays off its tensor operations over many queries at once
 
     def __init__(self, *, primary: str = "structure", bounds: align.Bounds = align.Bounds()):

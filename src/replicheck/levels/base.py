@@ -28,6 +28,10 @@ exact rescoring of the top-k, calibration against the null, flags); a level supp
   best value per measure, counted in summary.json (default: none);
 - ``union_candidates``: the level runs after the others and also rescores the nearest images
   they found (default: off);
+- ``sliceable``: an image's vectors, views and coarse rows depend on that image alone, not on
+  the batch it is computed in nor on anything learned from the training set, so that slices of
+  the inputs represented apart join into exactly what one run computes (``scan --prepare``,
+  :mod:`replicheck.prepared`; default: off);
 - ``cache``: an embedding cache the level reads and fills, or None;
 - ``prepare(store, subjects, progress=None)``: learn from the training images (analysis grid, with
   subject ids) before any vector is computed, e.g. refit an embedder's whitening (default:
@@ -54,6 +58,7 @@ class Level(Protocol):
     rescores_in_batches: bool
     own_representation: bool
     union_candidates: bool
+    sliceable: bool
     cache: object | None
 
     def vectors(self, images: np.ndarray) -> np.ndarray:
@@ -109,6 +114,7 @@ class LevelBase:
     rescores_in_batches: ClassVar[bool] = False
     own_representation: ClassVar[bool] = False
     union_candidates: ClassVar[bool] = False
+    sliceable: ClassVar[bool] = False
     cache = None
 
     def query_views(self, images: np.ndarray) -> np.ndarray | None:

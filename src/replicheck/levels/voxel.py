@@ -39,6 +39,7 @@ SSIM_PROXY_WEIGHT = 2.0  # weight of the SSIM proxy against Pearson r in an SSIM
 
 class VoxelLevel(LevelBase):
     name = "voxel"
+    sliceable = True  # pooling, flips and coarse rows act on each image alone (tests/test_prepared.py)
 
     def __init__(self, *, max_shift: int = 3, search_size: int = 32, coarse_size: int | None = None, primary: str = "ncc"):
         if primary not in measures.MEASURES:

@@ -1,0 +1,237 @@
+"""Read once: a scan's reading, preprocessing and representing split into slices that run once,
+anywhere (``scan --prepare I/N --out PREP``), and joined by every shard and by the merge
+(``--prepared PREP``) instead of each of them reading every input again.
+
+A slice (``PREP/slice-I-of-N``) holds, for the I-th of N contiguous runs of each input's images:
+their analysis-grid store, table rows and unreadable images; and, for each level whose vectors
+depend on nothing but the image itself (``sliceable``: the voxel level), its search vectors,
+query views and coarse rows. The other levels are represented by whoever joins the slices, from
+the joined stores: the feature level refits itself on all training images first, and a network's
+output can change in its last bits with the batch it ran in, which would break the guarantee
+that a prepared scan writes the files of a single run, byte for byte.
+
+``slice.json`` records the run id (as a shard's part: the version, the settings that change
+results, the inputs), the slice, and per input a fingerprint of the slice's images (ids,
+subjects, paths, shapes, and each file's size and modification time), so that joining refuses
+a slice of another run, a missing or doubled slice, and inputs that changed since they were read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._version import __version__
+from .collect import Collection, Read, assemble_collection
+from .config import Preprocessing, ScanConfig
+from .files import write_json
+from .images import ImageSet, file_of
+from .parts import run_id
+from .records import OptionError, ReplicheckError
+from .search import Side
+from .shards import Shard
+from .store import COPY_BLOCK, ArrayStore
+from .workspace import staged_folder
+
+SLICE_FILE = "slice.json"
+SLICE_FORMAT = 1
+
+
+def slice_name(piece: Shard) -> str:
+    return f"slice-{piece.index}-of-{piece.count}"
+
+
+def slice_refs(image_set: ImageSet, piece: Shard) -> ImageSet:
+    """The ``piece``-th contiguous run of the set's images (discovery's skipped files stay with the
+    whole set: whoever joins the slices reports them once)."""
+    n = len(image_set.refs)
+    first, stop = (piece.index - 1) * n // piece.count, piece.index * n // piece.count
+    return ImageSet(image_set.role, image_set.source, image_set.refs[first:stop], image_set.ignored, ())
+
+
+def fingerprint(refs) -> str:
+    """What the images ``refs`` are: ids, subjects, paths, shapes, masks, and each file's size and
+    modification time (a file rewritten since has another)."""
+    digest, seen = hashlib.sha256(), {}
+    for ref in refs:
+        digest.update(repr((ref.id, ref.subject, ref.source, tuple(ref.shape), ref.member, ref.index,
+                            ref.mask)).encode())
+        for path in ref.files or (file_of(ref.source),):
+            if path not in seen:
+                try:
+                    status = os.stat(path)
+                    seen[path] = (status.st_size, status.st_mtime_ns)
+                except OSError:
+                    seen[path] = None
+            digest.update(repr(seen[path]).encode())
+    return digest.hexdigest()[:16]
+
+
+def write_slice(out: str | Path, *, piece: Shard, config: ScanConfig, inputs: dict[str, str],
+                sets: dict[str, ImageSet], stores: dict[str, ArrayStore], reads: dict[str, Read],
+                sides: dict[str, dict[str, Side]], timings: dict, cpu: dict, command: str | None) -> Path:
+    """The slice folder ``out/slice-I-of-N``, swapped in as a whole (a killed run leaves none)."""
+    target = Path(out) / slice_name(piece)
+    record = {"format": SLICE_FORMAT, "version": __version__, "run_id": run_id(config, inputs), "slice": str(piece),
+              "inputs": inputs, "roles": {}, "levels": {}, "command": command, "timings_s": timings, "cpu_s": cpu}
+    try:
+        with staged_folder(target) as folder:
+            for role, image_set in sets.items():
+                _place(stores[role].path, folder / f"{role}.f32")
+                read = reads[role]
+                rows = {"rows": read.rows, "meta": read.meta, "skipped": read.skipped, "methods": dict(read.methods),
+                        "notes": read.notes}
+                (folder / f"{role}.rows.json").write_text(json.dumps(rows, default=_plain))
+                record["roles"][role] = {"images": len(image_set.refs), "stored": len(read.rows),
+                                         "fingerprint": fingerprint(image_set.refs)}
+            for name, by_role in sides.items():
+                record["levels"][name] = {}
+                for role, side in by_role.items():
+                    prefix = folder / f"{name}.{role}"
+                    np.save(f"{prefix}.vectors.npy", side.vectors)
+                    entry = {"views": side.query_vectors is not None, "coarse": None}
+                    if side.query_vectors is not None:
+                        np.save(f"{prefix}.views.npy", side.query_vectors)
+                    if side.coarse is not None:
+                        _place(side.coarse_queries.path, Path(f"{prefix}.coarse-query.f32"))
+                        _place(side.coarse.path, Path(f"{prefix}.coarse.f32"))
+                        entry["coarse"] = [list(side.coarse_queries.shape), list(side.coarse.shape)]
+                    record["levels"][name][role] = entry
+            write_json(record, folder / SLICE_FILE)
+    except OSError as error:
+        raise ReplicheckError(f"{target}: cannot write the prepared slice ({error.strerror or error})") from None
+    return target
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
+def _place(source: str, target: Path) -> None:
+    """A finished working file into the slice: linked where both lie on one file system, else
+    copied; private either way (it holds copies of patients' images)."""
+    try:
+        os.link(source, target)
+        return
+    except OSError:
+        pass
+    with open(source, "rb") as reader, open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as writer:
+        shutil.copyfileobj(reader, writer, COPY_BLOCK)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The slices of one prepared run, read and checked against the scan that joins them."""
+
+    folders: tuple[Path, ...]
+    records: tuple[dict, ...]
+
+    def collections(self, sets: dict[str, ImageSet], settings: Preprocessing, workdir: Path) -> dict[str, Collection]:
+        """Each input's collection, joined from the slices, once their images are checked to be
+        the ones discovered now, unchanged."""
+        out = {}
+        for role, image_set in sets.items():
+            read = Read([], [], [], Counter(), [])
+            for folder, record in zip(self.folders, self.records):
+                piece = Shard.parse(record["slice"])
+                expected = record["roles"].get(role)
+                if expected is None or expected["fingerprint"] != fingerprint(slice_refs(image_set, piece).refs):
+                    raise ReplicheckError(f"{folder}: the {role} images ({image_set.source}) are not the ones this "
+                                          f"slice read: they changed since; prepare the slices again")
+                rows = _load_json(folder / f"{role}.rows.json")
+                read.rows.extend(rows["rows"])
+                read.meta.extend({**meta, "shape": tuple(meta["shape"])} for meta in rows["meta"])
+                read.skipped.extend(tuple(pair) for pair in rows["skipped"])
+                read.methods.update(rows["methods"])
+                read.notes.extend(rows["notes"])
+            store = _joined(workdir / f"{role}.f32", settings.grid, [folder / f"{role}.f32" for folder in self.folders])
+            out[role] = assemble_collection(image_set, store, read, settings)
+        return out
+
+    def sides(self, level, collections: dict[str, Collection], workdir: Path) -> dict[str, Side] | None:
+        """The level's sides of every input joined from the slices, or None when the slices hold
+        none for it (the level represents the joined images itself)."""
+        if level.name not in self.records[0]["levels"]:
+            return None
+        out = {}
+        for role, collection in collections.items():
+            filled = [(folder / f"{level.name}.{role}", record["levels"][level.name][role])
+                      for folder, record in zip(self.folders, self.records) if record["roles"][role]["stored"]]
+            vectors = np.concatenate([np.load(f"{prefix}.vectors.npy") for prefix, _ in filled])
+            views = np.concatenate([np.load(f"{prefix}.views.npy") for prefix, _ in filled]) \
+                if filled[0][1]["views"] else None
+            coarse_queries = coarse = None
+            if filled[0][1]["coarse"] is not None:
+                query_shape, candidate_shape = filled[0][1]["coarse"]
+                name = f"{level.name}.{role}"
+                coarse_queries = _joined(workdir / f"{name}.coarse-query.f32", query_shape,
+                                         [f"{prefix}.coarse-query.f32" for prefix, _ in filled])
+                coarse = _joined(workdir / f"{name}.coarse.f32", candidate_shape,
+                                 [f"{prefix}.coarse.f32" for prefix, _ in filled], mapped=True)
+            if len(vectors) != len(collection):
+                raise ReplicheckError(f"{self.folders[0].parent}: the slices hold {len(vectors)} {role} vectors for "
+                                      f"{len(collection)} images; prepare the slices again")
+            out[role] = Side(collection.store, vectors, collection.items["subject"].to_numpy(),
+                             coarse_queries=coarse_queries, coarse=coarse, query_vectors=views)
+        return out
+
+    def describe(self) -> dict:
+        """The slices as summary.json records them."""
+        return {"run_id": self.records[0]["run_id"], "slices": len(self.records),
+                "levels_represented": sorted(self.records[0]["levels"]),
+                "parts": [{"folder": str(folder), "slice": record["slice"], "timings_s": record["timings_s"],
+                           "cpu_s": record["cpu_s"]} for folder, record in zip(self.folders, self.records)]}
+
+
+def _joined(path: Path, shape, parts, *, mapped: bool = False) -> ArrayStore:
+    try:
+        return ArrayStore.joined(path, tuple(shape), parts, mapped=mapped)
+    except (OSError, ValueError) as error:
+        raise ReplicheckError(f"cannot join the prepared slices into {path.name} ({error})") from None
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ReplicheckError(f"{path}: cannot read it ({error}); prepare this slice again") from None
+
+
+def load_prepared(folder: str | Path, config: ScanConfig, inputs: dict[str, str]) -> Prepared:
+    """The slices in ``folder`` (``scan --prepare I/N --out FOLDER``), in order, after checking that
+    they are all there, each once, of this version and of this run: the same settings and inputs."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise OptionError("prepared", f"{folder} is not a folder of prepared slices (scan --prepare I/N --out FOLDER)")
+    found = sorted(entry for entry in folder.iterdir() if entry.is_dir() and entry.name.startswith("slice-"))
+    if not found:
+        raise OptionError("prepared", f"{folder} holds no prepared slice (scan --prepare I/N --out {folder})")
+    expected, records, counts = run_id(config, inputs), {}, set()
+    for path in found:
+        record = _load_json(path / SLICE_FILE)
+        if record.get("format") != SLICE_FORMAT or record.get("version") != __version__:
+            raise ReplicheckError(f"{path}: written by replicheck {record.get('version')}, format {record.get('format')};"
+                                  f" this is {__version__}, format {SLICE_FORMAT}: prepare it again")
+        if record["run_id"] != expected:
+            what = f"inputs {record['inputs']} against {inputs}" if record["inputs"] != inputs else "settings"
+            raise ReplicheckError(f"{path} was prepared for another run (its {what} differ); give this scan the "
+                                  f"options and inputs the slices were prepared with, or prepare them again")
+        piece = Shard.parse(record["slice"])
+        counts.add(piece.count)
+        records[piece.index] = (path, record)
+    if len(counts) > 1:
+        raise ReplicheckError(f"{folder} mixes slices of {' and '.join(map(str, sorted(counts)))} slices; keep one set")
+    count = counts.pop()
+    missing = sorted(set(range(1, count + 1)) - set(records))
+    if missing:
+        raise ReplicheckError(f"{folder}: slice(s) {', '.join(f'{i}/{count}' for i in missing)} missing: run them "
+                              f"(scan ... --prepare I/{count} --out {folder})")
+    ordered = [records[i] for i in range(1, count + 1)]
+    return Prepared(tuple(path for path, _ in ordered), tuple(record for _, record in ordered))

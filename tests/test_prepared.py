@@ -1,0 +1,158 @@
+"""Read once: inputs prepared in slices (scan --prepare I/N) and joined by scans, shards and the
+merge (--prepared) give the files of a single run, byte for byte; joining refuses slices that do
+not belong to the run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from replicheck.config import ScanConfig
+from replicheck.levels import make_level
+from replicheck.pipeline import merge_into, prepare_slice, run_shard, scan_into
+from replicheck.records import OptionError, ReplicheckError
+from replicheck.search import build_side
+from replicheck.shards import Shard
+from replicheck.store import ArrayStore
+
+TABLES = ("synthetic.csv", "pairs.csv", "training.csv", "null.csv")
+
+
+def _config(**options) -> ScanConfig:
+    return ScanConfig.from_options(subject_regex=r"^(p\d+)_", grid=(64, 64), training_sample=60, **options)
+
+
+def _prepare(inputs: Path, folder: Path, config: ScanConfig, count: int) -> Path:
+    for index in range(1, count + 1):
+        prepare_slice(inputs / "train", inputs / "synth", inputs / "holdout", config, Shard(index, count), folder)
+    return folder
+
+
+def _same_tables(first: Path, second: Path) -> None:
+    for table in TABLES:
+        assert (first / table).read_bytes() == (second / table).read_bytes(), table
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options, slices, shards", [({"levels": "voxel"}, 3, 2),
+                                                     ({"levels": "voxel,feature", "adapt": "none",
+                                                       "dataset_tests": False}, 2, 2)],
+                         ids=["voxel", "voxel+feature"])
+def test_prepared_slices_give_the_files_of_a_single_run(shard_inputs, tmp_path, options, slices, shards):
+    """The voxel level's vectors come from the slices; the feature level, which is not sliceable,
+    is represented by each shard from the joined images."""
+    config = _config(**options, **({"cache": str(tmp_path / "cache")} if "feature" in options["levels"] else {}))
+    train, synth, holdout = shard_inputs / "train", shard_inputs / "synth", shard_inputs / "holdout"
+    single = scan_into(tmp_path / "single", train, synth, holdout, config)
+    prepared = _prepare(shard_inputs, tmp_path / "prep", config, slices)
+    record = json.loads((prepared / f"slice-1-of-{slices}" / "slice.json").read_text())
+    assert sorted(record["levels"]) == ["voxel"] and record["roles"]["synthetic"]["stored"] == 130 // slices
+    parts = [run_shard(train, synth, holdout, config, Shard(i, shards), tmp_path / f"part_{i}", prepared=prepared)
+             for i in range(1, shards + 1)]
+    merged = merge_into(tmp_path / "merged", parts, prepared=prepared)
+    _same_tables(tmp_path / "single", tmp_path / "merged")
+    assert merged.synthetic["replica"].sum() >= 18 and merged.headline == single.headline
+    assert merged.summary["prepared"]["slices"] == slices
+    assert "read_and_preprocess" not in merged.summary["timings_s"]  # joined, not read
+    # A scan on one machine can join them too.
+    joined = scan_into(tmp_path / "joined", train, synth, holdout, config, prepared=prepared)
+    _same_tables(tmp_path / "single", tmp_path / "joined")
+    assert joined.summary["inputs"]["synthetic"]["analysed"] == 130
+
+
+@pytest.mark.slow
+def test_joining_refuses_slices_that_do_not_belong_to_the_run(shard_inputs, tmp_path):
+    config = _config(dataset_tests=False)
+    copy = tmp_path / "inputs"
+    shutil.copytree(shard_inputs, copy)
+    train, synth, holdout = copy / "train", copy / "synth", copy / "holdout"
+    prepared = tmp_path / "prep"
+    prepare_slice(train, synth, holdout, config, Shard(1, 2), prepared)
+    with pytest.raises(ReplicheckError, match="slice\\(s\\) 2/2 missing"):
+        scan_into(tmp_path / "out", train, synth, holdout, config, prepared=prepared)
+    prepare_slice(train, synth, holdout, config, Shard(2, 2), prepared)
+    with pytest.raises(ReplicheckError, match="prepared for another run"):
+        scan_into(tmp_path / "out", train, synth, holdout, _config(dataset_tests=False, k=3), prepared=prepared)
+    with pytest.raises(ReplicheckError, match="prepared for another run .*inputs"):
+        scan_into(tmp_path / "out", train, synth, shard_inputs / "holdout", config, prepared=prepared)
+    first = sorted(synth.glob("*.npy"))[-1]  # in slice 2
+    np.save(first, np.load(first)[::-1].copy())
+    with pytest.raises(ReplicheckError, match="slice-2-of-2: the synthetic images .* changed since"):
+        scan_into(tmp_path / "out", train, synth, holdout, config, prepared=prepared)
+    prepare_slice(train, synth, holdout, config, Shard(1, 3), prepared)
+    with pytest.raises(ReplicheckError, match="mixes slices of 2 and 3"):
+        scan_into(tmp_path / "out", train, synth, holdout, config, prepared=prepared)
+    with pytest.raises(OptionError, match="no prepared slice"):
+        scan_into(tmp_path / "out", train, synth, holdout, config, prepared=tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("options", [{}, {"align": "shift"}, {"align": "shift", "voxel_measure": "ssim"}],
+                         ids=["aligned", "shift-ncc", "shift-ssim"])
+def test_a_sliceable_level_represents_slices_as_one_batch(ct_slices_32px, options):
+    """What ``sliceable`` promises: vectors, views and coarse rows of images computed in other
+    batches are the same bytes."""
+    images = ct_slices_32px[0][:90]
+    level = make_level("voxel", ScanConfig.from_options(**options))
+    assert level.sliceable
+    rows = pd.DataFrame({"id": [str(i) for i in range(len(images))], "subject": "s"})
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        whole = _side(level, images, rows, folder, "whole")
+        pieces = [_side(level, images[a:b], rows.iloc[a:b], folder, f"piece{a}") for a, b in ((0, 37), (37, 90))]
+        np.testing.assert_array_equal(whole.vectors, np.concatenate([p.vectors for p in pieces]))
+        if whole.query_vectors is not None:
+            np.testing.assert_array_equal(whole.query_vectors, np.concatenate([p.query_vectors for p in pieces]))
+        if whole.coarse is not None:
+            for name in ("coarse", "coarse_queries"):
+                joined = ArrayStore.joined(folder / f"{name}.f32", getattr(whole, name).shape,
+                                           [getattr(p, name).path for p in pieces])
+                np.testing.assert_array_equal(getattr(whole, name).read(np.arange(90)), joined.read(np.arange(90)))
+
+
+def _side(level, images, rows, folder, name):
+    store = ArrayStore(folder / f"{name}.f32", images.shape[1:])
+    for image in images:
+        store.append(image)
+    return build_side(level, store, rows.reset_index(drop=True), folder, name)
+
+
+def test_the_feature_level_is_not_sliceable():
+    """Its whitening is refitted on all training images, and a network's output may change with the batch."""
+    assert not make_level("feature", ScanConfig.from_options(levels="voxel,feature")).sliceable
+
+
+@pytest.mark.slow
+def test_prepare_shards_and_merge_from_the_command_line(shard_inputs, tmp_path):
+    from typer.testing import CliRunner
+
+    from replicheck.cli import app
+
+    runner = CliRunner()
+    common = [str(shard_inputs / "train"), str(shard_inputs / "synth"), "--subject-regex", r"^(p\d+)_",
+              "--grid", "64,64", "--no-dataset-tests", "--quiet"]
+    single = runner.invoke(app, ["scan", *common, "--out", str(tmp_path / "single")])
+    assert single.exit_code == 0, single.output
+    prep = tmp_path / "prep"
+    for index in (1, 2):
+        made = runner.invoke(app, ["scan", *common, "--prepare", f"{index}/2", "--out", str(prep)])
+        assert made.exit_code == 0 and f"Slice {index}/2 prepared in {prep / f'slice-{index}-of-2'}" in made.output, \
+            made.output
+    for index in (1, 2):
+        part = runner.invoke(app, ["scan", *common, "--prepared", str(prep), "--shard", f"{index}/2", "--out",
+                                   str(tmp_path / f"part_{index}")])
+        assert part.exit_code == 0, part.output
+    merged = runner.invoke(app, ["merge", str(tmp_path / "part_1"), str(tmp_path / "part_2"), "--prepared", str(prep),
+                                 "--out", str(tmp_path / "merged"), "--quiet"])
+    assert merged.exit_code == 0, merged.output
+    _same_tables(tmp_path / "single", tmp_path / "merged")
+    refused = runner.invoke(app, ["scan", *common, "--prepare", "1/2", "--shard", "1/2", "--out", str(prep)])
+    assert refused.exit_code == 2 and "--shard does not combine with --prepare" in refused.output
+    refused = runner.invoke(app, ["scan", *common, "--prepared", str(prep), "--backend", "ray", "--out", str(tmp_path / "r")])
+    assert refused.exit_code == 2 and "--prepared is for --backend local" in refused.output
