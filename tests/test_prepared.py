@@ -19,7 +19,7 @@ from replicheck.pipeline import merge_into, prepare_slice, run_shard, scan_into
 from replicheck.records import OptionError, ReplicheckError
 from replicheck.search import build_side
 from replicheck.shards import Shard
-from replicheck.store import ArrayStore
+from replicheck.store import ArrayStore, StoreChain
 
 TABLES = ("synthetic.csv", "pairs.csv", "training.csv", "null.csv")
 
@@ -53,6 +53,8 @@ def test_prepared_slices_give_the_files_of_a_single_run(shard_inputs, tmp_path, 
     prepared = _prepare(shard_inputs, tmp_path / "prep", config, slices)
     record = json.loads((prepared / f"slice-1-of-{slices}" / "slice.json").read_text())
     assert sorted(record["levels"]) == ["voxel"] and record["roles"]["synthetic"]["stored"] == 130 // slices
+    first = prepared / f"slice-1-of-{slices}"  # copies of patients' images: the owner's alone
+    assert all(path.stat().st_mode & 0o077 == 0 for path in [first, *first.iterdir()])
     parts = [run_shard(train, synth, holdout, config, Shard(i, shards), tmp_path / f"part_{i}", prepared=prepared)
              for i in range(1, shards + 1)]
     merged = merge_into(tmp_path / "merged", parts, prepared=prepared)
@@ -156,3 +158,32 @@ def test_prepare_shards_and_merge_from_the_command_line(shard_inputs, tmp_path):
     assert refused.exit_code == 2 and "--shard does not combine with --prepare" in refused.output
     refused = runner.invoke(app, ["scan", *common, "--prepared", str(prep), "--backend", "ray", "--out", str(tmp_path / "r")])
     assert refused.exit_code == 2 and "--prepared is for --backend local" in refused.output
+
+
+def test_a_chain_of_store_files_reads_as_one_store(tmp_path):
+    """The prepared slices' images are read in place: rows across file boundaries, in any order,
+    equal those of one store; empty files are passed over; a torn file is refused."""
+    rng = np.random.default_rng(0)
+    arrays = rng.random((11, 3, 4), dtype=np.float32)
+    one = ArrayStore(tmp_path / "one.f32", (3, 4))
+    paths = []
+    for index, (a, b) in enumerate(((0, 4), (4, 4), (4, 9), (9, 11))):
+        piece = ArrayStore(tmp_path / f"piece{index}.f32", (3, 4))
+        for array in arrays[a:b]:
+            piece.append(array)
+        paths.append(piece.path)
+    for array in arrays:
+        one.append(array)
+    chain = StoreChain(paths, (3, 4))
+    rows = np.array([10, 0, 3, 4, 8, 9, 3])
+    assert len(chain) == 11
+    np.testing.assert_array_equal(chain.read(rows), one.read(rows))
+    np.testing.assert_array_equal(np.concatenate([batch for _, batch in chain.batches(5)]), arrays)
+    with pytest.raises(IndexError):
+        chain.read([11])
+    with pytest.raises(TypeError):
+        chain.append(arrays[0])
+    with open(paths[0], "ab") as handle:
+        handle.write(b"\0\0")
+    with pytest.raises(ValueError, match="not a whole number"):
+        StoreChain(paths, (3, 4))

@@ -27,7 +27,7 @@ from .files import write_json
 from .records import OptionError, ReplicheckError
 from .search import SEARCHES, Hits, LevelSearches
 from .shards import Shard
-from .workspace import staged_folder
+from .workspace import check_replaceable, staged_folder
 
 PART_FILE = "part.json"
 PART_FORMAT = 1
@@ -81,14 +81,8 @@ def write_part(out: str | Path, *, shard: Shard, config: ScanConfig, inputs: dic
 
 def check_part_folder(out: Path) -> None:
     """``out`` is new, empty or an earlier part: writing it replaces the folder as a whole."""
-    if out.exists() and not out.is_dir():
-        raise OptionError("out", f"{out} is an existing file, not a folder")
-    if out.is_dir():
-        foreign = sorted(entry.name for entry in out.iterdir()
-                         if entry.name != PART_FILE and not (entry.name.startswith("searches-") and entry.suffix == ".npz"))
-        if foreign:
-            raise OptionError("out", f"{out} holds files that a shard does not write ({', '.join(foreign[:3])}); "
-                                     f"choose a new or empty folder for each part")
+    check_replaceable(out, lambda name: name == PART_FILE or (name.startswith("searches-") and name.endswith(".npz")),
+                      what="a shard")
 
 
 @dataclass(frozen=True)

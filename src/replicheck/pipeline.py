@@ -31,7 +31,7 @@ from .report import gallery
 from .report.gallery import Gallery
 from .memorization import headline as dataset_headline, level_statistics
 from .parts import Parts, check_part_folder, load_parts, side_digest, write_part
-from .prepared import Prepared, load_prepared, slice_refs, write_slice
+from .prepared import Prepared, fingerprint, load_prepared, slice_refs, write_slice
 from .search import build_side, dataset_searches, search_level
 from .shards import Shard
 from .stopwatch import Stopwatch
@@ -223,11 +223,12 @@ def prepare_slice(train, synthetic, holdout, config: ScanConfig, piece: Shard, o
     _check_no_training_in_scan("prepare", config)
     inputs = _inputs(train, synthetic, holdout)
     check_output(out, [train, synthetic] + ([holdout] if holdout is not None else []))
-    levels = [level for level in _levels(config) if level.sliceable]
+    levels = [level for level in _levels(config) if level.sliceable and not level.own_representation]
     clock = Stopwatch()
     progress = Progress(config.progress)
     sets, settings = _discover(train, synthetic, holdout, config, clock, None)
     sets = {role: slice_refs(image_set, piece) for role, image_set in sets.items()}
+    fingerprints = {role: fingerprint(image_set.refs) for role, image_set in sets.items()}  # before reading
     with scratch() as workdir, progress.session():
         stores, reads = {}, {}
         with clock.stage("read_and_preprocess"):
@@ -243,8 +244,8 @@ def prepare_slice(train, synthetic, holdout, config: ScanConfig, piece: Shard, o
                                                       f"{level.name}.{role}", progress=progress)
                                      for role in sets if len(stores[role])}
         clock.total()
-        return write_slice(out, piece=piece, config=config, inputs=inputs, sets=sets, stores=stores, reads=reads,
-                           sides=sides, timings=clock.wall, cpu=clock.cpu, command=command)
+        return write_slice(out, piece=piece, config=config, inputs=inputs, sets=sets, fingerprints=fingerprints,
+                           stores=stores, reads=reads, sides=sides, timings=clock.wall, cpu=clock.cpu, command=command)
 
 
 def _inputs(train, synthetic, holdout) -> dict[str, str]:
@@ -287,7 +288,7 @@ def _read_inputs(train, synthetic, holdout, config: ScanConfig, clock: Stopwatch
                                for role, image_set in sets.items()}
         else:
             with clock.stage("join_prepared"):
-                collections = prepared.collections(sets, settings, workdir)
+                collections = prepared.collections(sets, settings, progress)
         warnings = _calibration_warnings(collections) + _skipped_warnings(collections)
         yield settings, collections, warnings, workdir
 

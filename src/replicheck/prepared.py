@@ -31,13 +31,14 @@ import numpy as np
 from ._version import __version__
 from .collect import Collection, Read, assemble_collection
 from .config import Preprocessing, ScanConfig
-from .files import write_json
+from .files import plain
 from .images import ImageSet, file_of
 from .parts import run_id
+from .progress import Progress
 from .records import OptionError, ReplicheckError
 from .search import Side
 from .shards import Shard
-from .store import COPY_BLOCK, ArrayStore
+from .store import COPY_BLOCK, ArrayStore, StoreChain
 from .workspace import staged_folder
 
 SLICE_FILE = "slice.json"
@@ -75,36 +76,43 @@ def fingerprint(refs) -> str:
 
 
 def write_slice(out: str | Path, *, piece: Shard, config: ScanConfig, inputs: dict[str, str],
-                sets: dict[str, ImageSet], stores: dict[str, ArrayStore], reads: dict[str, Read],
-                sides: dict[str, dict[str, Side]], timings: dict, cpu: dict, command: str | None) -> Path:
-    """The slice folder ``out/slice-I-of-N``, swapped in as a whole (a killed run leaves none)."""
+                sets: dict[str, ImageSet], fingerprints: dict[str, str], stores: dict[str, ArrayStore],
+                reads: dict[str, Read], sides: dict[str, dict[str, Side]], timings: dict, cpu: dict,
+                command: str | None) -> Path:
+    """The slice folder ``out/slice-I-of-N``, swapped in as a whole (a killed run leaves none);
+    ``fingerprints``: each input's slice as it was before reading (:func:`fingerprint`). It holds
+    copies of patients' images: the folder and its files are the owner's alone."""
     target = Path(out) / slice_name(piece)
     record = {"format": SLICE_FORMAT, "version": __version__, "run_id": run_id(config, inputs), "slice": str(piece),
               "inputs": inputs, "roles": {}, "levels": {}, "command": command, "timings_s": timings, "cpu_s": cpu}
     try:
-        with staged_folder(target) as folder:
+        with staged_folder(target, private=True) as folder:
             for role, image_set in sets.items():
                 _place(stores[role].path, folder / f"{role}.f32")
                 read = reads[role]
                 rows = {"rows": read.rows, "meta": read.meta, "skipped": read.skipped, "methods": dict(read.methods),
                         "notes": read.notes}
-                (folder / f"{role}.rows.json").write_text(json.dumps(rows, default=_plain))
+                with _private(folder / f"{role}.rows.json") as handle:
+                    handle.write(json.dumps(rows, default=_plain).encode())
                 record["roles"][role] = {"images": len(image_set.refs), "stored": len(read.rows),
-                                         "fingerprint": fingerprint(image_set.refs)}
+                                         "fingerprint": fingerprints[role]}
             for name, by_role in sides.items():
                 record["levels"][name] = {}
                 for role, side in by_role.items():
                     prefix = folder / f"{name}.{role}"
-                    np.save(f"{prefix}.vectors.npy", side.vectors)
+                    with _private(Path(f"{prefix}.vectors.npy")) as handle:
+                        np.save(handle, side.vectors)
                     entry = {"views": side.query_vectors is not None, "coarse": None}
                     if side.query_vectors is not None:
-                        np.save(f"{prefix}.views.npy", side.query_vectors)
+                        with _private(Path(f"{prefix}.views.npy")) as handle:
+                            np.save(handle, side.query_vectors)
                     if side.coarse is not None:
                         _place(side.coarse_queries.path, Path(f"{prefix}.coarse-query.f32"))
                         _place(side.coarse.path, Path(f"{prefix}.coarse.f32"))
                         entry["coarse"] = [list(side.coarse_queries.shape), list(side.coarse.shape)]
                     record["levels"][name][role] = entry
-            write_json(record, folder / SLICE_FILE)
+            with _private(folder / SLICE_FILE) as handle:
+                handle.write((json.dumps(plain(record), indent=2) + "\n").encode())
     except OSError as error:
         raise ReplicheckError(f"{target}: cannot write the prepared slice ({error.strerror or error})") from None
     return target
@@ -122,8 +130,13 @@ def _place(source: str, target: Path) -> None:
         return
     except OSError:
         pass
-    with open(source, "rb") as reader, open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as writer:
+    with open(source, "rb") as reader, _private(target) as writer:
         shutil.copyfileobj(reader, writer, COPY_BLOCK)
+
+
+def _private(path: Path):
+    """A new file that only its owner may read, open for writing."""
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
 
 @dataclass(frozen=True)
@@ -133,10 +146,12 @@ class Prepared:
     folders: tuple[Path, ...]
     records: tuple[dict, ...]
 
-    def collections(self, sets: dict[str, ImageSet], settings: Preprocessing, workdir: Path) -> dict[str, Collection]:
+    def collections(self, sets: dict[str, ImageSet], settings: Preprocessing,
+                    progress: Progress | None = None) -> dict[str, Collection]:
         """Each input's collection, joined from the slices, once their images are checked to be
-        the ones discovered now, unchanged."""
+        the ones discovered now, unchanged. The images are read in place, from the slices' files."""
         out = {}
+        advance = (progress or Progress()).step(f"joining {len(self.folders)} prepared slices", len(sets))
         for role, image_set in sets.items():
             read = Read([], [], [], Counter(), [])
             for folder, record in zip(self.folders, self.records):
@@ -151,8 +166,9 @@ class Prepared:
                 read.skipped.extend(tuple(pair) for pair in rows["skipped"])
                 read.methods.update(rows["methods"])
                 read.notes.extend(rows["notes"])
-            store = _joined(workdir / f"{role}.f32", settings.grid, [folder / f"{role}.f32" for folder in self.folders])
+            store = _chained(settings.grid, [folder / f"{role}.f32" for folder in self.folders])
             out[role] = assemble_collection(image_set, store, read, settings)
+            advance()
         return out
 
     def sides(self, level, collections: dict[str, Collection], workdir: Path) -> dict[str, Side] | None:
@@ -171,8 +187,9 @@ class Prepared:
             if filled[0][1]["coarse"] is not None:
                 query_shape, candidate_shape = filled[0][1]["coarse"]
                 name = f"{level.name}.{role}"
-                coarse_queries = _joined(workdir / f"{name}.coarse-query.f32", query_shape,
-                                         [f"{prefix}.coarse-query.f32" for prefix, _ in filled])
+                # a query reads its own row; a refinement gathers hundreds of candidate rows through
+                # one memory map, which needs them in one file
+                coarse_queries = _chained(query_shape, [f"{prefix}.coarse-query.f32" for prefix, _ in filled])
                 coarse = _joined(workdir / f"{name}.coarse.f32", candidate_shape,
                                  [f"{prefix}.coarse.f32" for prefix, _ in filled], mapped=True)
             if len(vectors) != len(collection):
@@ -195,6 +212,13 @@ def _joined(path: Path, shape, parts, *, mapped: bool = False) -> ArrayStore:
         return ArrayStore.joined(path, tuple(shape), parts, mapped=mapped)
     except (OSError, ValueError) as error:
         raise ReplicheckError(f"cannot join the prepared slices into {path.name} ({error})") from None
+
+
+def _chained(shape, parts) -> StoreChain:
+    try:
+        return StoreChain(parts, tuple(shape))
+    except (OSError, ValueError) as error:
+        raise ReplicheckError(f"cannot read the prepared slices' images ({error}); prepare them again") from None
 
 
 def _load_json(path: Path) -> dict:

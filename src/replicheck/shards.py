@@ -7,8 +7,9 @@ cannot find what the whole set finds, and a merge of per-shard winners would dif
 single run. A slice of the queries, searched against the whole training set, finds exactly what
 the single run finds for them: each query is searched on its own, in the same chunks of
 queries (slices start at a multiple of the chunk size, so batches hold the same queries). The
-price is that every shard reads and represents every image (8 minutes for 100,000 images a
-side on 2 cores), against the searches it shares out (37 minutes there).
+price is that every shard needs every image: it reads and represents them all (8 minutes for
+100,000 images a side on 2 cores, against the 37 minutes of searches it shares out), or joins
+slices that were read once (``scan --prepare``, :mod:`replicheck.prepared`).
 """
 
 from __future__ import annotations

@@ -49,6 +49,10 @@ class ArrayStore:
     def __len__(self) -> int:
         return self._rows
 
+    def _file_rows(self, rows: np.ndarray):
+        """(file descriptor, row within that file) of each of ``rows``."""
+        return ((self._fd, int(row)) for row in rows)
+
     def append(self, array: np.ndarray) -> int:
         """Write one array; returns its row number."""
         if tuple(array.shape) != self.shape:
@@ -62,14 +66,14 @@ class ArrayStore:
     def read(self, rows) -> np.ndarray:
         """Arrays of ``rows`` stacked: shape (len(rows), *shape)."""
         rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
-        if rows.size and (rows.min() < 0 or rows.max() >= self._rows):
-            raise IndexError(f"rows outside a store of {self._rows} rows")
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows outside a store of {len(self)} rows")
         if self.mapped and rows.size:
             return self.mapped_rows()[rows].reshape((len(rows),) + self.shape)  # fancy indexing copies once
         out = np.empty((len(rows),) + self.shape, dtype=np.float32)
         flat = out.reshape(len(rows), -1)
-        for i, row in enumerate(rows):
-            flat[i] = np.frombuffer(os.pread(self._fd, self._row_bytes, int(row) * self._row_bytes), dtype=np.float32)
+        for i, (fd, row) in enumerate(self._file_rows(rows)):
+            flat[i] = np.frombuffer(os.pread(fd, self._row_bytes, row * self._row_bytes), dtype=np.float32)
         return out
 
     def mapped_rows(self) -> np.ndarray:
@@ -81,8 +85,8 @@ class ArrayStore:
 
     def batches(self, size: int):
         """Consecutive ``(start, arrays)`` batches of at most ``size`` rows."""
-        for start in range(0, self._rows, size):
-            yield start, self.read(np.arange(start, min(start + size, self._rows)))
+        for start in range(0, len(self), size):
+            yield start, self.read(np.arange(start, min(start + size, len(self))))
 
     def close(self) -> None:
         self._map = None
@@ -92,6 +96,45 @@ class ArrayStore:
 
     def __del__(self):
         self.close()
+
+
+class StoreChain(ArrayStore):
+    """The rows of several store files, one after the other, read in place and never written: the
+    slices of a prepared scan (:mod:`replicheck.prepared`) used as one store without a joined copy."""
+
+    def __init__(self, paths, shape: tuple[int, ...]):
+        self.path = None  # no one file holds the rows
+        self.shape = tuple(shape)
+        self.mapped = False
+        self._map = None
+        self._row_bytes = int(np.prod(self.shape)) * 4
+        self._fd = -1
+        self._fds = []
+        counts = []
+        for path in map(str, paths):
+            self._fds.append(os.open(path, os.O_RDONLY))
+            size = os.fstat(self._fds[-1]).st_size
+            if size % self._row_bytes:
+                self.close()
+                raise ValueError(f"{path}: {size} bytes is not a whole number of {self.shape} rows")
+            counts.append(size // self._row_bytes)
+        self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self._rows = int(self._starts[-1])
+
+    def _file_rows(self, rows: np.ndarray):
+        files = np.searchsorted(self._starts, rows, side="right") - 1
+        return ((self._fds[file], int(row - self._starts[file])) for file, row in zip(files, rows))
+
+    def append(self, array: np.ndarray) -> int:
+        raise TypeError("a chain of store files is read only")
+
+    def mapped_rows(self) -> np.ndarray:
+        raise TypeError("a chain of store files has no single memory map; join the files (ArrayStore.joined)")
+
+    def close(self) -> None:
+        for fd in getattr(self, "_fds", []):
+            os.close(fd)
+        self._fds = []
 
 
 @dataclass

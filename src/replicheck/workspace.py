@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+from .records import OptionError
+
 _HOST = re.sub(r"[^A-Za-z0-9.]", "", socket.gethostname())[:40] or "host"
 _OWNED = re.compile(r"(\d+)@([A-Za-z0-9.]+)-")
 
@@ -106,23 +108,40 @@ def scratch(kind: str = ""):
         yield Path(folder)
 
 
+def check_replaceable(out: str | Path, ours, *, what: str) -> None:
+    """Before any work: ``out`` is new, empty, or holds only entries whose names ``ours(name)``
+    accepts, since publishing ``what`` (a results folder, a part) replaces the folder as a whole."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OptionError("out", f"{out} is an existing file, not a folder")
+    if not out.is_dir():
+        return
+    foreign = sorted(entry.name for entry in out.iterdir() if not ours(entry.name))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OptionError("out", f"{out} holds files that {what} does not write ({shown}); it is replaced as a "
+                                 f"whole, so choose a new or empty folder")
+
+
 def staging_prefix(target: Path) -> str:
     """The name prefix of the staging folders (and swapped-out old sets) of results folder ``target``."""
     return f".{target.name}.staging-"
 
 
 @contextmanager
-def staged_folder(target: str | Path):
+def staged_folder(target: str | Path, *, private: bool = False):
     """A fresh folder beside ``target`` to build a whole result set in; on success,
-    :func:`publish` swaps it in for ``target``; on failure it is removed and ``target`` is
-    untouched. Staging folders of killed runs beside ``target`` are removed first."""
+    :func:`publish` swaps it in for ``target`` (opened up to the umask's mode, or kept to the
+    owner alone when ``private``); on failure it is removed and ``target`` is untouched. Staging
+    folders of killed runs beside ``target`` are removed first."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     sweep(target.parent, staging_prefix(target))
     staging = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(target)}{owner_tag()}-", dir=target.parent))
     try:
         yield staging
-        os.chmod(staging, published_mode(folder=True))
+        if not private:
+            os.chmod(staging, published_mode(folder=True))
         publish(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # after publish: the old set; after a failure: the new one

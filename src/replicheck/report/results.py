@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..files import write_csv, write_json
-from ..records import OptionError, ReplicheckError
-from ..workspace import staged_folder
+from ..records import ReplicheckError
+from ..workspace import check_replaceable, staged_folder
 from .gallery import GALLERY_FILE
 from .page import write_report
 
@@ -23,16 +23,7 @@ RESULT_FILES = OUTPUTS + (GALLERY_FILE, "volumes.csv")
 
 def check_results_folder(out: str | Path) -> None:
     """``out`` is new, empty, or an earlier scan's results: the swap would remove anything else."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OptionError("out", f"{out} is an existing file, not a folder")
-    if not out.is_dir():
-        return
-    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in RESULT_FILES)
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise OptionError("out", f"{out} holds files that a scan does not write ({shown}); a scan replaces its "
-                                 f"results folder as a whole, so choose a new or empty folder")
+    check_replaceable(out, lambda name: name in RESULT_FILES, what="a scan")
 
 
 def write_results(result, out: str | Path, *, labels: str | Path | None = None) -> Path:
