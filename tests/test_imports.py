@@ -23,7 +23,7 @@ LAYERS = (
     ("_version", "records", "config", "workspace", "files", "progress", "stopwatch"),
     ("readers", "images", "pseudonyms", "preprocess", "store", "kernels", "align", "measures", "mask_measures", "index", "shards", "transforms",
      "embedders", "segmenters"),
-    ("levels", "search", "calibrate", "collect", "decide", "memorization", "gate", "volumes", "assemble", "parts"),
+    ("levels", "search", "calibrate", "collect", "decide", "memorization", "gate", "volumes", "assemble", "parts", "prepared"),
     ("pipeline", "report", "train", "bench", "demo", "ray_backend"),
     ("__init__",),  # the public API: replicheck.scan, ScanConfig, ScanResult
     ("cli",),

@@ -40,32 +40,39 @@ def _same_tables(first: Path, second: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options, slices, shards", [({"levels": "voxel"}, 3, 2),
-                                                     ({"levels": "voxel,feature", "adapt": "none",
-                                                       "dataset_tests": False}, 2, 2)],
-                         ids=["voxel", "voxel+feature"])
-def test_prepared_slices_give_the_files_of_a_single_run(shard_inputs, tmp_path, options, slices, shards):
-    """The voxel level's vectors come from the slices; the feature level, which is not sliceable,
-    is represented by each shard from the joined images."""
-    config = _config(**options, **({"cache": str(tmp_path / "cache")} if "feature" in options["levels"] else {}))
+def test_prepared_slices_give_the_files_of_a_single_run(shard_inputs, tmp_path):
+    config = _config()
     train, synth, holdout = shard_inputs / "train", shard_inputs / "synth", shard_inputs / "holdout"
     single = scan_into(tmp_path / "single", train, synth, holdout, config)
-    prepared = _prepare(shard_inputs, tmp_path / "prep", config, slices)
-    record = json.loads((prepared / f"slice-1-of-{slices}" / "slice.json").read_text())
-    assert sorted(record["levels"]) == ["voxel"] and record["roles"]["synthetic"]["stored"] == 130 // slices
-    first = prepared / f"slice-1-of-{slices}"  # copies of patients' images: the owner's alone
+    prepared = _prepare(shard_inputs, tmp_path / "prep", config, 3)
+    record = json.loads((prepared / "slice-1-of-3" / "slice.json").read_text())
+    assert sorted(record["levels"]) == ["voxel"] and record["roles"]["synthetic"]["stored"] == 130 // 3
+    first = prepared / "slice-1-of-3"  # copies of patients' images: the owner's alone
     assert all(path.stat().st_mode & 0o077 == 0 for path in [first, *first.iterdir()])
-    parts = [run_shard(train, synth, holdout, config, Shard(i, shards), tmp_path / f"part_{i}", prepared=prepared)
-             for i in range(1, shards + 1)]
+    parts = [run_shard(train, synth, holdout, config, Shard(i, 2), tmp_path / f"part_{i}", prepared=prepared)
+             for i in (1, 2)]
     merged = merge_into(tmp_path / "merged", parts, prepared=prepared)
     _same_tables(tmp_path / "single", tmp_path / "merged")
     assert merged.synthetic["replica"].sum() >= 18 and merged.headline == single.headline
-    assert merged.summary["prepared"]["slices"] == slices
+    assert merged.summary["prepared"]["slices"] == 3
     assert "read_and_preprocess" not in merged.summary["timings_s"]  # joined, not read
     # A scan on one machine can join them too.
     joined = scan_into(tmp_path / "joined", train, synth, holdout, config, prepared=prepared)
     _same_tables(tmp_path / "single", tmp_path / "joined")
     assert joined.summary["inputs"]["synthetic"]["analysed"] == 130
+
+
+@pytest.mark.slow
+def test_a_level_that_is_not_sliceable_is_represented_from_the_joined_images(shard_inputs, tmp_path):
+    """The feature level embeds the joined images itself; the voxel level's vectors come from the
+    slices; the tables are a single run's."""
+    config = _config(levels="voxel,feature", adapt="none", dataset_tests=False, cache=str(tmp_path / "cache"))
+    train, synth, holdout = shard_inputs / "train", shard_inputs / "synth", shard_inputs / "holdout"
+    scan_into(tmp_path / "single", train, synth, holdout, config)
+    prepared = _prepare(shard_inputs, tmp_path / "prep", config, 2)
+    assert sorted(json.loads((prepared / "slice-2-of-2" / "slice.json").read_text())["levels"]) == ["voxel"]
+    scan_into(tmp_path / "joined", train, synth, holdout, config, prepared=prepared)
+    _same_tables(tmp_path / "single", tmp_path / "joined")
 
 
 @pytest.mark.slow
