@@ -9,6 +9,7 @@ call instead of one system call per row (the mapped pages count as resident whil
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ class ArrayStore:
 
     def _file_rows(self, rows: np.ndarray):
         """(file descriptor, row within that file) of each of ``rows``."""
-        return ((self._fd, int(row)) for row in rows)
+        return zip(itertools.repeat(self._fd), rows.tolist())
 
     def append(self, array: np.ndarray) -> int:
         """Write one array; returns its row number."""
@@ -123,7 +124,7 @@ class StoreChain(ArrayStore):
 
     def _file_rows(self, rows: np.ndarray):
         files = np.searchsorted(self._starts, rows, side="right") - 1
-        return ((self._fds[file], int(row - self._starts[file])) for file, row in zip(files, rows))
+        return zip([self._fds[file] for file in files.tolist()], (rows - self._starts[files]).tolist())
 
     def append(self, array: np.ndarray) -> int:
         raise TypeError("a chain of store files is read only")
