@@ -35,8 +35,8 @@ from .prepared import Prepared, fingerprint, load_prepared, slice_refs, write_sl
 from .search import build_side, dataset_searches, search_level
 from .shards import Shard
 from .stopwatch import Stopwatch
-from .volumes import volume_verdicts
 from .store import ArrayStore
+from .volumes import volume_verdicts
 from .workspace import scratch
 
 
