@@ -86,13 +86,21 @@ def test_joining_refuses_slices_that_do_not_belong_to_the_run(shard_inputs, tmp_
     with pytest.raises(ReplicheckError, match="slice\\(s\\) 2/2 missing"):
         scan_into(tmp_path / "out", train, synth, holdout, config, prepared=prepared)
     prepare_slice(train, synth, holdout, config, Shard(2, 2), prepared)
-    with pytest.raises(ReplicheckError, match="prepared for another run"):
+    with pytest.raises(ReplicheckError, match="prepared for another run \\(settings differ: k\\)"):
         scan_into(tmp_path / "out", train, synth, holdout, _config(dataset_tests=False, k=3), prepared=prepared)
     with pytest.raises(ReplicheckError, match="prepared for another run .*inputs"):
         scan_into(tmp_path / "out", train, synth, shard_inputs / "holdout", config, prepared=prepared)
     first = sorted(synth.glob("*.npy"))[-1]  # in slice 2
     np.save(first, np.load(first)[::-1].copy())
     with pytest.raises(ReplicheckError, match="slice-2-of-2: the synthetic images .* changed since"):
+        scan_into(tmp_path / "out", train, synth, holdout, config, prepared=prepared)
+    prepare_slice(train, synth, holdout, config, Shard(2, 2), prepared)  # prepared again: joins
+    shutil.copytree(prepared / "slice-1-of-2", prepared / "slice-1-of-2.old")
+    with pytest.raises(ReplicheckError, match="slice-1-of-2.old holds slice 1/2 but is named otherwise"):
+        scan_into(tmp_path / "out", train, synth, holdout, config, prepared=prepared)
+    shutil.rmtree(prepared / "slice-1-of-2.old")
+    (prepared / "slice-1-of-2" / "voxel.training.vectors.npy").write_bytes(b"not an array")
+    with pytest.raises(ReplicheckError, match="voxel.training.vectors.npy: cannot read it"):
         scan_into(tmp_path / "out", train, synth, holdout, config, prepared=prepared)
     prepare_slice(train, synth, holdout, config, Shard(1, 3), prepared)
     with pytest.raises(ReplicheckError, match="mixes slices of 2 and 3"):
@@ -102,19 +110,22 @@ def test_joining_refuses_slices_that_do_not_belong_to_the_run(shard_inputs, tmp_
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("options", [{}, {"align": "shift"}, {"align": "shift", "voxel_measure": "ssim"}],
-                         ids=["aligned", "shift-ncc", "shift-ssim"])
-def test_a_sliceable_level_represents_slices_as_one_batch(ct_slices_32px, options):
+@pytest.mark.parametrize("options, dim", [({}, 2), ({"align": "shift"}, 2),
+                                          ({"align": "shift", "voxel_measure": "ssim"}, 2), ({}, 3), ({"align": "shift"}, 3)],
+                         ids=["aligned", "shift-ncc", "shift-ssim", "aligned-3d", "shift-3d"])
+def test_a_sliceable_level_represents_slices_as_one_batch(ct_slices_32px, options, dim):
     """What ``sliceable`` promises: vectors, views and coarse rows of images computed in other
-    batches are the same bytes."""
-    images = ct_slices_32px[0][:90]
+    batches, a batch of one image among them, are the same bytes (a lone 3D image pooled by
+    torch's threads rounded otherwise until build_side paired it)."""
+    images = ct_slices_32px[0][:90] if dim == 2 else np.random.default_rng(0).random((6, 32, 48, 48), dtype=np.float32)
     level = make_level("voxel", ScanConfig.from_options(**options))
     assert level.sliceable
     rows = pd.DataFrame({"id": [str(i) for i in range(len(images))], "subject": "s"})
+    cuts = ((0, 37), (37, 38), (38, 90)) if dim == 2 else ((0, 1), (1, 4), (4, 6))
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         whole = _side(level, images, rows, folder, "whole")
-        pieces = [_side(level, images[a:b], rows.iloc[a:b], folder, f"piece{a}") for a, b in ((0, 37), (37, 90))]
+        pieces = [_side(level, images[a:b], rows.iloc[a:b], folder, f"piece{a}") for a, b in cuts]
         np.testing.assert_array_equal(whole.vectors, np.concatenate([p.vectors for p in pieces]))
         if whole.query_vectors is not None:
             np.testing.assert_array_equal(whole.query_vectors, np.concatenate([p.query_vectors for p in pieces]))
@@ -122,7 +133,8 @@ def test_a_sliceable_level_represents_slices_as_one_batch(ct_slices_32px, option
             for name in ("coarse", "coarse_queries"):
                 joined = ArrayStore.joined(folder / f"{name}.f32", getattr(whole, name).shape,
                                            [getattr(p, name).path for p in pieces])
-                np.testing.assert_array_equal(getattr(whole, name).read(np.arange(90)), joined.read(np.arange(90)))
+                every = np.arange(len(images))
+                np.testing.assert_array_equal(getattr(whole, name).read(every), joined.read(every))
 
 
 def _side(level, images, rows, folder, name):
@@ -138,16 +150,20 @@ def test_the_feature_level_is_not_sliceable():
 
 
 @pytest.mark.slow
-def test_prepare_shards_and_merge_from_the_command_line(shard_inputs, tmp_path):
+def test_prepare_shards_and_merge_from_the_command_line(shard_inputs, tmp_path, monkeypatch):
+    """Prepared and sharded with the inputs named relative to the working folder, merged from the
+    full paths the parts record: the same files are recognised, and the tables are a single run's."""
     from typer.testing import CliRunner
 
     from replicheck.cli import app
 
     runner = CliRunner()
-    common = [str(shard_inputs / "train"), str(shard_inputs / "synth"), "--subject-regex", r"^(p\d+)_",
-              "--grid", "64,64", "--no-dataset-tests", "--quiet"]
-    single = runner.invoke(app, ["scan", *common, "--out", str(tmp_path / "single")])
+    options = ["--subject-regex", r"^(p\d+)_", "--grid", "64,64", "--no-dataset-tests", "--quiet"]
+    single = runner.invoke(app, ["scan", str(shard_inputs / "train"), str(shard_inputs / "synth"), *options,
+                                 "--out", str(tmp_path / "single")])
     assert single.exit_code == 0, single.output
+    monkeypatch.chdir(shard_inputs)
+    common = ["train", "synth", *options]
     prep = tmp_path / "prep"
     for index in (1, 2):
         made = runner.invoke(app, ["scan", *common, "--prepare", f"{index}/2", "--out", str(prep)])
@@ -163,6 +179,8 @@ def test_prepare_shards_and_merge_from_the_command_line(shard_inputs, tmp_path):
     _same_tables(tmp_path / "single", tmp_path / "merged")
     refused = runner.invoke(app, ["scan", *common, "--prepare", "1/2", "--shard", "1/2", "--out", str(prep)])
     assert refused.exit_code == 2 and "--shard does not combine with --prepare" in refused.output
+    refused = runner.invoke(app, ["scan", *common, "--prepare", "3/2", "--out", str(prep)])
+    assert refused.exit_code == 2 and "--prepare must be I/N" in refused.output
     refused = runner.invoke(app, ["scan", *common, "--prepared", str(prep), "--backend", "ray", "--out", str(tmp_path / "r")])
     assert refused.exit_code == 2 and "--prepared is for --backend local" in refused.output
 

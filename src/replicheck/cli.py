@@ -177,7 +177,7 @@ def scan(
         progress=not quiet, gallery=gallery, dataset_tests=not no_dataset_tests,
         report_images=not no_images))
     if prepare is not None:
-        piece = _run(lambda: _prepare_only(Shard.parse(prepare), shard=shard, prepared=prepared,
+        piece = _run(lambda: _prepare_only(Shard.parse(prepare, "prepare"), shard=shard, prepared=prepared,
                                            backend=None if backend == "local" else backend, address=address,
                                            shards=shards, labels=labels,
                                            fail_above=fail_above, fail_if_copying=fail_if_copying))

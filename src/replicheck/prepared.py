@@ -18,6 +18,7 @@ a slice of another run, a missing or doubled slice, and inputs that changed sinc
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ from .collect import Collection, Read, assemble_collection
 from .config import Preprocessing, ScanConfig
 from .files import plain
 from .images import ImageSet, file_of
-from .parts import run_id
+from .parts import UNSHARED, run_id
 from .progress import Progress
 from .records import OptionError, ReplicheckError
 from .search import Side
@@ -57,22 +58,38 @@ def slice_refs(image_set: ImageSet, piece: Shard) -> ImageSet:
     return ImageSet(image_set.role, image_set.source, image_set.refs[first:stop], image_set.ignored, ())
 
 
+DETACHED_DATA = {".hdr": (".img", ".img.gz"), ".mhd": (".raw", ".zraw", ".raw.gz"),
+                 ".nhdr": (".raw", ".raw.gz")}  # header suffix -> where such formats keep the pixels
+
+
 def fingerprint(refs) -> str:
-    """What the images ``refs`` are: ids, subjects, paths, shapes, masks, and each file's size and
-    modification time (a file rewritten since has another)."""
+    """What the images ``refs`` are: ids, subjects, shapes, and each file's real path, size and
+    modification time (a file rewritten since has another; a path spelled otherwise, relative or
+    through a link, is the same file). A rewrite that keeps a file's size and time is not seen:
+    hashing every pixel would cost as much as reading them."""
     digest, seen = hashlib.sha256(), {}
     for ref in refs:
-        digest.update(repr((ref.id, ref.subject, ref.source, tuple(ref.shape), ref.member, ref.index,
-                            ref.mask)).encode())
-        for path in ref.files or (file_of(ref.source),):
+        digest.update(repr((ref.id, ref.subject, tuple(ref.shape), ref.member, ref.index)).encode())
+        for path in _files_of(ref):
             if path not in seen:
                 try:
                     status = os.stat(path)
-                    seen[path] = (status.st_size, status.st_mtime_ns)
+                    seen[path] = (os.path.realpath(path), status.st_size, status.st_mtime_ns)
                 except OSError:
                     seen[path] = None
             digest.update(repr(seen[path]).encode())
     return digest.hexdigest()[:16]
+
+
+def _files_of(ref) -> list[str]:
+    """The files an image is read from: a series' slices, or its file, with a detached header's
+    pixel file beside it, and its mask."""
+    files = list(ref.files) or [file_of(ref.source)]
+    lowered = files[0].lower()
+    for header, data in DETACHED_DATA.items():
+        if lowered.endswith(header):
+            files += [files[0][:-len(header)] + suffix for suffix in data if os.path.exists(files[0][:-len(header)] + suffix)]
+    return files + ([ref.mask] if ref.mask else [])
 
 
 def write_slice(out: str | Path, *, piece: Shard, config: ScanConfig, inputs: dict[str, str],
@@ -84,14 +101,14 @@ def write_slice(out: str | Path, *, piece: Shard, config: ScanConfig, inputs: di
     copies of patients' images: the folder and its files are the owner's alone."""
     target = Path(out) / slice_name(piece)
     record = {"format": SLICE_FORMAT, "version": __version__, "run_id": run_id(config, inputs), "slice": str(piece),
-              "inputs": inputs, "roles": {}, "levels": {}, "command": command, "timings_s": timings, "cpu_s": cpu}
+              "options": config.flat_options(), "inputs": inputs, "roles": {}, "levels": {}, "command": command, "timings_s": timings, "cpu_s": cpu}
     try:
         with staged_folder(target, private=True) as folder:
             for role, image_set in sets.items():
                 _place(stores[role].path, folder / f"{role}.f32")
                 read = reads[role]
                 rows = {"rows": read.rows, "meta": read.meta, "skipped": read.skipped, "methods": dict(read.methods),
-                        "notes": read.notes}
+                        "notes": read.notes, "sources": [ref.source for ref in image_set.refs]}
                 with _private(folder / f"{role}.rows.json") as handle:
                     handle.write(json.dumps(rows, default=_plain).encode())
                 record["roles"][role] = {"images": len(image_set.refs), "stored": len(read.rows),
@@ -160,12 +177,8 @@ class Prepared:
                 if expected is None or expected["fingerprint"] != fingerprint(slice_refs(image_set, piece).refs):
                     raise ReplicheckError(f"{folder}: the {role} images ({image_set.source}) are not the ones this "
                                           f"slice read: they changed since; prepare the slices again")
-                rows = _load_json(folder / f"{role}.rows.json")
-                read.rows.extend(rows["rows"])
-                read.meta.extend({**meta, "shape": tuple(meta["shape"])} for meta in rows["meta"])
-                read.skipped.extend(tuple(pair) for pair in rows["skipped"])
-                read.methods.update(rows["methods"])
-                read.notes.extend(rows["notes"])
+                _add_slice(read, _load_json(folder / f"{role}.rows.json"), image_set, slice_refs(image_set, piece).refs,
+                           folder)
             store = _chained(settings.grid, [folder / f"{role}.f32" for folder in self.folders])
             out[role] = assemble_collection(image_set, store, read, settings)
             advance()
@@ -180,8 +193,8 @@ class Prepared:
         for role, collection in collections.items():
             filled = [(folder / f"{level.name}.{role}", record["levels"][level.name][role])
                       for folder, record in zip(self.folders, self.records) if record["roles"][role]["stored"]]
-            vectors = np.concatenate([np.load(f"{prefix}.vectors.npy") for prefix, _ in filled])
-            views = np.concatenate([np.load(f"{prefix}.views.npy") for prefix, _ in filled]) \
+            vectors = np.concatenate([_load_array(f"{prefix}.vectors.npy") for prefix, _ in filled])
+            views = np.concatenate([_load_array(f"{prefix}.views.npy") for prefix, _ in filled]) \
                 if filled[0][1]["views"] else None
             coarse_queries = coarse = None
             if filled[0][1]["coarse"] is not None:
@@ -207,6 +220,26 @@ class Prepared:
                            "cpu_s": record["cpu_s"]} for folder, record in zip(self.folders, self.records)]}
 
 
+def _add_slice(read: Read, stored: dict, image_set: ImageSet, refs, folder: Path) -> None:
+    """A slice's rows added to ``read``, with the paths, masks and shapes of the images as this
+    scan found them (the slice may have named the same files otherwise: relative, through a link)."""
+    try:
+        now = dict(zip(stored["sources"], refs))
+        for row, meta in zip(stored["rows"], stored["meta"]):
+            ref = now[row["source"]]
+            read.rows.append({**row, "source": ref.source})
+            read.meta.append({**meta, "root": image_set.source, "shape": tuple(ref.shape), "mask": ref.mask})
+        read.skipped.extend((now[source].source if source in now else source, reason)
+                            for source, reason in stored["skipped"])
+        read.methods.update(stored["methods"])
+        for note in stored["notes"]:
+            source, _, text = note.partition(": ")
+            read.notes.append(f"{now[source].source}: {text}" if source in now else note)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ReplicheckError(f"{folder}: its table rows are damaged ({type(error).__name__}: {error}); prepare this "
+                              f"slice again") from None
+
+
 def _joined(path: Path, shape, parts, *, mapped: bool = False) -> ArrayStore:
     try:
         return ArrayStore.joined(path, tuple(shape), parts, mapped=mapped)
@@ -215,10 +248,37 @@ def _joined(path: Path, shape, parts, *, mapped: bool = False) -> ArrayStore:
 
 
 def _chained(shape, parts) -> StoreChain:
+    _allow_open_files(len(parts))
     try:
         return StoreChain(parts, tuple(shape))
-    except (OSError, ValueError) as error:
+    except OSError as error:
+        if error.errno == errno.EMFILE:
+            raise ReplicheckError(f"{len(parts)} slices keep more files open than this process may ({error.strerror}; "
+                                  f"ulimit -n): prepare fewer slices, or raise the limit") from None
         raise ReplicheckError(f"cannot read the prepared slices' images ({error}); prepare them again") from None
+    except ValueError as error:
+        raise ReplicheckError(f"cannot read the prepared slices' images ({error}); prepare them again") from None
+
+
+def _allow_open_files(slices: int) -> None:
+    """A scan joining N slices keeps about 2N files open per input (images, coarse query rows):
+    the soft limit on open files is raised toward the hard one when N is large."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 8 * slices + 1024
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _load_array(path: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ReplicheckError(f"{path}: cannot read it ({error}); prepare this slice again") from None
 
 
 def _load_json(path: Path) -> dict:
@@ -237,17 +297,32 @@ def load_prepared(folder: str | Path, config: ScanConfig, inputs: dict[str, str]
     found = sorted(entry for entry in folder.iterdir() if entry.is_dir() and entry.name.startswith("slice-"))
     if not found:
         raise OptionError("prepared", f"{folder} holds no prepared slice (scan --prepare I/N --out {folder})")
+    options = {name: value for name, value in config.flat_options().items() if name not in UNSHARED}
     expected, records, counts = run_id(config, inputs), {}, set()
     for path in found:
         record = _load_json(path / SLICE_FILE)
-        if record.get("format") != SLICE_FORMAT or record.get("version") != __version__:
-            raise ReplicheckError(f"{path}: written by replicheck {record.get('version')}, format {record.get('format')};"
-                                  f" this is {__version__}, format {SLICE_FORMAT}: prepare it again")
-        if record["run_id"] != expected:
-            what = f"inputs {record['inputs']} against {inputs}" if record["inputs"] != inputs else "settings"
-            raise ReplicheckError(f"{path} was prepared for another run (its {what} differ); give this scan the "
+        if not isinstance(record, dict) or record.get("format") != SLICE_FORMAT or record.get("version") != __version__:
+            version = record.get("version") if isinstance(record, dict) else None
+            form = record.get("format") if isinstance(record, dict) else None
+            raise ReplicheckError(f"{path}: written by replicheck {version}, format {form}; this is {__version__}, "
+                                  f"format {SLICE_FORMAT}: prepare it again")
+        try:
+            piece = Shard.parse(record["slice"])
+            same_run = record["run_id"] == expected
+            if not same_run:
+                changed = sorted(name for name in set(record["options"]) | set(options)
+                                 if record["options"].get(name) != options.get(name) and name not in UNSHARED)
+                what = f"inputs differ: {record['inputs']} against {inputs}" if record["inputs"] != inputs else \
+                    f"settings differ: {', '.join(changed) or 'the version'}"
+        except (KeyError, TypeError, AttributeError, OptionError) as error:
+            raise ReplicheckError(f"{path / SLICE_FILE}: damaged ({type(error).__name__}: {error}); prepare this "
+                                  f"slice again") from None
+        if not same_run:
+            raise ReplicheckError(f"{path} was prepared for another run ({what}); give this scan the "
                                   f"options and inputs the slices were prepared with, or prepare them again")
-        piece = Shard.parse(record["slice"])
+        if path.name != slice_name(piece):
+            raise ReplicheckError(f"{path} holds slice {piece} but is named otherwise; keep the slices' folders as "
+                                  f"--prepare named them ({slice_name(piece)})")
         counts.add(piece.count)
         records[piece.index] = (path, record)
     if len(counts) > 1:

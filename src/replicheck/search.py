@@ -93,12 +93,19 @@ def build_side(level: Level, store: ArrayStore, rows: pd.DataFrame, workdir: Pat
                 searched = ArrayStore(workdir / f"{name}.level.f32", batch.shape[1:])
             for array in batch:
                 searched.append(array)
-        vectors.append(level.vectors(batch))
-        views.append(level.query_views(batch))
-        advance(len(batch))
-        coarse = level.coarse(batch)
+        n = len(batch)
+        # A batch of one image is computed as a pair: torch spreads a lone 3D image's pooling over
+        # the threads another way, which changes the last bits, and then images represented in
+        # slices (scan --prepare) would differ from a single run's (tests/test_prepared.py).
+        work = np.concatenate([batch, batch]) if n == 1 else batch
+        vectors.append(level.vectors(work)[:n])
+        found = level.query_views(work)
+        views.append(None if found is None else found[:n])
+        advance(n)
+        coarse = level.coarse(work)
         if coarse is None:
             continue
+        coarse = (coarse[0][:n], coarse[1][:n])
         if as_query is None:
             as_query = ArrayStore(workdir / f"{name}.coarse-query.f32", coarse[0].shape[1:])
             # A query reads hundreds of candidate rows: gather them through a memory map.

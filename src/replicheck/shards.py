@@ -36,11 +36,15 @@ class Shard:
             raise OptionError("shard", f"must be I/N with 1 <= I <= N, got {self}")
 
     @classmethod
-    def parse(cls, text: str) -> "Shard":
+    def parse(cls, text: str, option: str = "shard") -> "Shard":
+        """``I/N`` given to ``--option`` (errors name that option)."""
         match = _PATTERN.fullmatch(str(text))
         if not match:
-            raise OptionError("shard", f"must be I/N such as 2/8, got {text!r}")
-        return cls(int(match.group(1)), int(match.group(2)))
+            raise OptionError(option, f"must be I/N such as 2/8, got {text!r}")
+        try:
+            return cls(int(match.group(1)), int(match.group(2)))
+        except OptionError as error:
+            raise OptionError(option, error.problem) from None
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
