@@ -180,6 +180,9 @@ class Prepared:
                 _add_slice(read, _load_json(folder / f"{role}.rows.json"), image_set, slice_refs(image_set, piece).refs,
                            folder)
             store = _chained(settings.grid, [folder / f"{role}.f32" for folder in self.folders])
+            if len(store) != len(read.rows):
+                raise ReplicheckError(f"{self.folders[0].parent}: the slices hold {len(store)} {role} images for "
+                                      f"{len(read.rows)} table rows; prepare them again")
             out[role] = assemble_collection(image_set, store, read, settings)
             advance()
         return out

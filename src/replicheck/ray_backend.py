@@ -121,6 +121,9 @@ def _result(ray, reference, what: str):
         if cause is not None:
             raise ReplicheckError(f"{what}: {cause}") from None
         raise ReplicheckError(f"{what} failed on the cluster: {str(error).splitlines()[0]}") from None
+    except ray.exceptions.RayError as error:  # a lost object, a node out of memory, a crashed worker
+        raise ReplicheckError(f"{what}: the cluster lost it ({type(error).__name__}: "
+                              f"{(str(error).splitlines() or [''])[0]})") from None
 
 
 def _unpack(files: dict[str, bytes], folder: Path) -> None:
