@@ -172,13 +172,12 @@ class Prepared:
         for role, image_set in sets.items():
             read = Read([], [], [], Counter(), [])
             for folder, record in zip(self.folders, self.records):
-                piece = Shard.parse(record["slice"])
+                refs = slice_refs(image_set, Shard.parse(record["slice"])).refs
                 expected = record["roles"].get(role)
-                if expected is None or expected["fingerprint"] != fingerprint(slice_refs(image_set, piece).refs):
+                if expected is None or expected.get("fingerprint") != fingerprint(refs):
                     raise ReplicheckError(f"{folder}: the {role} images ({image_set.source}) are not the ones this "
                                           f"slice read: they changed since; prepare the slices again")
-                _add_slice(read, _load_json(folder / f"{role}.rows.json"), image_set, slice_refs(image_set, piece).refs,
-                           folder)
+                _add_slice(read, _load_json(folder / f"{role}.rows.json"), image_set, refs, folder)
             store = _chained(settings.grid, [folder / f"{role}.f32" for folder in self.folders])
             if len(store) != len(read.rows):
                 raise ReplicheckError(f"{self.folders[0].parent}: the slices hold {len(store)} {role} images for "
@@ -194,8 +193,12 @@ class Prepared:
             return None
         out = {}
         for role, collection in collections.items():
-            filled = [(folder / f"{level.name}.{role}", record["levels"][level.name][role])
-                      for folder, record in zip(self.folders, self.records) if record["roles"][role]["stored"]]
+            try:
+                filled = [(folder / f"{level.name}.{role}", record["levels"][level.name][role])
+                          for folder, record in zip(self.folders, self.records) if record["roles"][role]["stored"]]
+            except (KeyError, TypeError) as error:
+                raise ReplicheckError(f"{self.folders[0].parent}: a slice's record lacks the {level.name} level's "
+                                      f"{role} vectors ({error}); prepare the slices again") from None
             vectors = np.concatenate([_load_array(f"{prefix}.vectors.npy") for prefix, _ in filled])
             views = np.concatenate([_load_array(f"{prefix}.views.npy") for prefix, _ in filled]) \
                 if filled[0][1]["views"] else None
