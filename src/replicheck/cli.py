@@ -144,7 +144,7 @@ def scan(
     prepare: Annotated[Optional[str], typer.Option(
         "--prepare", help="I/N: only read, preprocess and represent the I-th of N slices of every input, into "
                           "--out/slice-I-of-N; scans, shards and merge then join the N slices (--prepared OUT), so "
-                          "that each image is read once, wherever its slice ran.", metavar="I/N")] = None,
+                          "that the pixels of each image are read once, wherever its slice ran.", metavar="I/N")] = None,
     prepared: Annotated[Optional[Path], typer.Option(
         "--prepared", help="A folder of all N slices written by --prepare I/N (with the same options and inputs): "
                            "joined instead of reading the inputs.", metavar="PREP")] = None,
