@@ -41,6 +41,12 @@ def run_id(config: ScanConfig, inputs: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def changed_settings(options: dict, others: dict) -> list[str]:
+    """The settings that change results and differ between two runs' recorded options."""
+    return sorted(name for name in set(options) | set(others)
+                  if options.get(name) != others.get(name) and name not in UNSHARED)
+
+
 def side_digest(items: pd.DataFrame, vectors: np.ndarray) -> str:
     """A fingerprint of one input as a level sees it: its images' ids and subjects, and their vectors."""
     digest = hashlib.sha256()
@@ -174,8 +180,7 @@ def load_parts(folders: list[str | Path]) -> Parts:
     first_folder, first, first_shard = records[min(records)]
     for folder, record, shard in records.values():
         if record["run_id"] != first["run_id"]:
-            changed = sorted(name for name in set(record["options"]) | set(first["options"])
-                             if record["options"].get(name) != first["options"].get(name) and name not in UNSHARED)
+            changed = changed_settings(record["options"], first["options"])
             what = f"settings differ: {', '.join(changed)}" if changed else \
                 f"inputs differ: {record['inputs']} against {first['inputs']}"
             raise ReplicheckError(f"{folder} belongs to another run than {first_folder} ({what})")

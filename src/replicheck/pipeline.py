@@ -193,8 +193,7 @@ def run_shard(train, synthetic, holdout, config: ScanConfig, shard: Shard, out: 
     join, calibrate and report."""
     _check_no_training_in_scan("shard", config)
     inputs = _inputs(train, synthetic, holdout)
-    sources = [train, synthetic] + ([holdout] if holdout is not None else [])
-    check_output(out, sources)
+    check_output(out, _sources(train, synthetic, holdout))
     check_part_folder(Path(out))
     levels = _levels(config)
     clock = Stopwatch()
@@ -222,7 +221,7 @@ def prepare_slice(train, synthetic, holdout, config: ScanConfig, piece: Shard, o
     ``PREP/slice-I-of-N``, for scans, shards and the merge to join (``--prepared PREP``)."""
     _check_no_training_in_scan("prepare", config)
     inputs = _inputs(train, synthetic, holdout)
-    check_output(out, [train, synthetic] + ([holdout] if holdout is not None else []))
+    check_output(out, _sources(train, synthetic, holdout))
     levels = [level for level in _levels(config) if level.sliceable and not level.own_representation]
     clock = Stopwatch()
     progress = Progress(config.progress)
@@ -252,6 +251,11 @@ def _inputs(train, synthetic, holdout) -> dict[str, str]:
     """The inputs by role, as full paths: what parts and prepared slices of one run share."""
     return {role: str(Path(source).resolve()) for role, source in
             (("training", train), ("synthetic", synthetic), ("holdout", holdout)) if source is not None}
+
+
+def _sources(train, synthetic, holdout) -> list:
+    """The inputs given, as the user gave them (for checks that outputs lie outside them)."""
+    return [train, synthetic] + ([holdout] if holdout is not None else [])
 
 
 def _check_no_training_in_scan(option: str, config: ScanConfig) -> None:
@@ -391,7 +395,7 @@ def scan_into(out: str | Path, train, synthetic, holdout, config: ScanConfig, *,
     from .report.page import load_labels, match_labels
     from .report.results import check_results_folder
 
-    sources = [train, synthetic] + ([holdout] if holdout is not None else [])
+    sources = _sources(train, synthetic, holdout)
     check_output(out, sources)
     check_results_folder(out)
     if config.feature.cache:

@@ -34,7 +34,7 @@ from .collect import Collection, Read, assemble_collection
 from .config import Preprocessing, ScanConfig
 from .files import plain
 from .images import ImageSet, file_of
-from .parts import UNSHARED, run_id
+from .parts import changed_settings, run_id
 from .progress import Progress
 from .records import OptionError, ReplicheckError
 from .search import Side
@@ -85,10 +85,10 @@ def _files_of(ref) -> list[str]:
     """The files an image is read from: a series' slices, or its file, with a detached header's
     pixel file beside it, and its mask."""
     files = list(ref.files) or [file_of(ref.source)]
-    lowered = files[0].lower()
     for header, data in DETACHED_DATA.items():
-        if lowered.endswith(header):
-            files += [files[0][:-len(header)] + suffix for suffix in data if os.path.exists(files[0][:-len(header)] + suffix)]
+        if files[0].lower().endswith(header):
+            stem = files[0][:-len(header)]
+            files += [stem + suffix for suffix in data if os.path.exists(stem + suffix)]
     return files + ([ref.mask] if ref.mask else [])
 
 
@@ -101,7 +101,8 @@ def write_slice(out: str | Path, *, piece: Shard, config: ScanConfig, inputs: di
     copies of patients' images: the folder and its files are the owner's alone."""
     target = Path(out) / slice_name(piece)
     record = {"format": SLICE_FORMAT, "version": __version__, "run_id": run_id(config, inputs), "slice": str(piece),
-              "options": config.flat_options(), "inputs": inputs, "roles": {}, "levels": {}, "command": command, "timings_s": timings, "cpu_s": cpu}
+              "options": config.flat_options(), "inputs": inputs, "roles": {}, "levels": {}, "command": command,
+              "timings_s": timings, "cpu_s": cpu}
     try:
         with staged_folder(target, private=True) as folder:
             for role, image_set in sets.items():
@@ -110,7 +111,7 @@ def write_slice(out: str | Path, *, piece: Shard, config: ScanConfig, inputs: di
                 rows = {"rows": read.rows, "meta": read.meta, "skipped": read.skipped, "methods": dict(read.methods),
                         "notes": read.notes, "sources": [ref.source for ref in image_set.refs]}
                 with _private(folder / f"{role}.rows.json") as handle:
-                    handle.write(json.dumps(rows, default=_plain).encode())
+                    handle.write(json.dumps(plain(rows)).encode())
                 record["roles"][role] = {"images": len(image_set.refs), "stored": len(read.rows),
                                          "fingerprint": fingerprints[role]}
             for name, by_role in sides.items():
@@ -133,10 +134,6 @@ def write_slice(out: str | Path, *, piece: Shard, config: ScanConfig, inputs: di
     except OSError as error:
         raise ReplicheckError(f"{target}: cannot write the prepared slice ({error.strerror or error})") from None
     return target
-
-
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else str(value)
 
 
 def _place(source: str, target: Path) -> None:
@@ -303,7 +300,6 @@ def load_prepared(folder: str | Path, config: ScanConfig, inputs: dict[str, str]
     found = sorted(entry for entry in folder.iterdir() if entry.is_dir() and entry.name.startswith("slice-"))
     if not found:
         raise OptionError("prepared", f"{folder} holds no prepared slice (scan --prepare I/N --out {folder})")
-    options = {name: value for name, value in config.flat_options().items() if name not in UNSHARED}
     expected, records, counts = run_id(config, inputs), {}, set()
     for path in found:
         record = _load_json(path / SLICE_FILE)
@@ -316,8 +312,7 @@ def load_prepared(folder: str | Path, config: ScanConfig, inputs: dict[str, str]
             piece = Shard.parse(record["slice"])
             same_run = record["run_id"] == expected
             if not same_run:
-                changed = sorted(name for name in set(record["options"]) | set(options)
-                                 if record["options"].get(name) != options.get(name) and name not in UNSHARED)
+                changed = changed_settings(record["options"], config.flat_options())
                 what = f"inputs differ: {record['inputs']} against {inputs}" if record["inputs"] != inputs else \
                     f"settings differ: {', '.join(changed) or 'the version'}"
         except (KeyError, TypeError, AttributeError, OptionError) as error:

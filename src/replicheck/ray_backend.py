@@ -76,7 +76,7 @@ def _prepare_slice_task(inputs: list, options: dict, index: int, count: int) -> 
     config = ScanConfig.from_options(**options)
     with scratch("slice") as folder:
         written = prepare_slice(train, synthetic, holdout, config, Shard(index, count), folder)
-        return written.name, {path.name: path.read_bytes() for path in sorted(written.iterdir())}
+        return written.name, _pack(written)
 
 
 def _run_shard_task(inputs: list, options: dict, index: int, count: int, slices: list[tuple]) -> dict[str, bytes]:
@@ -88,9 +88,8 @@ def _run_shard_task(inputs: list, options: dict, index: int, count: int, slices:
     config = ScanConfig.from_options(**options)
     with scratch("shard") as folder:
         _fetch_slices(ray, slices, folder / "prepared")
-        part = run_shard(train, synthetic, holdout, config, Shard(index, count), folder / "part",
-                         prepared=folder / "prepared")
-        return {path.name: path.read_bytes() for path in sorted(part.iterdir())}
+        return _pack(run_shard(train, synthetic, holdout, config, Shard(index, count), folder / "part",
+                               prepared=folder / "prepared"))
 
 
 def _fetch_slices(ray, slices: list[tuple], folder: Path) -> None:
@@ -124,6 +123,11 @@ def _result(ray, reference, what: str):
     except ray.exceptions.RayError as error:  # a lost object, a node out of memory, a crashed worker
         raise ReplicheckError(f"{what}: the cluster lost it ({type(error).__name__}: "
                               f"{(str(error).splitlines() or [''])[0]})") from None
+
+
+def _pack(folder: Path) -> dict[str, bytes]:
+    """A task's output folder as file name -> bytes, for the object store (:func:`_unpack` writes it back)."""
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
 
 
 def _unpack(files: dict[str, bytes], folder: Path) -> None:

@@ -39,16 +39,20 @@ class ArrayStore:
         store = cls(path, shape, mapped=mapped)
         with open(store._fd, "wb", closefd=False) as target:
             for part in parts:
-                size = os.path.getsize(part)
-                if size % store._row_bytes:
-                    raise ValueError(f"{part}: {size} bytes is not a whole number of {store.shape} rows")
+                rows = store._whole_rows(part, os.path.getsize(part))
                 with open(part, "rb") as source:
                     shutil.copyfileobj(source, target, COPY_BLOCK)
-                store._rows += size // store._row_bytes
+                store._rows += rows
         return store
 
     def __len__(self) -> int:
         return self._rows
+
+    def _whole_rows(self, path, size: int) -> int:
+        """The rows in a store file of ``size`` bytes, refused when it is not a whole number."""
+        if size % self._row_bytes:
+            raise ValueError(f"{path}: {size} bytes is not a whole number of {self.shape} rows")
+        return size // self._row_bytes
 
     def _file_rows(self, rows: np.ndarray):
         """(file descriptor, row within that file) of each of ``rows``."""
@@ -114,11 +118,11 @@ class StoreChain(ArrayStore):
         counts = []
         for path in map(str, paths):
             self._fds.append(os.open(path, os.O_RDONLY))
-            size = os.fstat(self._fds[-1]).st_size
-            if size % self._row_bytes:
+            try:
+                counts.append(self._whole_rows(path, os.fstat(self._fds[-1]).st_size))
+            except ValueError:
                 self.close()
-                raise ValueError(f"{path}: {size} bytes is not a whole number of {self.shape} rows")
-            counts.append(size // self._row_bytes)
+                raise
         self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         self._rows = int(self._starts[-1])
 
